@@ -1,0 +1,212 @@
+//! The admin handlers of `/api/v1`: trigger, progress, runtime status, history, logs (with a live
+//! follow stream), approve and cancel. Names and ids from the path are checked before any use.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::types::{AppList, AppSummary, DeployAccepted, DeployList, DeployRequest, FollowItem, LogPage};
+use super::ApiState;
+use crate::config::{AppConfig, HostSpec};
+use crate::model::{AppName, Deploy, DeployId, Phase, Trigger, TriggerSource};
+use crate::pipeline::queue::Request;
+use crate::pipeline::runtime;
+
+fn app_name(raw: &str) -> Result<AppName, ApiError> {
+    AppName::parse(raw).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_app_name", e.to_string()))
+}
+
+fn known_app<'a>(state: &'a ApiState, raw: &str) -> Result<&'a AppConfig, ApiError> {
+    let name = app_name(raw)?;
+    state.queue.registry().app(&name).ok_or_else(|| {
+        ApiError::not_found("unknown_app", format!("there is no app named {name} in the registry; GET /api/v1/apps lists them"))
+    })
+}
+
+fn deploy_id(raw: &str) -> Result<DeployId, ApiError> {
+    DeployId::parse(raw).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+fn load_deploy(state: &ApiState, raw: &str) -> Result<Deploy, ApiError> {
+    let id = deploy_id(raw)?;
+    state.queue.store().deploy(&id)?.ok_or_else(|| ApiError::not_found("not_found", format!("no deploy with id {id}")))
+}
+
+pub async fn no_route() -> ApiError {
+    ApiError::not_found("not_found", "no such endpoint; see the API table in the README")
+}
+
+pub async fn list_apps(State(state): State<ApiState>) -> Result<Json<AppList>, ApiError> {
+    let mut apps = Vec::new();
+    for (name, app) in &state.queue.registry().apps {
+        let last = state.queue.store().latest(name)?;
+        apps.push(AppSummary {
+            app: name.clone(),
+            host: host_label(app),
+            branch: app.branch.to_string(),
+            services: app.services.iter().map(|s| s.to_string()).collect(),
+            last_deploy_id: last.as_ref().map(|d| d.deploy_id.clone()),
+            last_phase: last.as_ref().map(|d| d.phase),
+            last_commit: last.and_then(|d| d.commit),
+        });
+    }
+    Ok(Json(AppList { apps }))
+}
+
+pub async fn trigger_deploy(State(state): State<ApiState>, Path(app): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+    let app = known_app(&state, &app)?;
+    let req: DeployRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        DeployRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            let msg = e.to_string();
+            if msg.contains("commit") && msg.contains("hex") {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_commit", msg)
+            } else {
+                ApiError::bad_request(format!(
+                    "the body is not a valid deploy request ({msg}); send {{\"commit\": \"<40 or 64 hex>\", \"approve_migrations\": bool, \"reason\": \"...\"}}, every field optional"
+                ))
+            }
+        })?
+    };
+    if req.reason.as_ref().is_some_and(|r| r.len() > 1000) {
+        return Err(ApiError::bad_request("reason is longer than 1000 characters"));
+    }
+    let deploy = state.queue.submit(Request {
+        app: app.name.clone(),
+        trigger: Trigger {
+            source: TriggerSource::Api,
+            delivery: None,
+            git_ref: format!("refs/heads/{}", app.branch),
+            requested_commit: req.commit,
+        },
+        approve_migrations: req.approve_migrations,
+        reason: req.reason,
+    })?;
+    let accepted = DeployAccepted { deploy_id: deploy.deploy_id, app: deploy.app, phase: deploy.phase };
+    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+}
+
+pub async fn progress(State(state): State<ApiState>, Path(app): Path<String>) -> Result<Json<Deploy>, ApiError> {
+    let app = known_app(&state, &app)?;
+    state
+        .queue
+        .store()
+        .latest(&app.name)?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("no_deploys", format!("app {} has not been deployed yet", app.name)))
+}
+
+pub async fn runtime_status(State(state): State<ApiState>, Path(app): Path<String>) -> Result<Response, ApiError> {
+    let app = known_app(&state, &app)?;
+    let store = state.queue.store();
+    let last = store.latest(&app.name)?;
+    let ok = store.last_succeeded(&app.name)?;
+    match runtime::runtime_status(app, &state.redactor, last, ok.as_ref()).await {
+        Ok(status) => Ok(Json(status).into_response()),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "engine_unavailable",
+            format!("cannot read the containers of {} on host {}: {e}", app.name, host_label(app)),
+        )),
+    }
+}
+
+fn host_label(app: &AppConfig) -> String {
+    match &app.host {
+        HostSpec::Local => "local".into(),
+        HostSpec::Ssh(h) => h.name.clone(),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct LimitQuery {
+    limit: Option<String>,
+}
+
+pub async fn history(State(state): State<ApiState>, Path(app): Path<String>, Query(q): Query<LimitQuery>) -> Result<Json<DeployList>, ApiError> {
+    let app = known_app(&state, &app)?;
+    let limit = match q.limit.as_deref() {
+        None => 20,
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=500).contains(n))
+            .ok_or_else(|| ApiError::bad_request(format!("limit {s:?} must be a whole number from 1 to 500")))?,
+    };
+    let deploys = state.queue.store().history(&app.name, limit)?;
+    Ok(Json(DeployList { app: app.name.clone(), deploys }))
+}
+
+pub async fn get_deploy(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<Deploy>, ApiError> {
+    load_deploy(&state, &id).map(Json)
+}
+
+#[derive(Deserialize)]
+pub struct LogQuery {
+    follow: Option<String>,
+    after: Option<String>,
+}
+
+const PAGE: usize = 5_000;
+
+pub async fn logs(State(state): State<ApiState>, Path(id): Path<String>, Query(q): Query<LogQuery>) -> Result<Response, ApiError> {
+    let deploy = load_deploy(&state, &id)?;
+    let after = match q.after.as_deref() {
+        None => 0,
+        Some(s) => s.parse::<i64>().map_err(|_| ApiError::bad_request(format!("after {s:?} must be a line number")))?,
+    };
+    let follow = matches!(q.follow.as_deref(), Some("1" | "true" | "yes"));
+    let store = state.queue.store().clone();
+    if !follow {
+        let lines = store.logs(&deploy.deploy_id, after, usize::MAX >> 1)?;
+        return Ok(Json(LogPage { deploy_id: deploy.deploy_id, phase: deploy.phase, lines }).into_response());
+    }
+    // Follow: poll the store and send new lines as NDJSON until the deploy stops (ends, or waits
+    // for approval), then one last item with its phase.
+    let id = deploy.deploy_id.clone();
+    let stream = futures::stream::unfold((after, false), move |(after, done)| {
+        let store = store.clone();
+        let id = id.clone();
+        async move {
+            if done {
+                return None;
+            }
+            loop {
+                let phase = store.deploy(&id).ok().flatten().map(|d| d.phase).unwrap_or(Phase::Failed);
+                let lines = store.logs(&id, after, PAGE).unwrap_or_default();
+                if !lines.is_empty() {
+                    let next = lines.last().map(|l| l.seq).unwrap_or(after);
+                    let mut chunk = String::new();
+                    for l in lines {
+                        chunk.push_str(&serde_json::to_string(&FollowItem::Line(l)).expect("serializes"));
+                        chunk.push('\n');
+                    }
+                    return Some((Ok::<_, std::io::Error>(chunk), (next, false)));
+                }
+                if phase.is_terminal() || phase == Phase::AwaitingApproval {
+                    let end = serde_json::to_string(&FollowItem::End { end: true, phase }).expect("serializes") + "\n";
+                    return Some((Ok(end), (after, true)));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response())
+}
+
+pub async fn approve(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<Deploy>, ApiError> {
+    let id = deploy_id(&id)?;
+    Ok(Json(state.queue.approve(&id)?))
+}
+
+pub async fn cancel(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<Deploy>, ApiError> {
+    let id = deploy_id(&id)?;
+    Ok(Json(state.queue.cancel(&id).await?))
+}

@@ -1,0 +1,48 @@
+//! The HTTP API: the router, bearer auth for `/api/v1/*`, the admin handlers, and the error
+//! type every handler answers with. Handlers talk to the queue and the store only.
+
+mod admin;
+mod auth;
+pub mod error;
+pub mod types;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::{middleware, Json, Router};
+
+use crate::host::Redactor;
+use crate::pipeline::queue::Queue;
+use types::Health;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct ApiState {
+    pub queue: Queue,
+    pub admin_token: Arc<String>,
+    pub redactor: Redactor,
+}
+
+pub fn router(state: ApiState) -> Router {
+    let admin = Router::new()
+        .route("/apps", get(admin::list_apps))
+        .route("/apps/{app}/deploy", post(admin::trigger_deploy))
+        .route("/apps/{app}/progress", get(admin::progress))
+        .route("/apps/{app}/runtime-status", get(admin::runtime_status))
+        .route("/apps/{app}/deploys", get(admin::history))
+        .route("/deploys/{id}", get(admin::get_deploy))
+        .route("/deploys/{id}/logs", get(admin::logs))
+        .route("/deploys/{id}/approve", post(admin::approve))
+        .route("/deploys/{id}/cancel", post(admin::cancel))
+        .fallback(admin::no_route)
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .nest("/api/v1", admin)
+        .fallback(admin::no_route)
+        .with_state(state)
+}
+
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
+}

@@ -1,0 +1,87 @@
+//! The request and response bodies of the admin API, shared by the server and the CLI client so
+//! both sides agree by construction. The deploy object itself is [`crate::model::Deploy`].
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::model::{ContainerStatus, RuntimeStatus, ServiceStatus};
+use crate::model::{AppName, CommitSha, Deploy, DeployId, Phase};
+use crate::store::LogLine;
+
+/// `POST /api/v1/apps/{app}/deploy` body; every field optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<CommitSha>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approve_migrations: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The 202 answer to a trigger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployAccepted {
+    pub deploy_id: DeployId,
+    pub app: AppName,
+    pub phase: Phase,
+}
+
+/// One line of `GET /api/v1/apps`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppSummary {
+    pub app: AppName,
+    pub host: String,
+    pub branch: String,
+    pub services: Vec<String>,
+    pub last_deploy_id: Option<DeployId>,
+    pub last_phase: Option<Phase>,
+    pub last_commit: Option<CommitSha>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppList {
+    pub apps: Vec<AppSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployList {
+    pub app: AppName,
+    pub deploys: Vec<Deploy>,
+}
+
+/// `GET /api/v1/deploys/{id}/logs` without `follow`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPage {
+    pub deploy_id: DeployId,
+    pub phase: Phase,
+    pub lines: Vec<LogLine>,
+}
+
+/// One line of the `?follow=1` stream (NDJSON): a log line, or the last line saying how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FollowItem {
+    Line(LogLine),
+    End { end: bool, phase: Phase },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}
+
+/// Every error answer: `{"error": {"code", "message"}}`, plus the deploy in the way for a 409.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy_id: Option<DeployId>,
+}

@@ -1,0 +1,153 @@
+//! `serve`: opens the store, recovers what a previous process left, starts the queue and the
+//! router, and on SIGINT/SIGTERM stops promptly (running deploys end `interrupted`).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState};
+use crate::config::Registry;
+use crate::host::Redactor;
+use crate::pipeline::queue::Queue;
+use crate::store::Store;
+
+/// `kua-deploy serve` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// The registry of apps.
+    #[arg(long, env = "KUA_CONFIG", default_value = crate::config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Where SQLite state (and a generated admin token) live.
+    #[arg(long, env = "KUA_STATE_DIR", default_value = "./kua-state")]
+    pub state_dir: PathBuf,
+    /// Address to listen on; port 0 picks a free port (printed at start).
+    #[arg(long, env = "KUA_LISTEN", default_value = "127.0.0.1:8790")]
+    pub listen: String,
+    /// File holding the admin token, used when KUA_ADMIN_TOKEN is not set.
+    #[arg(long, env = "KUA_ADMIN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// What `serve` needs, already loaded and checked.
+pub struct Settings {
+    pub registry: Arc<Registry>,
+    pub state_dir: PathBuf,
+    pub admin_token: String,
+}
+
+/// The admin token: `KUA_ADMIN_TOKEN`, else the token file, else `<state-dir>/admin-token`,
+/// generated (mode 0600) on first start so a fresh install is never open.
+pub fn resolve_admin_token(state_dir: &Path, token_file: Option<&Path>) -> anyhow::Result<String> {
+    if let Ok(t) = std::env::var("KUA_ADMIN_TOKEN") {
+        let t = t.trim().to_owned();
+        anyhow::ensure!(t.len() >= 16, "KUA_ADMIN_TOKEN is shorter than 16 characters; use a long random token");
+        return Ok(t);
+    }
+    if let Some(f) = token_file {
+        let t = std::fs::read_to_string(f).with_context(|| format!("cannot read the token file {}", f.display()))?;
+        let t = t.trim().to_owned();
+        anyhow::ensure!(t.len() >= 16, "the token in {} is shorter than 16 characters", f.display());
+        return Ok(t);
+    }
+    let f = state_dir.join("admin-token");
+    if let Ok(t) = std::fs::read_to_string(&f) {
+        if t.trim().len() >= 16 {
+            return Ok(t.trim().to_owned());
+        }
+    }
+    std::fs::create_dir_all(state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
+    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    write_private(&f, &token).with_context(|| format!("cannot write {}", f.display()))?;
+    tracing::info!("generated an admin token in {}", f.display());
+    Ok(token)
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.write_all(b"\n")
+}
+
+/// Serves the API on `listener` until `shutdown` resolves; then stops running deploys and returns.
+pub async fn serve(settings: Settings, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let store = Store::open(&settings.state_dir)?;
+    for d in store.interrupt_orphans()? {
+        tracing::warn!(deploy = %d.deploy_id, app = %d.app, "a deploy was left running by a previous process: now interrupted");
+    }
+    let mut secrets: Vec<String> = settings.registry.apps.values().filter_map(|a| a.webhook.as_ref()?.secret.read()).collect();
+    secrets.push(settings.admin_token.clone());
+    let redactor = Redactor::new(secrets);
+    let stop = CancellationToken::new();
+    let queue = Queue::new(store, settings.registry.clone(), redactor.clone(), stop.clone());
+    queue.resume_queued()?;
+    let state = ApiState { queue: queue.clone(), admin_token: Arc::new(settings.admin_token), redactor };
+    let router = api::router(state);
+    let graceful = {
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
+    };
+    // Running deploys are stopped first, so a follow stream sees them end before the server goes.
+    let drain = {
+        let queue = queue.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            queue.shutdown(Duration::from_secs(8)).await;
+        })
+    };
+    let server = axum::serve(listener, router).with_graceful_shutdown(graceful);
+    // Open follow streams of deploys that are merely queued would hold graceful shutdown forever.
+    let deadline = async {
+        stop.cancelled().await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    };
+    tokio::select! {
+        r = server => r.context("the HTTP server failed")?,
+        _ = deadline => tracing::warn!("closing the connections still open after 10s"),
+    }
+    let _ = drain.await;
+    Ok(())
+}
+
+/// `kua-deploy serve`: loads the registry, binds, prints where it listens, serves until a signal.
+pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
+    let registry = match Registry::load(&args.config) {
+        Ok(r) => r,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("fix the registry (check it with `kua-deploy check-config {}`) and start again", args.config.display());
+            return Ok(2);
+        }
+    };
+    let admin_token = resolve_admin_token(&args.state_dir, args.token_file.as_deref())?;
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}; pass another --listen address", args.listen))?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to find a port-0 server.
+    println!("kua-deploy listening on http://{addr}");
+    tracing::info!(apps = registry.apps.len(), state_dir = %args.state_dir.display(), "serving on http://{addr}");
+    let settings = Settings { registry: Arc::new(registry), state_dir: args.state_dir, admin_token };
+    serve(settings, listener, shutdown_signal()).await?;
+    Ok(0)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("can install a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: stopping running deploys");
+}

@@ -1,0 +1,222 @@
+//! The command line: `kua-deploy <command>` and the `release-app` binary.
+//!
+//! Exit statuses, the same for every command unless it says otherwise:
+//! - 0: done (for `release` and `logs --follow`: the deploy succeeded);
+//! - 1: it did not work: an invalid registry (`check-config`), an answer that is an error
+//!   (`status`, `history`, `logs`, `apps`), or a deploy that did not succeed;
+//! - 2: usage or configuration error on this side: bad options, no token, no or bad `kua.json`,
+//!   a registry file that cannot be read (`check-config`);
+//! - 3, 4, 5: `release` only: awaiting approval; timed out or lost track of the deploy (its outcome
+//!   is unknown); could not start it.
+
+pub mod client;
+pub mod demo;
+pub mod release;
+pub mod show;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::model::AppName;
+
+/// Exit statuses; see the module doc.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const FAILED: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const AWAITING_APPROVAL: i32 = 3;
+    pub const TIMED_OUT: i32 = 4;
+    pub const NOT_STARTED: i32 = 5;
+}
+
+/// kua-deploy: push-to-deploy for Docker Compose apps.
+#[derive(Debug, Parser)]
+#[command(name = "kua-deploy", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the deploy service: admin API, webhooks and the per-app pipelines.
+    Serve(crate::app::ServeArgs),
+    /// Check a registry file and report every problem in it (exit 1 if any, 2 if unreadable).
+    CheckConfig(CheckConfigArgs),
+    /// Show an app's latest deploy and what runs now.
+    Status(show::StatusArgs),
+    /// List an app's deploys, newest first.
+    History(show::HistoryArgs),
+    /// Print a deploy's log; with --follow, until it ends (exit 0 only if it succeeded).
+    Logs(show::LogsArgs),
+    /// List the apps and their last deploy.
+    Apps(show::AppsArgs),
+    /// Deploy an app and follow it to the end (the same as `release-app`).
+    Release(release::ReleaseArgs),
+    /// Deploy a small example app on the local Docker engine, end to end.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckConfigArgs {
+    /// The registry file.
+    #[arg(env = "KUA_CONFIG", default_value = crate::config::DEFAULT_PATH)]
+    pub path: PathBuf,
+}
+
+/// How a client command reaches kua-deploy; every client command takes these, before or after
+/// its own arguments. The token itself comes only from the environment or a file, never from the
+/// command line, where other users of the machine could read it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnArgs {
+    /// kua-deploy's base URL [default: http://127.0.0.1:8790].
+    #[arg(long, env = "KUA_DEPLOY_URL")]
+    pub url: Option<String>,
+    /// File holding the admin token, used when KUA_ADMIN_TOKEN is not set [default:
+    /// $KUA_STATE_DIR/admin-token, then ./kua-state/admin-token].
+    #[arg(long, env = "KUA_ADMIN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl ConnArgs {
+    /// A client for the URL given (else `fallback_url`, else the default) and the token found;
+    /// the error is a usage error, for exit status 2.
+    pub fn client_with(&self, fallback_url: Option<&str>) -> Result<client::Client, String> {
+        let url = self.url.as_deref().or(fallback_url).unwrap_or(client::DEFAULT_URL);
+        let url = client::check_base_url(url)?;
+        let token = client::resolve_token(&client::TokenSources::from_env(self.token_file.clone()))?;
+        Ok(client::Client::new(url, token))
+    }
+
+    pub fn client(&self) -> Result<client::Client, String> {
+        self.client_with(None)
+    }
+}
+
+/// Parses an app name argument, for clap.
+pub(crate) fn parse_app(s: &str) -> Result<AppName, String> {
+    AppName::parse(s).map_err(|e| e.to_string())
+}
+
+/// Runs a parsed command line and returns the process exit status.
+pub async fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Serve(args) => report(crate::app::run(args).await),
+        Command::Demo(args) => report(demo::run(args).await),
+        Command::CheckConfig(args) => check_config(&args),
+        Command::Status(args) => show::status(args).await,
+        Command::History(args) => show::history(args).await,
+        Command::Logs(args) => show::logs(args).await,
+        Command::Apps(args) => show::apps(args).await,
+        Command::Release(args) => release::run(args).await,
+    }
+}
+
+fn report(result: anyhow::Result<i32>) -> i32 {
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        exit::FAILED
+    })
+}
+
+fn check_config(args: &CheckConfigArgs) -> i32 {
+    // An unreadable file is a usage problem (wrong path), not an invalid registry.
+    if let Err(e) = std::fs::File::open(&args.path) {
+        eprintln!("error: cannot read {}: {e}", args.path.display());
+        return exit::USAGE;
+    }
+    match crate::config::Registry::load(&args.path) {
+        Ok(registry) => {
+            let n = registry.apps.len();
+            println!("ok: {n} app{} in {}", if n == 1 { "" } else { "s" }, args.path.display());
+            exit::OK
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            let n = errors.errors.len();
+            eprintln!("{}: {n} problem{}", args.path.display(), if n == 1 { "" } else { "s" });
+            exit::FAILED
+        }
+    }
+}
+
+/// `release-app [APP] [options]`: the release command as a binary of its own, for app repos.
+#[derive(Debug, Parser)]
+#[command(name = "release-app", version, about = "Deploy an app with kua-deploy and follow it to the end.")]
+pub struct ReleaseAppCli {
+    #[command(flatten)]
+    pub release: release::ReleaseArgs,
+}
+
+/// Sends tracing output to stderr, filtered by `RUST_LOG` (default `info`), so stdout stays the
+/// command's own output.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second init (tests, embedding) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Builds the runtime and runs `fut` on it, returning its exit status (1 if no runtime).
+pub fn block_on<F: std::future::Future<Output = i32>>(fut: F) -> i32 {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(fut),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            exit::FAILED
+        }
+    }
+}
+
+/// The `kua-deploy` binary's whole main.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    init_tracing();
+    block_on(run(cli))
+}
+
+/// The `release-app` binary's whole main.
+pub fn release_app_main() -> i32 {
+    let cli = ReleaseAppCli::parse();
+    init_tracing();
+    block_on(release::run(cli.release))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+        ReleaseAppCli::command().debug_assert();
+    }
+
+    #[test]
+    fn connection_options_may_follow_the_subcommand_arguments() {
+        let cli = Cli::try_parse_from(["kua-deploy", "status", "hello", "--url", "http://h:1"]).unwrap();
+        match cli.command {
+            Command::Status(a) => assert_eq!(a.conn.url.as_deref(), Some("http://h:1")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn release_app_takes_the_same_options_as_release() {
+        let cli = ReleaseAppCli::try_parse_from([
+            "release-app",
+            "hello",
+            "--timeout",
+            "2m",
+            "--approve-migrations",
+            "--reason",
+            "hotfix",
+        ])
+        .unwrap();
+        assert_eq!(cli.release.app.as_ref().map(|a| a.as_str()), Some("hello"));
+        assert_eq!(cli.release.timeout.as_secs(), 120);
+        assert!(cli.release.approve_migrations);
+    }
+}

@@ -1,0 +1,157 @@
+//! Typed wrappers over the `docker` CLI on a host: the containers Compose made for a service, and
+//! image IDs. [`compose`] drives `docker compose`; [`watch`] observes recreated containers until
+//! they prove themselves (verify).
+
+pub mod compose;
+pub mod watch;
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::host::{Cmd, Host, RunError};
+use crate::model::{ImageId, ProjectName, ServiceName};
+
+const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("{what} failed: {detail}")]
+    Failed { what: String, detail: String },
+    #[error("{what}: unexpected output from docker: {detail}")]
+    BadOutput { what: String, detail: String },
+}
+
+/// What kua-deploy needs to know of one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub state: String,
+    pub health: String,
+    pub started_at: String,
+    pub restart_count: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectContainer {
+    id: String,
+    name: String,
+    image: String,
+    state: InspectState,
+    restart_count: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectState {
+    status: String,
+    started_at: String,
+    health: Option<InspectHealth>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectHealth {
+    status: String,
+}
+
+/// The engine a host's `docker` CLI talks to.
+#[derive(Clone)]
+pub struct Docker {
+    host: Host,
+}
+
+impl Docker {
+    pub fn new(host: Host) -> Self {
+        Self { host }
+    }
+
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    async fn query(&self, what: &str, argv: Vec<String>) -> Result<String, DockerError> {
+        let out = self.host.query(&Cmd::new(argv).timeout(QUERY_TIMEOUT)).await?;
+        if out.success() {
+            Ok(out.stdout)
+        } else {
+            Err(DockerError::Failed { what: what.to_owned(), detail: out.last_line() })
+        }
+    }
+
+    /// Whether the engine answers; the error says what the CLI said when it does not.
+    pub async fn ping(&self) -> Result<String, DockerError> {
+        let out = self
+            .query("asking the Docker engine for its version", argv(["docker", "version", "--format", "{{.Server.Version}}"]))
+            .await?;
+        Ok(out.trim().to_owned())
+    }
+
+    /// The containers Compose created for `service` of `project` — running or not, and never the
+    /// one-off or transient ones that merely inherited the labels from a Compose-built image.
+    pub async fn service_containers(&self, project: &ProjectName, service: &ServiceName) -> Result<Vec<ContainerInfo>, DockerError> {
+        let ids = self
+            .query(
+                "listing containers",
+                argv([
+                    "docker",
+                    "ps",
+                    "--all",
+                    "--quiet",
+                    "--no-trunc",
+                    "--filter",
+                    &format!("label=com.docker.compose.project={project}"),
+                    "--filter",
+                    &format!("label=com.docker.compose.service={service}"),
+                    "--filter",
+                    "label=com.docker.compose.oneoff=False",
+                ]),
+            )
+            .await?;
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.inspect_containers(&ids).await
+    }
+
+    pub async fn inspect_containers(&self, ids: &[&str]) -> Result<Vec<ContainerInfo>, DockerError> {
+        let mut args = argv(["docker", "container", "inspect"]);
+        args.extend(ids.iter().map(|s| s.to_string()));
+        let out = self.host.query(&Cmd::new(args).timeout(QUERY_TIMEOUT)).await?;
+        // A container removed between `ps` and `inspect` makes inspect fail for that id but still
+        // print the others; only an answer with nothing in it is an error.
+        let parsed: Vec<InspectContainer> = serde_json::from_str(out.stdout.trim()).map_err(|e| DockerError::BadOutput {
+            what: "docker container inspect".into(),
+            detail: if out.success() { e.to_string() } else { out.last_line() },
+        })?;
+        Ok(parsed
+            .into_iter()
+            .map(|c| ContainerInfo {
+                id: c.id,
+                name: c.name.trim_start_matches('/').to_owned(),
+                image: c.image,
+                state: c.state.status,
+                health: c.state.health.map(|h| h.status).unwrap_or_else(|| "none".to_owned()),
+                started_at: c.state.started_at,
+                restart_count: c.restart_count,
+            })
+            .collect())
+    }
+
+    /// The ID of the image a name (or ID) refers to now.
+    pub async fn image_id(&self, image: &str) -> Result<ImageId, DockerError> {
+        let what = format!("inspecting image {image}");
+        let out = self.query(&what, argv(["docker", "image", "inspect", "--format", "{{.Id}}", image])).await?;
+        ImageId::parse(out.trim()).map_err(|e| DockerError::BadOutput { what, detail: e.to_string() })
+    }
+}
+
+pub(crate) fn argv<const N: usize>(words: [&str; N]) -> Vec<String> {
+    words.iter().map(|s| s.to_string()).collect()
+}

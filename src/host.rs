@@ -1,0 +1,395 @@
+//! Runs an argv on a host — a local process or a command over OpenSSH — with a timeout and a
+//! cancellation token; on either, the command's whole process group is killed. Every line of
+//! output is redacted, then handed to a [`LogSink`] as it arrives.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{HostSpec, SshHost};
+
+/// Which stream a log line came from; `Info` lines are kua-deploy's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+    Info,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+            Stream::Info => "info",
+        }
+    }
+}
+
+/// Receives every line a command prints, already redacted.
+pub trait LogSink: Send + Sync {
+    fn line(&self, stream: Stream, text: &str);
+}
+
+/// A sink that drops everything, for commands whose output only matters to the caller.
+pub struct NoLog;
+
+impl LogSink for NoLog {
+    fn line(&self, _: Stream, _: &str) {}
+}
+
+/// Replaces every known secret with `[REDACTED]`.
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    secrets: Vec<String>,
+}
+
+impl Redactor {
+    pub fn new(secrets: impl IntoIterator<Item = String>) -> Self {
+        // Short values would redact half of every line; a secret that short is not worth hiding.
+        let mut secrets: Vec<String> = secrets.into_iter().filter(|s| s.len() >= 4).collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Self { secrets }
+    }
+
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for s in &self.secrets {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "[REDACTED]");
+            }
+        }
+        out
+    }
+}
+
+/// One command to run: an argv, never a shell string.
+#[derive(Debug, Clone)]
+pub struct Cmd {
+    pub argv: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    pub stdin: Option<Vec<u8>>,
+    pub timeout: Duration,
+    pub env: Vec<(String, String)>,
+}
+
+impl Cmd {
+    pub fn new<I, S>(argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            argv: argv.into_iter().map(Into::into).collect(),
+            cwd: None,
+            stdin: None,
+            timeout: Duration::from_secs(60),
+            env: Vec::new(),
+        }
+    }
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+    pub fn stdin(mut self, input: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(input.into());
+        self
+    }
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_owned(), v.to_owned()));
+        self
+    }
+    /// The argv as one line for logs; quoting only where needed for a reader to copy it.
+    pub fn display(&self) -> String {
+        self.argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// What a finished command left behind.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+    /// The last non-empty stderr line (or stdout's), for a one-line step detail.
+    pub fn last_line(&self) -> String {
+        self.stderr
+            .lines()
+            .chain(self.stdout.lines())
+            .rfind(|l| !l.trim().is_empty())
+            .map(|l| l.trim().chars().take(300).collect())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("could not start {program}: {source}")]
+    Spawn { program: String, source: std::io::Error },
+    #[error("{program} timed out after {}s and was killed", after.as_secs())]
+    TimedOut { program: String, after: Duration },
+    #[error("{program} was cancelled and killed")]
+    Cancelled { program: String },
+}
+
+/// Where commands run. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Host {
+    kind: Arc<HostSpec>,
+    redactor: Redactor,
+}
+
+/// Output kept in memory per stream; the full text goes to the sink.
+const KEEP_BYTES: usize = 256 * 1024;
+
+impl Host {
+    pub fn new(spec: HostSpec, redactor: Redactor) -> Self {
+        Self { kind: Arc::new(spec), redactor }
+    }
+
+    pub fn local() -> Self {
+        Self::new(HostSpec::Local, Redactor::default())
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(*self.kind, HostSpec::Local)
+    }
+
+    pub fn label(&self) -> String {
+        match &*self.kind {
+            HostSpec::Local => "local".to_owned(),
+            HostSpec::Ssh(h) => h.name.clone(),
+        }
+    }
+
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    /// Runs `cmd` to completion, or kills its process group on timeout or cancel.
+    pub async fn run(&self, cmd: &Cmd, cancel: &CancellationToken, sink: &dyn LogSink) -> Result<Output, RunError> {
+        let program = cmd.argv.first().cloned().unwrap_or_default();
+        let mut command = match &*self.kind {
+            HostSpec::Local => {
+                let mut c = Command::new(&program);
+                c.args(&cmd.argv[1..]);
+                if let Some(dir) = &cmd.cwd {
+                    c.current_dir(dir);
+                }
+                for (k, v) in &cmd.env {
+                    c.env(k, v);
+                }
+                c
+            }
+            HostSpec::Ssh(h) => ssh_command(h, cmd),
+        };
+        command
+            .stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = command.spawn().map_err(|source| RunError::Spawn { program: program.clone(), source })?;
+        let pgid = child.id();
+
+        if let (Some(input), Some(mut stdin)) = (cmd.stdin.clone(), child.stdin.take()) {
+            tokio::spawn(async move {
+                let _ = stdin.write_all(&input).await;
+                let _ = stdin.shutdown().await;
+            });
+        }
+        let out = child.stdout.take().expect("piped stdout");
+        let err = child.stderr.take().expect("piped stderr");
+        let collect = async {
+            let (o, e) = tokio::join!(
+                pump(out, Stream::Stdout, sink, &self.redactor),
+                pump(err, Stream::Stderr, sink, &self.redactor)
+            );
+            let status = child.wait().await;
+            (o, e, status)
+        };
+
+        tokio::select! {
+            (stdout, stderr, status) = collect => {
+                let code = status.ok().and_then(|s| s.code());
+                Ok(Output { code, stdout, stderr })
+            }
+            _ = tokio::time::sleep(cmd.timeout) => {
+                kill_group(pgid);
+                Err(RunError::TimedOut { program, after: cmd.timeout })
+            }
+            _ = cancel.cancelled() => {
+                kill_group(pgid);
+                Err(RunError::Cancelled { program })
+            }
+        }
+    }
+
+    /// Runs `cmd` and logs nothing but its failure; for quick queries (inspect, rev-parse).
+    pub async fn query(&self, cmd: &Cmd) -> Result<Output, RunError> {
+        self.run(cmd, &CancellationToken::new(), &NoLog).await
+    }
+}
+
+async fn pump<R: AsyncRead + Unpin>(reader: R, stream: Stream, sink: &dyn LogSink, redactor: &Redactor) -> String {
+    let mut kept = String::new();
+    let mut reader = BufReader::new(reader);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&buf);
+                let line = redactor.redact(text.trim_end_matches(['\n', '\r']));
+                sink.line(stream, &line);
+                if kept.len() < KEEP_BYTES {
+                    kept.push_str(&line);
+                    kept.push('\n');
+                }
+            }
+        }
+    }
+    kept
+}
+
+fn kill_group(pgid: Option<u32>) {
+    if let Some(pid) = pgid {
+        // The child leads its own process group (process_group(0)), so -pid reaches every
+        // descendant, e.g. the docker CLI plugin that `docker compose` starts.
+        unsafe {
+            libc::kill(-(pid as i32), libc::SIGKILL);
+        }
+    }
+}
+
+/// The remote side of OpenSSH always goes through a shell, so the argv is quoted word by word.
+fn ssh_command(h: &SshHost, cmd: &Cmd) -> Command {
+    let mut c = Command::new("ssh");
+    c.args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10"]);
+    c.args(["-p", &h.port.to_string()]);
+    if let Some(id) = &h.identity_file {
+        c.arg("-i").arg(id);
+        c.args(["-o", "IdentitiesOnly=yes"]);
+    }
+    if let Some(kh) = &h.known_hosts_file {
+        c.arg("-o").arg(format!("UserKnownHostsFile={}", kh.display()));
+    }
+    c.arg("--").arg(format!("{}@{}", h.user, h.host));
+    let mut remote = String::new();
+    if let Some(dir) = &cmd.cwd {
+        remote.push_str(&format!("cd {} && ", shell_quote(&dir.to_string_lossy())));
+    }
+    if !cmd.env.is_empty() {
+        remote.push_str("env ");
+        for (k, v) in &cmd.env {
+            remote.push_str(&shell_quote(&format!("{k}={v}")));
+            remote.push(' ');
+        }
+    }
+    remote.push_str("exec ");
+    remote.push_str(&cmd.display());
+    c.arg(remote);
+    c
+}
+
+/// Single-quotes a word for a POSIX shell unless it is plainly safe.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=@,+%".contains(&b)) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct Collect(Mutex<Vec<String>>);
+    impl LogSink for Collect {
+        fn line(&self, _: Stream, text: &str) {
+            self.0.lock().unwrap().push(text.to_owned());
+        }
+    }
+
+    #[test]
+    fn quoting_keeps_hostile_words_as_one_argument() {
+        assert_eq!(shell_quote("main"), "main");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("$(rm -rf /)"), "'$(rm -rf /)'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn redaction_hides_every_occurrence_and_ignores_tiny_values() {
+        let r = Redactor::new(["hunter22".to_owned(), "ab".to_owned()]);
+        assert_eq!(r.redact("pw=hunter22 again hunter22 ab"), "pw=[REDACTED] again [REDACTED] ab");
+    }
+
+    #[tokio::test]
+    async fn output_lines_reach_the_sink_redacted() {
+        let host = Host::new(HostSpec::Local, Redactor::new(["s3cr3t".to_owned()]));
+        let sink = Collect(Mutex::new(Vec::new()));
+        let out = host
+            .run(&Cmd::new(["sh", "-c", "echo token s3cr3t; echo err >&2; exit 3"]), &CancellationToken::new(), &sink)
+            .await
+            .unwrap();
+        assert_eq!(out.code, Some(3));
+        assert!(out.stdout.contains("token [REDACTED]"));
+        let lines = sink.0.lock().unwrap().clone();
+        assert!(lines.contains(&"token [REDACTED]".to_owned()));
+        assert!(lines.contains(&"err".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_command_is_killed_with_its_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("survived");
+        let script = format!("(sleep 2; touch {}) & sleep 30", marker.display());
+        let started = std::time::Instant::now();
+        let err = Host::local()
+            .run(&Cmd::new(["sh", "-c", &script]).timeout(Duration::from_millis(300)), &CancellationToken::new(), &NoLog)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RunError::TimedOut { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(!marker.exists(), "a child of the killed command lived on");
+    }
+
+    #[tokio::test]
+    async fn cancel_kills_a_running_command() {
+        let token = CancellationToken::new();
+        let t2 = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            t2.cancel();
+        });
+        let err = Host::local().run(&Cmd::new(["sleep", "30"]), &token, &NoLog).await.unwrap_err();
+        assert!(matches!(err, RunError::Cancelled { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_spawn_error_naming_it() {
+        let err = Host::local().query(&Cmd::new(["kua-no-such-program"])).await.unwrap_err();
+        assert!(err.to_string().contains("kua-no-such-program"));
+    }
+}

@@ -1,0 +1,28 @@
+//! kua-deploy: the deploy orchestrator for Docker Compose apps.
+//!
+//! A release trigger (admin API or push webhook) becomes a deploy; a per-app worker runs the
+//! pipeline `git_pull → migration_gate → build → (migrate) → recreate → verify → (rollback)` on
+//! the app's host and records every step in SQLite, so a client can follow it to an honest end.
+//!
+//! # Layout
+//! - [`model`]: checked newtypes (AppName, CommitSha, BranchName, ImageId), Phase, Step, Deploy — no I/O.
+//! - [`config`]: the registry (`deploy-registry.json`): parsing and validation with file positions.
+//! - [`host`]: run an argv on a host with a timeout, cancellation, process-group kill and redaction.
+//! - [`git`]: typed wrapper over the git commands the pipeline needs.
+//! - [`docker`]: typed wrappers over `docker` and `docker compose`.
+//! - [`store`]: SQLite state: deploys, steps, logs; schema migrations run on open.
+//! - [`pipeline`]: the steps, one file each, the runner that orders them, and the per-app queue.
+//! - [`api`]: the axum router: admin API, auth, errors.
+//! - [`app`]: `serve`: opens the store, recovers, starts the queue and the router.
+//! - [`cli`]: the client commands (`status`, `history`, `logs`, `release`, `demo`) over the API types.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod docker;
+pub mod git;
+pub mod host;
+pub mod model;
+pub mod pipeline;
+pub mod store;

@@ -1,0 +1,35 @@
+//! `build`: builds the app's services with Compose and records each one's image ID.
+
+use std::time::Instant;
+
+use super::{DeployCtx, StepOutcome};
+use crate::model::Images;
+
+pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
+    let started = Instant::now();
+    let names = match ctx.compose.image_names(&ctx.app.services, &ctx.cancel, ctx.sink()).await {
+        Ok(n) => n,
+        Err(e) => return e.into(),
+    };
+    if let Err(e) = ctx.compose.build(&ctx.app.services, &ctx.cancel, ctx.sink()).await {
+        return e.into();
+    }
+    // Read each tag right after the build, so the ID is this build's; from here on only the ID is used.
+    let docker = ctx.compose.docker();
+    let mut images = Images::new();
+    for (service, name) in names {
+        match docker.image_id(&name).await {
+            Ok(id) => {
+                ctx.log.info(&format!("built {service}: {name} = {id}"));
+                images.insert(service, id);
+            }
+            Err(e) => return e.into(),
+        }
+    }
+    if let Err(e) = ctx.store.set_images(&ctx.id, &images) {
+        return StepOutcome::Failed(format!("cannot record the image IDs: {e}"));
+    }
+    let list: Vec<String> = images.iter().map(|(s, id)| format!("{s}={}", id.short())).collect();
+    ctx.images = images;
+    StepOutcome::Succeeded(format!("built {} in {:.1}s", list.join(" "), started.elapsed().as_secs_f64()))
+}

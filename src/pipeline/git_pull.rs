@@ -1,0 +1,58 @@
+//! `git_pull`: fetch `origin`, pick the target (the commit the trigger named, or the branch tip),
+//! refuse a commit not on the branch or a checkout with local changes, then check the target out.
+
+use super::{DeployCtx, StepOutcome};
+
+pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
+    let branch = ctx.app.branch.clone();
+    let before = match ctx.git.head().await {
+        Ok(c) => c,
+        Err(e) => {
+            return StepOutcome::Failed(format!(
+                "{} is not a usable git checkout: {e}; clone the app's repository there",
+                ctx.app.repo.display()
+            ))
+        }
+    };
+    let changes = match ctx.git.local_changes().await {
+        Ok(c) => c,
+        Err(e) => return e.into(),
+    };
+    if !changes.is_empty() {
+        return StepOutcome::Failed(format!(
+            "the checkout {} has local changes to tracked files ({}); commit, stash or revert them — nothing was changed",
+            ctx.app.repo.display(),
+            changes.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if let Err(e) = ctx.git.fetch(&branch, &ctx.cancel, ctx.sink()).await {
+        return e.into();
+    }
+    let target = match &ctx.requested_commit {
+        Some(c) => match ctx.git.is_on_branch(c, &branch).await {
+            Ok(true) => c.clone(),
+            Ok(false) => {
+                return StepOutcome::Failed(format!(
+                    "commit {c} is not on branch {branch} of origin; only commits of the app's branch are deployed"
+                ))
+            }
+            Err(e) => return e.into(),
+        },
+        None => match ctx.git.remote_tip(&branch).await {
+            Ok(c) => c,
+            Err(e) => return e.into(),
+        },
+    };
+    if let Err(e) = ctx.store.set_commits(&ctx.id, Some(&before), &target) {
+        return StepOutcome::Failed(format!("cannot record the commits: {e}"));
+    }
+    ctx.commit_before = Some(before.clone());
+    ctx.commit = Some(target.clone());
+    if before == target {
+        return StepOutcome::Succeeded(format!("{branch} already at {}", target.short()));
+    }
+    if let Err(e) = ctx.git.checkout(&branch, &target, &ctx.cancel, ctx.sink()).await {
+        return e.into();
+    }
+    StepOutcome::Succeeded(format!("{branch}: {} → {}", before.short(), target.short()))
+}

@@ -1,0 +1,266 @@
+//! The queue: every trigger enters here. One deploy at a time per app (a worker task per app that
+//! has work), apps in parallel. Queued deploys live in SQLite, so a restart loses none; the
+//! worker only decides which one runs next. Cancel and approve also go through here, because
+//! they must agree with the worker about what is running.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{planned_steps, run_deploy, Control, DeployCtx, SharedControl};
+use crate::config::Registry;
+use crate::host::{Host, Redactor};
+use crate::model::{AppName, Deploy, DeployId, Phase, StepName, StepStatus, Trigger};
+use crate::store::{NewDeploy, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("there is no app named {0} in the registry")]
+    UnknownApp(AppName),
+    #[error("app {app} has a deploy in progress ({deploy_id}, {phase}); wait for it, or cancel it")]
+    InProgress { app: AppName, deploy_id: DeployId, phase: Phase },
+    #[error("no deploy with id {0}")]
+    NoSuchDeploy(DeployId),
+    #[error("deploy {id} already ended ({phase})")]
+    AlreadyFinished { id: DeployId, phase: Phase },
+    #[error("deploy {0} has begun recreating containers; it can no longer be cancelled")]
+    CancelRefused(DeployId),
+    #[error("deploy {id} is {phase}, not awaiting approval")]
+    NotAwaitingApproval { id: DeployId, phase: Phase },
+    #[error("state database: {0}")]
+    Store(#[from] rusqlite::Error),
+}
+
+/// A trigger as the queue takes it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub app: AppName,
+    pub trigger: Trigger,
+    pub approve_migrations: bool,
+    pub reason: Option<String>,
+}
+
+/// The deploy an app's worker is running, and the means to stop it.
+struct Running {
+    id: DeployId,
+    control: SharedControl,
+    cancel: CancellationToken,
+}
+
+#[derive(Default)]
+struct AppSlot {
+    worker: bool,
+    running: Option<Running>,
+}
+
+struct Inner {
+    store: Store,
+    registry: Arc<Registry>,
+    redactor: Redactor,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    slots: Mutex<HashMap<AppName, AppSlot>>,
+}
+
+/// Cheap to clone; all clones share the same slots.
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+impl Queue {
+    pub fn new(store: Store, registry: Arc<Registry>, redactor: Redactor, shutdown: CancellationToken) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                registry,
+                redactor,
+                shutdown,
+                tracker: TaskTracker::new(),
+                slots: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.inner.registry
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<AppName, AppSlot>> {
+        self.inner.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a deploy, unless the app already has one in progress.
+    pub fn submit(&self, req: Request) -> Result<Deploy, QueueError> {
+        let app = self.inner.registry.app(&req.app).ok_or_else(|| QueueError::UnknownApp(req.app.clone()))?;
+        let mut slots = self.slots();
+        if let Some(active) = self.inner.store.active(&req.app)?.into_iter().next() {
+            return Err(QueueError::InProgress { app: req.app, deploy_id: active.deploy_id, phase: active.phase });
+        }
+        let deploy = self.inner.store.insert_deploy(&NewDeploy {
+            app: req.app.clone(),
+            trigger: req.trigger,
+            approve_migrations: req.approve_migrations,
+            reason: req.reason,
+            steps: planned_steps(app),
+        })?;
+        self.ensure_worker(&mut slots, &req.app);
+        Ok(deploy)
+    }
+
+    /// Starts workers for every app with queued deploys (after a restart).
+    pub fn resume_queued(&self) -> Result<(), QueueError> {
+        let apps = self.inner.store.apps_with_queued()?;
+        let mut slots = self.slots();
+        for app in apps {
+            self.ensure_worker(&mut slots, &app);
+        }
+        Ok(())
+    }
+
+    fn ensure_worker(&self, slots: &mut HashMap<AppName, AppSlot>, app: &AppName) {
+        let slot = slots.entry(app.clone()).or_default();
+        if slot.worker || self.inner.shutdown.is_cancelled() {
+            return;
+        }
+        slot.worker = true;
+        let queue = self.clone();
+        let app = app.clone();
+        self.inner.tracker.spawn(async move { queue.work(app).await });
+    }
+
+    /// Runs the app's queued deploys one after another, then ends. Whether to go on is decided under
+    /// the same lock `submit` takes, so a deploy queued as the worker ends is never stranded.
+    async fn work(self, app: AppName) {
+        loop {
+            let next = {
+                let mut slots = self.slots();
+                let slot = slots.entry(app.clone()).or_default();
+                let next = if self.inner.shutdown.is_cancelled() { Ok(None) } else { self.inner.store.next_queued(&app) };
+                match next {
+                    Ok(Some(deploy)) => {
+                        let control: SharedControl = Arc::new(Mutex::new(Control::default()));
+                        let cancel = self.inner.shutdown.child_token();
+                        slot.running =
+                            Some(Running { id: deploy.deploy_id.clone(), control: control.clone(), cancel: cancel.clone() });
+                        (deploy, control, cancel)
+                    }
+                    Ok(None) => {
+                        slot.worker = false;
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(app = %app, "cannot read the queue: {e}");
+                        slot.worker = false;
+                        return;
+                    }
+                }
+            };
+            let (deploy, control, cancel) = next;
+            self.run_one(&app, deploy, control, cancel).await;
+            self.slots().entry(app.clone()).or_default().running = None;
+        }
+    }
+
+    async fn run_one(&self, app: &AppName, deploy: Deploy, control: SharedControl, cancel: CancellationToken) {
+        let store = self.inner.store.clone();
+        let Some(config) = self.inner.registry.app(app).cloned() else {
+            let msg = format!("app {app} is no longer in the registry");
+            let _ = store.skip_open_steps(&deploy.deploy_id, "not run");
+            let _ = store.transition(&deploy.deploy_id, &[Phase::Queued], Phase::Failed, Some(&msg));
+            return;
+        };
+        let host = Host::new(config.host.clone(), self.inner.redactor.clone());
+        let ctx = DeployCtx::new(store, config, &deploy, host, cancel, control);
+        let end = run_deploy(ctx).await;
+        tracing::info!(app = %app, deploy = %deploy.deploy_id, "deploy ended: {end:?}");
+    }
+
+    /// Cancels a queued, awaiting or running deploy; refused once recreate began. Waits briefly for
+    /// a running deploy to stop, so the answer usually shows it `cancelled`.
+    pub async fn cancel(&self, id: &DeployId) -> Result<Deploy, QueueError> {
+        let store = &self.inner.store;
+        let deploy = store.deploy(id)?.ok_or_else(|| QueueError::NoSuchDeploy(id.clone()))?;
+        let msg = "cancelled by request";
+        match deploy.phase {
+            p if p.is_terminal() => return Err(QueueError::AlreadyFinished { id: id.clone(), phase: p }),
+            Phase::Queued | Phase::AwaitingApproval => {
+                if store.transition(id, &[Phase::Queued, Phase::AwaitingApproval], Phase::Cancelled, Some(msg))? {
+                    if deploy.phase == Phase::AwaitingApproval {
+                        store.step_finish(id, StepName::MigrationGate, StepStatus::Failed, "cancelled while awaiting approval")?;
+                    }
+                    store.skip_open_steps(id, "not run: the deploy was cancelled")?;
+                    return Ok(store.deploy(id)?.expect("exists"));
+                }
+                // It started running meanwhile: cancel it as a running deploy.
+            }
+            Phase::SelfRecreatePending => return Err(QueueError::CancelRefused(id.clone())),
+            _ => {}
+        }
+        let stopping = {
+            let slots = self.slots();
+            let running = slots.get(&deploy.app).and_then(|s| s.running.as_ref()).filter(|r| &r.id == id);
+            match running {
+                Some(r) => {
+                    let mut c = r.control.lock().unwrap_or_else(|e| e.into_inner());
+                    if c.recreate_began {
+                        return Err(QueueError::CancelRefused(id.clone()));
+                    }
+                    c.cancel_requested = true;
+                    r.cancel.cancel();
+                    true
+                }
+                None => false,
+            }
+        };
+        if stopping {
+            for _ in 0..50 {
+                let d = store.deploy(id)?.expect("exists");
+                if d.phase.is_terminal() {
+                    return Ok(d);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let d = store.deploy(id)?.expect("exists");
+        if d.phase.is_terminal() || stopping {
+            Ok(d)
+        } else {
+            Err(QueueError::AlreadyFinished { id: id.clone(), phase: d.phase })
+        }
+    }
+
+    /// Lets an `awaiting_approval` deploy go on from its build step.
+    pub fn approve(&self, id: &DeployId) -> Result<Deploy, QueueError> {
+        let store = &self.inner.store;
+        let deploy = store.deploy(id)?.ok_or_else(|| QueueError::NoSuchDeploy(id.clone()))?;
+        let mut slots = self.slots();
+        if deploy.phase != Phase::AwaitingApproval {
+            return Err(QueueError::NotAwaitingApproval { id: id.clone(), phase: deploy.phase });
+        }
+        let gate = deploy.step(StepName::MigrationGate).map(|s| s.detail.clone()).unwrap_or_default();
+        store.step_finish(id, StepName::MigrationGate, StepStatus::Succeeded, &format!("approved: {gate}"))?;
+        if !store.transition(id, &[Phase::AwaitingApproval], Phase::Queued, None)? {
+            let phase = store.deploy(id)?.map(|d| d.phase).unwrap_or(Phase::Cancelled);
+            return Err(QueueError::NotAwaitingApproval { id: id.clone(), phase });
+        }
+        self.ensure_worker(&mut slots, &deploy.app);
+        Ok(store.deploy(id)?.expect("exists"))
+    }
+
+    /// Stops every running deploy (they end `interrupted`) and waits for the workers, at most `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.shutdown.cancel();
+        self.inner.tracker.close();
+        if tokio::time::timeout(grace, self.inner.tracker.wait()).await.is_err() {
+            tracing::warn!("some deploys did not stop within {grace:?}; startup recovery will mark them interrupted");
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! `recreate`: records what runs now (for rollback) and when the recreate began (for verify),
+//! then recreates exactly the app's services with exactly the image IDs this deploy built.
+
+use super::{DeployCtx, StepOutcome};
+use crate::model::{now_rfc3339, ImageId, Images};
+
+pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
+    if ctx.images.len() != ctx.app.services.len() {
+        return StepOutcome::Failed("the build step did not record an image for every service".into());
+    }
+    let docker = ctx.compose.docker();
+    let mut previous = Images::new();
+    for service in &ctx.app.services {
+        match docker.service_containers(ctx.compose.project(), service).await {
+            Ok(containers) => {
+                let running = containers.iter().find(|c| c.state == "running").or(containers.first());
+                if let Some(id) = running.and_then(|c| ImageId::parse(&c.image).ok()) {
+                    previous.insert(service.clone(), id);
+                }
+            }
+            Err(e) => return e.into(),
+        }
+    }
+    let at = now_rfc3339();
+    if let Err(e) = ctx
+        .store
+        .set_previous_images(&ctx.id, &previous)
+        .and_then(|()| ctx.store.set_recreate_started_at(&ctx.id, &at))
+    {
+        return StepOutcome::Failed(format!("cannot record the previous images: {e}"));
+    }
+    ctx.previous_images = previous;
+    ctx.recreate_started_at = Some(at);
+    let images = ctx.images.clone();
+    if let Err(e) = ctx.compose.up_pinned(&images, &ctx.cancel, ctx.sink()).await {
+        return e.into();
+    }
+    let names: Vec<&str> = images.keys().map(|s| s.as_str()).collect();
+    StepOutcome::Succeeded(format!("recreated {} with the built image IDs", names.join(", ")))
+}

@@ -1,0 +1,31 @@
+//! `rollback`: after a failed recreate or verify, recreates the image IDs that ran before and
+//! verifies them the same way. The deploy's own `verify` object keeps what failed.
+
+use std::time::Duration;
+
+use super::{DeployCtx, StepOutcome};
+use crate::docker::watch::{verify_services, Limits};
+use crate::model::now_rfc3339;
+
+pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
+    if ctx.previous_images.is_empty() {
+        return StepOutcome::Skipped("nothing ran before this deploy, so there is nothing to go back to".into());
+    }
+    let previous = ctx.previous_images.clone();
+    let since = now_rfc3339();
+    if let Err(e) = ctx.compose.up_pinned(&previous, &ctx.cancel, ctx.sink()).await {
+        return e.into();
+    }
+    let limits = Limits {
+        timeout: Duration::from_secs(ctx.app.verify.timeout_s),
+        stable: Duration::from_secs(ctx.app.verify.stable_s),
+    };
+    match verify_services(&ctx.compose.docker(), ctx.compose.project(), &previous, &since, limits, &ctx.cancel).await {
+        Ok(o) if o.failure.is_none() => {
+            let list: Vec<String> = previous.iter().map(|(s, id)| format!("{s}={}", id.short())).collect();
+            StepOutcome::Succeeded(format!("the previous images run again: {}", list.join(" ")))
+        }
+        Ok(o) => StepOutcome::Failed(format!("the previous images did not verify: {}", o.failure.unwrap_or_default())),
+        Err(e) => e.into(),
+    }
+}

@@ -1,0 +1,389 @@
+//! Deploys and their steps: creation, phase transitions (guarded, so a cancel and a finish cannot
+//! both win), step progress, and startup recovery.
+
+use rusqlite::{params, OptionalExtension, Row};
+
+use super::Store;
+use crate::model::{
+    now_rfc3339, AppName, CommitSha, Deploy, DeployId, Images, Phase, Step, StepName, StepStatus, Trigger,
+    TriggerSource, VerifyReport,
+};
+
+/// What a trigger asks for.
+#[derive(Debug, Clone)]
+pub struct NewDeploy {
+    pub app: AppName,
+    pub trigger: Trigger,
+    pub approve_migrations: bool,
+    pub reason: Option<String>,
+    pub steps: Vec<StepName>,
+}
+
+const COLUMNS: &str = "id, app, phase, trigger_source, trigger_delivery, trigger_ref, requested_commit, reason, \
+     commit_before, commit_sha, created_at, started_at, finished_at, images, previous_images, verify, error, superseded_by";
+
+/// Phases in which a deploy holds its app: another trigger must wait or coalesce.
+pub const ACTIVE: &str = "('queued','running','awaiting_approval','self_recreate_pending')";
+
+fn row_to_deploy(r: &Row<'_>) -> rusqlite::Result<Deploy> {
+    let text = |i: usize| -> rusqlite::Result<Option<String>> { r.get(i) };
+    let bad = |i: usize, what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, format!("bad {what} in state").into())
+    };
+    let id: String = r.get(0)?;
+    let app: String = r.get(1)?;
+    let phase: String = r.get(2)?;
+    let source: String = r.get(3)?;
+    let commit = |i: usize| -> rusqlite::Result<Option<CommitSha>> {
+        text(i)?.map(|s| CommitSha::parse(&s).map_err(|_| bad(i, "commit"))).transpose()
+    };
+    let images = |i: usize| -> rusqlite::Result<Images> {
+        let s: String = r.get(i)?;
+        serde_json::from_str(&s).map_err(|_| bad(i, "images"))
+    };
+    let verify: Option<VerifyReport> = text(15)?.map(|s| serde_json::from_str(&s)).transpose().map_err(|_| bad(15, "verify"))?;
+    Ok(Deploy {
+            deploy_id: DeployId::parse(&id).map_err(|_| bad(0, "id"))?,
+            app: AppName::parse(&app).map_err(|_| bad(1, "app"))?,
+            phase: Phase::parse(&phase).ok_or_else(|| bad(2, "phase"))?,
+            trigger: Trigger {
+                source: TriggerSource::parse(&source).ok_or_else(|| bad(3, "trigger"))?,
+                delivery: text(4)?,
+                git_ref: r.get(5)?,
+                requested_commit: commit(6)?,
+            },
+            reason: text(7)?,
+            commit_before: commit(8)?,
+            commit: commit(9)?,
+            created_at: r.get(10)?,
+            started_at: text(11)?,
+            finished_at: text(12)?,
+            images: images(13)?,
+            previous_images: images(14)?,
+            verify,
+            error: text(16)?,
+            superseded_by: text(17)?.and_then(|s| DeployId::parse(&s).ok()),
+            steps: Vec::new(),
+    })
+}
+
+impl Store {
+    /// Records a new deploy, `queued`, with its steps `pending`.
+    pub fn insert_deploy(&self, new: &NewDeploy) -> rusqlite::Result<Deploy> {
+        let id = DeployId::new();
+        let now = now_rfc3339();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO deploys (id, app, phase, trigger_source, trigger_delivery, trigger_ref, requested_commit,
+                                  approve_migrations, reason, created_at)
+             VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                id.as_str(),
+                new.app.as_str(),
+                new.trigger.source.as_str(),
+                new.trigger.delivery,
+                new.trigger.git_ref,
+                new.trigger.requested_commit.as_ref().map(|c| c.as_str()),
+                new.approve_migrations,
+                new.reason,
+                now
+            ],
+        )?;
+        for (idx, step) in new.steps.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO steps (deploy_id, idx, name, status) VALUES (?1, ?2, ?3, 'pending')",
+                params![id.as_str(), idx as i64, step.as_str()],
+            )?;
+        }
+        tx.commit()?;
+        drop(conn);
+        Ok(self.deploy(&id)?.expect("just inserted"))
+    }
+
+    pub fn deploy(&self, id: &DeployId) -> rusqlite::Result<Option<Deploy>> {
+        let conn = self.conn();
+        let found = conn
+            .query_row(&format!("SELECT {COLUMNS} FROM deploys WHERE id = ?1"), [id.as_str()], row_to_deploy)
+            .optional()?;
+        match found {
+            Some(mut deploy) => {
+                deploy.steps = load_steps(&conn, id)?;
+                Ok(Some(deploy))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn deploys_where(&self, clause: &str, params: impl rusqlite::Params) -> rusqlite::Result<Vec<Deploy>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM deploys WHERE {clause}"))?;
+        let rows: Vec<Deploy> = stmt.query_map(params, row_to_deploy)?.collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|mut d| {
+                d.steps = load_steps(&conn, &d.deploy_id)?;
+                Ok(d)
+            })
+            .collect()
+    }
+
+    /// The app's deploys, newest first.
+    pub fn history(&self, app: &AppName, limit: usize) -> rusqlite::Result<Vec<Deploy>> {
+        self.deploys_where("app = ?1 ORDER BY seq DESC LIMIT ?2", params![app.as_str(), limit as i64])
+    }
+
+    pub fn latest(&self, app: &AppName) -> rusqlite::Result<Option<Deploy>> {
+        Ok(self.history(app, 1)?.pop())
+    }
+
+    pub fn last_succeeded(&self, app: &AppName) -> rusqlite::Result<Option<Deploy>> {
+        Ok(self
+            .deploys_where("app = ?1 AND phase = 'succeeded' ORDER BY seq DESC LIMIT 1", [app.as_str()])?
+            .pop())
+    }
+
+    /// The deploys that hold the app now (queued, running, awaiting approval, handing over), oldest first.
+    pub fn active(&self, app: &AppName) -> rusqlite::Result<Vec<Deploy>> {
+        self.deploys_where(&format!("app = ?1 AND phase IN {ACTIVE} ORDER BY seq"), [app.as_str()])
+    }
+
+    /// The oldest queued deploy of the app: what its worker runs next.
+    pub fn next_queued(&self, app: &AppName) -> rusqlite::Result<Option<Deploy>> {
+        Ok(self.deploys_where("app = ?1 AND phase = 'queued' ORDER BY seq LIMIT 1", [app.as_str()])?.pop())
+    }
+
+    /// Apps with queued deploys, for startup.
+    pub fn apps_with_queued(&self) -> rusqlite::Result<Vec<AppName>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT DISTINCT app FROM deploys WHERE phase = 'queued'")?;
+        let names: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(names.into_iter().filter_map(|n| AppName::parse(&n).ok()).collect())
+    }
+
+    /// Moves a deploy to `to` only if it is in one of `from`; returns whether it moved. Terminal
+    /// phases also set `finished_at` and `error`.
+    pub fn transition(&self, id: &DeployId, from: &[Phase], to: Phase, error: Option<&str>) -> rusqlite::Result<bool> {
+        let froms = from.iter().map(|p| format!("'{}'", p.as_str())).collect::<Vec<_>>().join(",");
+        let now = now_rfc3339();
+        let conn = self.conn();
+        let changed = if to.is_terminal() {
+            conn.execute(
+                &format!("UPDATE deploys SET phase = ?1, finished_at = ?2, error = COALESCE(?3, error) WHERE id = ?4 AND phase IN ({froms})"),
+                params![to.as_str(), now, error, id.as_str()],
+            )?
+        } else if to == Phase::Running {
+            conn.execute(
+                &format!("UPDATE deploys SET phase = ?1, started_at = COALESCE(started_at, ?2) WHERE id = ?3 AND phase IN ({froms})"),
+                params![to.as_str(), now, id.as_str()],
+            )?
+        } else {
+            conn.execute(
+                &format!("UPDATE deploys SET phase = ?1 WHERE id = ?2 AND phase IN ({froms})"),
+                params![to.as_str(), id.as_str()],
+            )?
+        };
+        Ok(changed == 1)
+    }
+
+    pub fn set_superseded_by(&self, id: &DeployId, successor: &DeployId) -> rusqlite::Result<()> {
+        self.conn().execute(
+            "UPDATE deploys SET superseded_by = ?1 WHERE id = ?2",
+            params![successor.as_str(), id.as_str()],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_commits(&self, id: &DeployId, before: Option<&CommitSha>, commit: &CommitSha) -> rusqlite::Result<()> {
+        self.conn().execute(
+            "UPDATE deploys SET commit_before = ?1, commit_sha = ?2 WHERE id = ?3",
+            params![before.map(|c| c.as_str()), commit.as_str(), id.as_str()],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_images(&self, id: &DeployId, images: &Images) -> rusqlite::Result<()> {
+        self.set_json(id, "images", images)
+    }
+
+    pub fn set_previous_images(&self, id: &DeployId, images: &Images) -> rusqlite::Result<()> {
+        self.set_json(id, "previous_images", images)
+    }
+
+    pub fn set_verify(&self, id: &DeployId, report: &VerifyReport) -> rusqlite::Result<()> {
+        self.set_json(id, "verify", report)
+    }
+
+    pub fn set_recreate_started_at(&self, id: &DeployId, at: &str) -> rusqlite::Result<()> {
+        self.conn()
+            .execute("UPDATE deploys SET recreate_started_at = ?1 WHERE id = ?2", params![at, id.as_str()])?;
+        Ok(())
+    }
+
+    fn set_json<T: serde::Serialize>(&self, id: &DeployId, column: &'static str, value: &T) -> rusqlite::Result<()> {
+        let json = serde_json::to_string(value).expect("plain data serializes");
+        self.conn()
+            .execute(&format!("UPDATE deploys SET {column} = ?1 WHERE id = ?2"), params![json, id.as_str()])?;
+        Ok(())
+    }
+
+    /// Whether the trigger pre-approved migrations.
+    pub fn migrations_approved(&self, id: &DeployId) -> rusqlite::Result<bool> {
+        self.conn()
+            .query_row("SELECT approve_migrations FROM deploys WHERE id = ?1", [id.as_str()], |r| r.get(0))
+    }
+
+    pub fn step_start(&self, id: &DeployId, step: StepName, detail: &str) -> rusqlite::Result<()> {
+        self.conn().execute(
+            "UPDATE steps SET status = 'running', started_at = ?1, finished_at = NULL, detail = ?2
+             WHERE deploy_id = ?3 AND name = ?4",
+            params![now_rfc3339(), detail, id.as_str(), step.as_str()],
+        )?;
+        Ok(())
+    }
+
+    /// Ends a step; a step the deploy did not plan (rollback) is added at the end.
+    pub fn step_finish(&self, id: &DeployId, step: StepName, status: StepStatus, detail: &str) -> rusqlite::Result<()> {
+        let conn = self.conn();
+        let now = now_rfc3339();
+        conn.execute(
+            "INSERT INTO steps (deploy_id, idx, name, status, started_at, finished_at, detail)
+             VALUES (?1, (SELECT COALESCE(MAX(idx), -1) + 1 FROM steps WHERE deploy_id = ?1), ?2, ?3, ?4, ?4, ?5)
+             ON CONFLICT (deploy_id, name) DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at,
+                 detail = excluded.detail, started_at = COALESCE(steps.started_at, excluded.started_at)",
+            params![id.as_str(), step.as_str(), status.as_str(), now, detail],
+        )?;
+        Ok(())
+    }
+
+    /// Adds a step that was not planned when the deploy was queued (rollback), `pending`.
+    pub fn step_add(&self, id: &DeployId, step: StepName) -> rusqlite::Result<()> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO steps (deploy_id, idx, name, status)
+             VALUES (?1, (SELECT COALESCE(MAX(idx), -1) + 1 FROM steps WHERE deploy_id = ?1), ?2, 'pending')",
+            params![id.as_str(), step.as_str()],
+        )?;
+        Ok(())
+    }
+
+    /// Ends every step still pending or running as `skipped` (used when a deploy ends early).
+    pub fn skip_open_steps(&self, id: &DeployId, detail: &str) -> rusqlite::Result<()> {
+        self.conn().execute(
+            "UPDATE steps SET status = 'skipped', detail = CASE WHEN detail = '' THEN ?1 ELSE detail END
+             WHERE deploy_id = ?2 AND status = 'pending'",
+            params![detail, id.as_str()],
+        )?;
+        Ok(())
+    }
+
+    /// Startup recovery: a deploy left `running` belongs to a process that no longer exists. It
+    /// becomes `interrupted`, and its running step `failed`, naming the step. Returns them.
+    pub fn interrupt_orphans(&self) -> rusqlite::Result<Vec<Deploy>> {
+        let orphans = self.deploys_where("phase = 'running' ORDER BY seq", [])?;
+        for d in &orphans {
+            let step = d.running_step().map(|s| s.name.as_str()).unwrap_or("before its first step");
+            let msg = format!("interrupted: kua-deploy stopped while the deploy was in step {step}");
+            self.finish_interrupted(&d.deploy_id, &msg)?;
+        }
+        Ok(orphans)
+    }
+
+    /// Marks a deploy interrupted with `msg`, closing its running step as failed.
+    pub fn finish_interrupted(&self, id: &DeployId, msg: &str) -> rusqlite::Result<bool> {
+        {
+            let conn = self.conn();
+            conn.execute(
+                "UPDATE steps SET status = 'failed', finished_at = ?1, detail = ?2 WHERE deploy_id = ?3 AND status = 'running'",
+                params![now_rfc3339(), msg, id.as_str()],
+            )?;
+        }
+        self.skip_open_steps(id, "not run: the deploy was interrupted")?;
+        self.transition(id, &[Phase::Running, Phase::Queued], Phase::Interrupted, Some(msg))
+    }
+}
+
+fn load_steps(conn: &rusqlite::Connection, id: &DeployId) -> rusqlite::Result<Vec<Step>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, status, started_at, finished_at, detail FROM steps WHERE deploy_id = ?1 ORDER BY idx",
+    )?;
+    let rows = stmt.query_map([id.as_str()], |r| {
+        let name: String = r.get(0)?;
+        let status: String = r.get(1)?;
+        Ok((name, status, r.get(2)?, r.get(3)?, r.get(4)?))
+    })?;
+    let mut steps = Vec::new();
+    for row in rows {
+        let (name, status, started_at, finished_at, detail): (String, String, Option<String>, Option<String>, String) = row?;
+        if let (Some(name), Some(status)) = (StepName::parse(&name), StepStatus::parse(&status)) {
+            steps.push(Step { name, status, started_at, finished_at, detail });
+        }
+    }
+    Ok(steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_deploy(app: &str) -> NewDeploy {
+        NewDeploy {
+            app: AppName::parse(app).unwrap(),
+            trigger: Trigger {
+                source: TriggerSource::Api,
+                delivery: None,
+                git_ref: "refs/heads/main".into(),
+                requested_commit: None,
+            },
+            approve_migrations: false,
+            reason: Some("test".into()),
+            steps: vec![StepName::GitPull, StepName::Build],
+        }
+    }
+
+    #[test]
+    fn a_deploy_survives_reopening_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Store::open(dir.path()).unwrap().insert_deploy(&new_deploy("hello")).unwrap().deploy_id;
+        let reopened = Store::open(dir.path()).unwrap();
+        let d = reopened.deploy(&id).unwrap().unwrap();
+        assert_eq!(d.phase, Phase::Queued);
+        assert_eq!(d.steps.len(), 2);
+        assert_eq!(d.reason.as_deref(), Some("test"));
+    }
+
+    #[test]
+    fn a_guarded_transition_happens_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = store.insert_deploy(&new_deploy("hello")).unwrap().deploy_id;
+        assert!(store.transition(&id, &[Phase::Queued], Phase::Cancelled, None).unwrap());
+        assert!(!store.transition(&id, &[Phase::Queued], Phase::Running, None).unwrap());
+        assert_eq!(store.deploy(&id).unwrap().unwrap().phase, Phase::Cancelled);
+    }
+
+    #[test]
+    fn a_running_deploy_found_at_startup_becomes_interrupted_naming_its_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = store.insert_deploy(&new_deploy("hello")).unwrap().deploy_id;
+        store.transition(&id, &[Phase::Queued], Phase::Running, None).unwrap();
+        store.step_finish(&id, StepName::GitPull, StepStatus::Succeeded, "ok").unwrap();
+        store.step_start(&id, StepName::Build, "building").unwrap();
+        let orphans = Store::open(dir.path()).unwrap().interrupt_orphans().unwrap();
+        assert_eq!(orphans.len(), 1);
+        let d = store.deploy(&id).unwrap().unwrap();
+        assert_eq!(d.phase, Phase::Interrupted);
+        assert!(d.error.as_deref().unwrap().contains("build"));
+        assert_eq!(d.step(StepName::Build).unwrap().status, StepStatus::Failed);
+        assert!(d.finished_at.is_some());
+    }
+
+    #[test]
+    fn an_unplanned_step_is_appended_after_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = store.insert_deploy(&new_deploy("hello")).unwrap().deploy_id;
+        store.step_finish(&id, StepName::Rollback, StepStatus::Succeeded, "back").unwrap();
+        let names: Vec<_> = store.deploy(&id).unwrap().unwrap().steps.iter().map(|s| s.name).collect();
+        assert_eq!(names, vec![StepName::GitPull, StepName::Build, StepName::Rollback]);
+    }
+}

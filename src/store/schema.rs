@@ -1,0 +1,51 @@
+//! The schema, as an ordered list of migrations. `PRAGMA user_version` counts how many have run;
+//! a new migration is appended here, never edited in place.
+
+pub const MIGRATIONS: &[&str] = &[
+    // 1: deploys, their steps and their logs.
+    r#"
+    CREATE TABLE deploys (
+        seq                 INTEGER PRIMARY KEY AUTOINCREMENT,
+        id                  TEXT NOT NULL UNIQUE,
+        app                 TEXT NOT NULL,
+        phase               TEXT NOT NULL,
+        trigger_source      TEXT NOT NULL,
+        trigger_delivery    TEXT,
+        trigger_ref         TEXT NOT NULL,
+        requested_commit    TEXT,
+        approve_migrations  INTEGER NOT NULL DEFAULT 0,
+        reason              TEXT,
+        commit_before       TEXT,
+        commit_sha          TEXT,
+        created_at          TEXT NOT NULL,
+        started_at          TEXT,
+        finished_at         TEXT,
+        images              TEXT NOT NULL DEFAULT '{}',
+        previous_images     TEXT NOT NULL DEFAULT '{}',
+        verify              TEXT,
+        error               TEXT,
+        recreate_started_at TEXT,
+        superseded_by       TEXT
+    );
+    CREATE INDEX deploys_by_app ON deploys (app, seq);
+    CREATE INDEX deploys_by_phase ON deploys (phase);
+    CREATE TABLE steps (
+        deploy_id   TEXT NOT NULL REFERENCES deploys (id),
+        idx         INTEGER NOT NULL,
+        name        TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        started_at  TEXT,
+        finished_at TEXT,
+        detail      TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (deploy_id, name)
+    );
+    CREATE TABLE logs (
+        deploy_id TEXT NOT NULL REFERENCES deploys (id),
+        seq       INTEGER NOT NULL,
+        ts        TEXT NOT NULL,
+        stream    TEXT NOT NULL,
+        line      TEXT NOT NULL,
+        PRIMARY KEY (deploy_id, seq)
+    );
+    "#,
+];
