@@ -30,9 +30,9 @@ pub enum ClientError {
     Unreachable { url: String, reason: String },
     #[error("kua-deploy at {url} refused the admin token (401): check KUA_ADMIN_TOKEN or --token-file")]
     Unauthorized { url: String },
-    #[error("{message} ({code})")]
+    #[error("{message} (404 {code})")]
     NotFound { code: String, message: String },
-    #[error("{message} ({code}{})", deploy_id.as_ref().map(|d| format!(", deploy {d}")).unwrap_or_default())]
+    #[error("{message} (409 {code}{})", deploy_id.as_ref().map(|d| format!(", deploy {d}")).unwrap_or_default())]
     Conflict { code: String, message: String, deploy_id: Option<DeployId> },
     /// 400 and the other 4xx answers that say the request itself was wrong.
     #[error("request refused: {message} ({code})")]
@@ -374,8 +374,8 @@ pub fn resolve_token(src: &TokenSources) -> Result<String, String> {
 }
 
 fn read_token(path: &Path) -> Result<String, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("cannot read the admin token file {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the admin token file {}: {e}", path.display()))?;
     let token = text.trim();
     if token.is_empty() {
         return Err(format!("the admin token file {} is empty", path.display()));
@@ -475,6 +475,9 @@ mod tests {
         assert!(matches!(status_error("http://x", 401, b""), ClientError::Unauthorized { .. }));
         assert!(status_error("http://x", 502, b"<html>bad gateway</html>").is_retryable());
         assert!(matches!(status_error("http://x", 413, b"too big"), ClientError::BadRequest { .. }));
-        assert_eq!(status_error("http://x", 404, br#"{"error":{"code":"no_deploys","message":"m"}}"#).code(), Some("no_deploys"));
+        assert_eq!(
+            status_error("http://x", 404, br#"{"error":{"code":"no_deploys","message":"m"}}"#).code(),
+            Some("no_deploys")
+        );
     }
 }

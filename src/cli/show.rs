@@ -95,7 +95,12 @@ pub async fn status(args: StatusArgs) -> i32 {
         }
         if let Ok(r) = &runtime {
             println!();
-            println!("{} on {}{}", r.app, r.host, r.git_head.as_deref().map(|h| format!(", git HEAD {}", short(h, 12))).unwrap_or_default());
+            println!(
+                "{} on {}{}",
+                r.app,
+                r.host,
+                r.git_head.as_deref().map(|h| format!(", git HEAD {}", short(h, 12))).unwrap_or_default()
+            );
             if r.services.is_empty() {
                 println!("  no services");
             }

@@ -1,0 +1,7 @@
+//! One integration binary: each test starts the real `kua-deploy serve` on port 0 against a real
+//! git remote, the real Docker engine and Compose v2, and drives it over HTTP as a user would.
+
+mod api;
+mod deploy;
+mod recovery;
+mod support;

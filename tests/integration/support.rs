@@ -1,0 +1,336 @@
+//! The test world: a real git remote (bare, on disk) and a deploy checkout of a small busybox web
+//! app, a registry naming it, the real `kua-deploy serve` on port 0, and the real Docker engine
+//! with Compose v2. Everything a test makes in Docker carries the label `kua-deploy.test` and a
+//! project of its own, and is removed when the test ends (and left-overs of earlier runs, once,
+//! before the first test starts).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use kua_deploy::cli::client::Client;
+use kua_deploy::model::{AppName, Deploy, DeployId, Phase};
+use serde_json::{json, Value};
+
+pub const TOKEN: &str = "test-admin-token-0123456789abcdef";
+pub const BUSYBOX: &str = "/bin/busybox";
+pub const TEST_LABEL: &str = "kua-deploy.test";
+
+/// Runs a command that must succeed; a missing tool fails the test with what to install.
+pub fn sh(dir: &Path, argv: &[&str]) -> String {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {:?} ({e}); this test needs it installed (see .ci/run)", argv[0]));
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}{}",
+        argv,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let mut argv = vec!["git", "-c", "user.name=Test", "-c", "user.email=test@example.invalid", "-c", "init.defaultBranch=main"];
+    argv.extend_from_slice(args);
+    sh(dir, &argv)
+}
+
+fn docker_ok(args: &[&str]) -> bool {
+    Command::new("docker").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// Removes everything labelled by a test: containers first, then images and networks.
+fn remove_labelled(filter: &str) {
+    let ids = sh(Path::new("/"), &["docker", "ps", "-aq", "--filter", filter]);
+    if !ids.is_empty() {
+        let mut argv = vec!["rm", "-f"];
+        argv.extend(ids.split_whitespace());
+        docker_ok(&argv);
+    }
+    let ids = sh(Path::new("/"), &["docker", "images", "-q", "--filter", filter]);
+    if !ids.is_empty() {
+        let mut argv = vec!["rmi", "-f"];
+        argv.extend(ids.split_whitespace());
+        docker_ok(&argv);
+    }
+    let ids = sh(Path::new("/"), &["docker", "network", "ls", "-q", "--filter", filter]);
+    if !ids.is_empty() {
+        let mut argv = vec!["network", "rm"];
+        argv.extend(ids.split_whitespace());
+        docker_ok(&argv);
+    }
+}
+
+static PREFLIGHT: Once = Once::new();
+
+/// Fails (never skips) when Docker, Compose v2, git or busybox is missing, and clears what earlier
+/// runs left behind.
+pub fn preflight() {
+    PREFLIGHT.call_once(|| {
+        let v = sh(Path::new("/"), &["docker", "version", "--format", "{{.Server.Version}}"]);
+        assert!(!v.is_empty(), "the Docker engine did not answer");
+        let c = sh(Path::new("/"), &["docker", "compose", "version", "--short"]);
+        assert!(c.starts_with('2') || c.starts_with("v2"), "docker compose is not v2 ({c}); .ci/run installs it");
+        sh(Path::new("/"), &["git", "--version"]);
+        assert!(Path::new(BUSYBOX).exists(), "{BUSYBOX} is missing: apt-get install busybox-static");
+        remove_labelled(&format!("label={TEST_LABEL}"));
+    });
+}
+
+/// What the app's container does when it starts.
+#[derive(Clone, Copy)]
+pub enum Behaviour {
+    /// Serves `index.html` on port 80, healthy within about a second.
+    Serve,
+    /// Exits at once with status 1.
+    Crash,
+    /// A Dockerfile that cannot build.
+    BrokenBuild,
+    /// Sleeps `secs` during the build, then serves.
+    SlowBuild(u32),
+}
+
+pub struct AppOptions {
+    pub migrations: Option<Value>,
+    pub verify: Value,
+    pub rollback: bool,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self { migrations: None, verify: json!({"timeout_s": 30, "stable_s": 1}), rollback: true }
+    }
+}
+
+/// One app: its remote, its checkout, its registry and its Compose project.
+pub struct TestApp {
+    pub dir: tempfile::TempDir,
+    pub name: AppName,
+    pub project: String,
+    pub remote: PathBuf,
+    pub work: PathBuf,
+    pub checkout: PathBuf,
+    pub registry: PathBuf,
+    pub state: PathBuf,
+}
+
+impl TestApp {
+    pub fn new(opts: AppOptions) -> TestApp {
+        preflight();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let project = format!("kt{}", &uuid_hex()[..10]);
+        let remote = dir.path().join("remote.git");
+        let work = dir.path().join("work");
+        let checkout = dir.path().join("checkout");
+        git(dir.path(), &["init", "--quiet", "--bare", remote.to_str().unwrap()]);
+        git(dir.path(), &["init", "--quiet", work.to_str().unwrap()]);
+        std::fs::copy(BUSYBOX, work.join("busybox")).expect("copy busybox");
+        std::fs::write(
+            work.join("docker-compose.yml"),
+            format!(
+                "services:\n  web:\n    build: .\n    ports: [\"127.0.0.1::80\"]\n    stop_grace_period: 1s\n    labels: [\"{TEST_LABEL}=1\"]\nnetworks:\n  default:\n    labels: [\"{TEST_LABEL}=1\"]\n"
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all(work.join("migrations")).unwrap();
+        std::fs::write(work.join("migrations/.keep"), "").unwrap();
+        let app = TestApp {
+            name: AppName::parse("hello").unwrap(),
+            project,
+            remote,
+            work,
+            checkout,
+            registry: dir.path().join("deploy-registry.json"),
+            state: dir.path().join("state"),
+            dir,
+        };
+        app.write_dockerfile(Behaviour::Serve);
+        std::fs::write(app.work.join("index.html"), "v1\n").unwrap();
+        git(&app.work, &["add", "-A"]);
+        git(&app.work, &["commit", "--quiet", "-m", "v1"]);
+        git(&app.work, &["remote", "add", "origin", app.remote.to_str().unwrap()]);
+        git(&app.work, &["push", "--quiet", "origin", "HEAD:refs/heads/main"]);
+        git(app.dir.path(), &["clone", "--quiet", "--branch", "main", app.remote.to_str().unwrap(), app.checkout.to_str().unwrap()]);
+        let mut entry = json!({
+            "repo": app.checkout,
+            "project": app.project,
+            "services": ["web"],
+            "verify": opts.verify,
+            "rollback": opts.rollback,
+        });
+        if let Some(m) = opts.migrations {
+            entry["migrations"] = m;
+        }
+        std::fs::write(&app.registry, serde_json::to_string_pretty(&json!({"apps": {"hello": entry}})).unwrap()).unwrap();
+        app
+    }
+
+    pub fn write_dockerfile(&self, b: Behaviour) {
+        let base = format!("FROM scratch\nLABEL {TEST_LABEL}=1\nCOPY busybox /bin/busybox\nCOPY index.html /www/index.html\n");
+        let serve = "HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD [\"/bin/busybox\",\"wget\",\"-q\",\"-O\",\"/dev/null\",\"http://127.0.0.1/\"]\nCMD [\"/bin/busybox\",\"httpd\",\"-f\",\"-p\",\"80\",\"-h\",\"/www\"]\n";
+        let text = match b {
+            Behaviour::Serve => format!("{base}{serve}"),
+            Behaviour::Crash => format!("{base}CMD [\"/bin/busybox\",\"sh\",\"-c\",\"echo crashing; exit 1\"]\n"),
+            Behaviour::BrokenBuild => format!("{base}COPY no-such-file /nowhere\n{serve}"),
+            Behaviour::SlowBuild(secs) => {
+                format!("{base}RUN [\"/bin/busybox\",\"sleep\",\"{secs}\"]\nRUN [\"/bin/busybox\",\"true\"]\n{serve}")
+            }
+        };
+        std::fs::write(self.work.join("Dockerfile"), text).unwrap();
+    }
+
+    /// Commits the work tree with `content` served, pushes it, returns the commit id.
+    pub fn push(&self, content: &str, b: Behaviour) -> String {
+        self.push_to("main", content, b)
+    }
+
+    pub fn push_to(&self, branch: &str, content: &str, b: Behaviour) -> String {
+        self.write_dockerfile(b);
+        std::fs::write(self.work.join("index.html"), format!("{content}\n")).unwrap();
+        git(&self.work, &["add", "-A"]);
+        git(&self.work, &["commit", "--quiet", "--allow-empty", "-m", content]);
+        git(&self.work, &["push", "--quiet", "origin", &format!("HEAD:refs/heads/{branch}")]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    pub fn start(&self) -> Server {
+        Server::start(&self.registry, &self.state)
+    }
+
+    /// What the app's `web` container serves on its published loopback port.
+    pub fn fetch(&self) -> Option<String> {
+        let out = Command::new("docker")
+            .args(["compose", "-p", &self.project, "port", "web", "80"])
+            .current_dir(&self.checkout)
+            .output()
+            .ok()?;
+        let addr = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !out.status.success() || !addr.starts_with("127.0.0.1:") {
+            return None;
+        }
+        let body = Command::new(BUSYBOX).args(["wget", "-q", "-O", "-", &format!("http://{addr}/")]).output().ok()?;
+        body.status.success().then(|| String::from_utf8_lossy(&body.stdout).trim().to_owned())
+    }
+
+    /// `(container id, image id)` of each running `web` container Compose made.
+    pub fn web_containers(&self) -> Vec<(String, String)> {
+        let ids = sh(
+            Path::new("/"),
+            &[
+                "docker",
+                "ps",
+                "-q",
+                "--no-trunc",
+                "--filter",
+                &format!("label=com.docker.compose.project={}", self.project),
+                "--filter",
+                "label=com.docker.compose.service=web",
+                "--filter",
+                "label=com.docker.compose.oneoff=False",
+            ],
+        );
+        ids.split_whitespace()
+            .map(|id| (id.to_owned(), sh(Path::new("/"), &["docker", "inspect", "-f", "{{.Image}}", id])))
+            .collect()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        remove_labelled(&format!("label=com.docker.compose.project={}", self.project));
+    }
+}
+
+pub fn uuid_hex() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A running `kua-deploy serve`, stopped (SIGTERM) when dropped.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub client: Client,
+    log: PathBuf,
+}
+
+impl Server {
+    pub fn start(registry: &Path, state: &Path) -> Server {
+        let log = state.with_extension(format!("log-{}", &uuid_hex()[..6]));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kua-deploy"))
+            .args(["serve", "--config", registry.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
+            .args(["--listen", "127.0.0.1:0"])
+            .env("KUA_ADMIN_TOKEN", TOKEN)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start kua-deploy serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read the listen line");
+        let url = line
+            .trim()
+            .strip_prefix("kua-deploy listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}; server log: {}", std::fs::read_to_string(&log).unwrap_or_default()))
+            .to_owned();
+        let client = Client::new(url.clone(), TOKEN);
+        Server { child, url, client, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and how long the process took to exit.
+    pub fn terminate(&mut self) -> Duration {
+        let started = Instant::now();
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+        started.elapsed()
+    }
+
+    pub fn http(&self) -> reqwest::Client {
+        reqwest::Client::new()
+    }
+
+    pub fn auth(&self) -> String {
+        format!("Bearer {TOKEN}")
+    }
+
+    /// Polls the deploy until `until` holds for it, or panics after `timeout` with what it saw.
+    pub async fn wait_for(&self, id: &DeployId, timeout: Duration, until: impl Fn(&Deploy) -> bool) -> Deploy {
+        let start = Instant::now();
+        loop {
+            let d = self.client.deploy_status(id).await.expect("GET deploy");
+            if until(&d) {
+                return d;
+            }
+            assert!(start.elapsed() < timeout, "deploy did not get there in {timeout:?}: {d:#?}\nserver log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn wait_end(&self, id: &DeployId) -> Deploy {
+        self.wait_for(id, Duration::from_secs(120), |d| d.phase.is_terminal() || d.phase == Phase::AwaitingApproval).await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.terminate();
+        }
+    }
+}
