@@ -76,12 +76,17 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 }
 
 /// Serves the API on `listener` until `shutdown` resolves; then stops running deploys and returns.
-pub async fn serve(settings: Settings, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let store = Store::open(&settings.state_dir)?;
     for d in store.interrupt_orphans()? {
         tracing::warn!(deploy = %d.deploy_id, app = %d.app, "a deploy was left running by a previous process: now interrupted");
     }
-    let mut secrets: Vec<String> = settings.registry.apps.values().filter_map(|a| a.webhook.as_ref()?.secret.read()).collect();
+    let mut secrets: Vec<String> =
+        settings.registry.apps.values().filter_map(|a| a.webhook.as_ref()?.secret.read()).collect();
     secrets.push(settings.admin_token.clone());
     let redactor = Redactor::new(secrets);
     let stop = CancellationToken::new();
@@ -125,7 +130,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
         Ok(r) => r,
         Err(errors) => {
             eprintln!("{errors}");
-            eprintln!("fix the registry (check it with `kua-deploy check-config {}`) and start again", args.config.display());
+            eprintln!(
+                "fix the registry (check it with `kua-deploy check-config {}`) and start again",
+                args.config.display()
+            );
             return Ok(2);
         }
     };

@@ -20,18 +20,8 @@ const MAX_TIMEOUT_S: u64 = 3600;
 const MAX_STABLE_S: u64 = 600;
 
 const TOP_KEYS: &[&str] = &["apps", "hosts", "self"];
-const APP_KEYS: &[&str] = &[
-    "host",
-    "repo",
-    "branch",
-    "compose_files",
-    "project",
-    "services",
-    "migrations",
-    "verify",
-    "rollback",
-    "webhook",
-];
+const APP_KEYS: &[&str] =
+    &["host", "repo", "branch", "compose_files", "project", "services", "migrations", "verify", "rollback", "webhook"];
 const HOST_KEYS: &[&str] = &["ssh", "identity_file", "known_hosts_file"];
 const MIGRATIONS_KEYS: &[&str] = &["paths", "policy", "service", "command"];
 const VERIFY_KEYS: &[&str] = &["timeout_s", "stable_s"];
@@ -93,10 +83,7 @@ pub struct MigrationsConfig {
 pub enum MigrationPolicy {
     Allow,
     Block,
-    Run {
-        service: ServiceName,
-        command: Vec<String>,
-    },
+    Run { service: ServiceName, command: Vec<String> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,10 +94,7 @@ pub struct VerifyConfig {
 
 impl Default for VerifyConfig {
     fn default() -> Self {
-        Self {
-            timeout_s: DEFAULT_TIMEOUT_S,
-            stable_s: DEFAULT_STABLE_S,
-        }
+        Self { timeout_s: DEFAULT_TIMEOUT_S, stable_s: DEFAULT_STABLE_S }
     }
 }
 
@@ -235,11 +219,8 @@ impl Registry {
                 "cannot read the registry: {e}; check the path (the default is ./{DEFAULT_PATH}, or pass --config PATH)"
             ))
         })?;
-        let text = String::from_utf8(bytes).map_err(|e| {
-            unreadable(format!(
-                "the registry is not UTF-8 text ({e}); save it as UTF-8"
-            ))
-        })?;
+        let text = String::from_utf8(bytes)
+            .map_err(|e| unreadable(format!("the registry is not UTF-8 text ({e}); save it as UTF-8")))?;
         Self::parse(&text, path)
     }
 
@@ -249,10 +230,7 @@ impl Registry {
         c.errors.sort_by_key(|e| (e.line, e.column));
         match registry {
             Some(r) if c.errors.is_empty() => Ok(r),
-            _ => Err(ConfigErrors {
-                path: path.to_owned(),
-                errors: c.errors,
-            }),
+            _ => Err(ConfigErrors { path: path.to_owned(), errors: c.errors }),
         }
     }
 
@@ -270,27 +248,14 @@ struct At {
 
 impl At {
     fn top() -> At {
-        At {
-            app: None,
-            key: String::new(),
-        }
+        At { app: None, key: String::new() }
     }
     fn child(&self, k: &str) -> At {
-        let key = if self.key.is_empty() {
-            k.to_owned()
-        } else {
-            format!("{}.{k}", self.key)
-        };
-        At {
-            app: self.app.clone(),
-            key,
-        }
+        let key = if self.key.is_empty() { k.to_owned() } else { format!("{}.{k}", self.key) };
+        At { app: self.app.clone(), key }
     }
     fn index(&self, i: usize) -> At {
-        At {
-            app: self.app.clone(),
-            key: format!("{}[{i}]", self.key),
-        }
+        At { app: self.app.clone(), key: format!("{}[{i}]", self.key) }
     }
 }
 
@@ -350,15 +315,8 @@ struct Checker<'t> {
 
 impl<'t> Checker<'t> {
     fn new(text: &'t str, path: &Path) -> Self {
-        let line_starts = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-            .collect();
-        Checker {
-            path: path.to_owned(),
-            text,
-            line_starts,
-            errors: Vec::new(),
-        }
+        let line_starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        Checker { path: path.to_owned(), text, line_starts, errors: Vec::new() }
     }
 
     /// 1-based line and column (in characters, as an editor counts them) of a byte offset.
@@ -366,11 +324,7 @@ impl<'t> Checker<'t> {
         let offset = offset.min(self.text.len());
         let line = self.line_starts.partition_point(|&s| s <= offset);
         let start = self.line_starts[line - 1];
-        let column = self
-            .text
-            .get(start..offset)
-            .map_or(offset - start, |s| s.chars().count())
-            + 1;
+        let column = self.text.get(start..offset).map_or(offset - start, |s| s.chars().count()) + 1;
         (line, column)
     }
 
@@ -424,11 +378,7 @@ impl<'t> Checker<'t> {
             Ok(result) => match result.value {
                 Some(root) => self.registry(&root),
                 None => {
-                    self.error(
-                        &At::top(),
-                        0,
-                        "the file is empty: write a JSON object with an \"apps\" key",
-                    );
+                    self.error(&At::top(), 0, "the file is empty: write a JSON object with an \"apps\" key");
                     None
                 }
             },
@@ -457,12 +407,7 @@ impl<'t> Checker<'t> {
     }
 
     /// The known keys of `obj`; unknown and repeated keys are reported here.
-    fn fields<'v, 'a>(
-        &mut self,
-        obj: &'v Object<'a>,
-        at: &At,
-        allowed: &[&'static str],
-    ) -> Fields<'v, 'a> {
+    fn fields<'v, 'a>(&mut self, obj: &'v Object<'a>, at: &At, allowed: &[&'static str]) -> Fields<'v, 'a> {
         let mut props: HashMap<&'static str, &'v ObjectProp<'a>> = HashMap::new();
         for p in &obj.properties {
             let name = prop_name(p);
@@ -487,10 +432,7 @@ impl<'t> Checker<'t> {
                     self.error(
                         &at.child(name),
                         prop_name_start(p),
-                        format!(
-                            "unknown key; {hint}the keys allowed here are: {}",
-                            allowed.join(", ")
-                        ),
+                        format!("unknown key; {hint}the keys allowed here are: {}", allowed.join(", ")),
                     );
                 }
             }
@@ -499,12 +441,7 @@ impl<'t> Checker<'t> {
     }
 
     /// The entries of a map-like object (`apps`, `hosts`); repeated names are reported and dropped.
-    fn entries<'v, 'a>(
-        &mut self,
-        obj: &'v Object<'a>,
-        at: &At,
-        what: &str,
-    ) -> Vec<&'v ObjectProp<'a>> {
+    fn entries<'v, 'a>(&mut self, obj: &'v Object<'a>, at: &At, what: &str) -> Vec<&'v ObjectProp<'a>> {
         let mut seen: HashMap<&'v str, usize> = HashMap::new();
         let mut out = Vec::new();
         for p in &obj.properties {
@@ -529,27 +466,14 @@ impl<'t> Checker<'t> {
     }
 
     fn missing(&mut self, obj: &Object<'_>, at: &At, key: &str, hint: &str) {
-        self.error(
-            &at.child(key),
-            obj.range.start,
-            format!("missing required key {key:?}: {hint}"),
-        );
+        self.error(&at.child(key), obj.range.start, format!("missing required key {key:?}: {hint}"));
     }
 
     fn wrong_type(&mut self, v: &Value<'_>, at: &At, expected: &str) {
-        self.error(
-            at,
-            value_start(v),
-            format!("expected {expected}, found {}", kind_of(v)),
-        );
+        self.error(at, value_start(v), format!("expected {expected}, found {}", kind_of(v)));
     }
 
-    fn object<'v, 'a>(
-        &mut self,
-        v: &'v Value<'a>,
-        at: &At,
-        expected: &str,
-    ) -> Option<&'v Object<'a>> {
+    fn object<'v, 'a>(&mut self, v: &'v Value<'a>, at: &At, expected: &str) -> Option<&'v Object<'a>> {
         match v {
             Value::Object(o) => Some(o),
             _ => {
@@ -612,19 +536,11 @@ impl<'t> Checker<'t> {
             self.wrong_type(v, at, &expected);
             return None;
         };
-        let parsed = if n.value.bytes().all(|b| b.is_ascii_digit()) {
-            n.value.parse::<u64>().ok()
-        } else {
-            None
-        };
+        let parsed = if n.value.bytes().all(|b| b.is_ascii_digit()) { n.value.parse::<u64>().ok() } else { None };
         match parsed {
             Some(s) if (min..=max).contains(&s) => Some(s),
             _ => {
-                self.error(
-                    at,
-                    n.range.start,
-                    format!("expected {expected}, found {}", n.value),
-                );
+                self.error(at, n.range.start, format!("expected {expected}, found {}", n.value));
                 None
             }
         }
@@ -649,14 +565,7 @@ impl<'t> Checker<'t> {
         let mut apps = BTreeMap::new();
         let mut app_names = BTreeSet::new();
         match f.get("apps") {
-            Some(p) => self.apps(
-                &p.value,
-                &top.child("apps"),
-                &hosts,
-                &host_names,
-                &mut apps,
-                &mut app_names,
-            ),
+            Some(p) => self.apps(&p.value, &top.child("apps"), &hosts, &host_names, &mut apps, &mut app_names),
             None => self.missing(
                 obj,
                 &top,
@@ -668,11 +577,7 @@ impl<'t> Checker<'t> {
         let mut self_app = None;
         if let Some(p) = f.get("self") {
             let at = top.child("self");
-            if let Some(s) = self.string(
-                &p.value,
-                &at,
-                "the name of the app that runs kua-deploy itself",
-            ) {
+            if let Some(s) = self.string(&p.value, &at, "the name of the app that runs kua-deploy itself") {
                 let start = value_start(&p.value);
                 match AppName::parse(s) {
                     Err(e) => self.error(&at, start, format!("{e}")),
@@ -684,11 +589,7 @@ impl<'t> Checker<'t> {
                             start,
                             format!(
                                 "no app named {s:?}; name one of the apps ({}) or remove \"self\"",
-                                if known.is_empty() {
-                                    "none yet".to_owned()
-                                } else {
-                                    known.join(", ")
-                                }
+                                if known.is_empty() { "none yet".to_owned() } else { known.join(", ") }
                             ),
                         );
                     }
@@ -696,26 +597,13 @@ impl<'t> Checker<'t> {
             }
         }
 
-        Some(Registry {
-            path: self.path.clone(),
-            apps,
-            hosts,
-            self_app,
-        })
+        Some(Registry { path: self.path.clone(), apps, hosts, self_app })
     }
 
-    fn hosts(
-        &mut self,
-        v: &Value<'_>,
-        at: &At,
-        hosts: &mut BTreeMap<String, SshHost>,
-        names: &mut BTreeSet<String>,
-    ) {
-        let Some(obj) = self.object(
-            v,
-            at,
-            "an object of named hosts such as {\"bruno\": {\"ssh\": \"deploy@bruno.example:22\"}}",
-        ) else {
+    fn hosts(&mut self, v: &Value<'_>, at: &At, hosts: &mut BTreeMap<String, SshHost>, names: &mut BTreeSet<String>) {
+        let Some(obj) =
+            self.object(v, at, "an object of named hosts such as {\"bruno\": {\"ssh\": \"deploy@bruno.example:22\"}}")
+        else {
             return;
         };
         for p in self.entries(obj, at, "host") {
@@ -734,40 +622,29 @@ impl<'t> Checker<'t> {
     }
 
     fn host_entry(&mut self, name: &str, v: &Value<'_>, at: &At) -> Option<SshHost> {
-        let obj = self.object(
-            v,
-            at,
-            "an object such as {\"ssh\": \"deploy@bruno.example:22\"}",
-        )?;
+        let obj = self.object(v, at, "an object such as {\"ssh\": \"deploy@bruno.example:22\"}")?;
         let f = self.fields(obj, at, HOST_KEYS);
         let target = match f.get("ssh") {
             None => {
-                self.missing(
-                    obj,
-                    at,
-                    "ssh",
-                    "give it as \"user@host\" or \"user@host:port\"",
-                );
+                self.missing(obj, at, "ssh", "give it as \"user@host\" or \"user@host:port\"");
                 None
             }
             Some(p) => {
                 let kat = at.child("ssh");
-                self.string(&p.value, &kat, "a string \"user@host[:port]\"")
-                    .and_then(|s| {
-                        let bare = s.strip_prefix("ssh://").unwrap_or(s);
-                        match parse_ssh_target(bare) {
-                            Ok(t) => Some(t),
-                            Err(msg) => {
-                                self.error(&kat, value_start(&p.value), format!("{s:?}: {msg}"));
-                                None
-                            }
+                self.string(&p.value, &kat, "a string \"user@host[:port]\"").and_then(|s| {
+                    let bare = s.strip_prefix("ssh://").unwrap_or(s);
+                    match parse_ssh_target(bare) {
+                        Ok(t) => Some(t),
+                        Err(msg) => {
+                            self.error(&kat, value_start(&p.value), format!("{s:?}: {msg}"));
+                            None
                         }
-                    })
+                    }
+                })
             }
         };
         let identity_file = self.optional_abs_path(&f, at, "identity_file", "the SSH private key");
-        let known_hosts_file =
-            self.optional_abs_path(&f, at, "known_hosts_file", "the known_hosts file");
+        let known_hosts_file = self.optional_abs_path(&f, at, "known_hosts_file", "the known_hosts file");
         let (user, host, port) = target?;
         Some(SshHost {
             name: name.to_owned(),
@@ -780,22 +657,12 @@ impl<'t> Checker<'t> {
     }
 
     /// `Some(None)` when absent, `None` when present but bad.
-    fn optional_abs_path(
-        &mut self,
-        f: &Fields<'_, '_>,
-        at: &At,
-        key: &str,
-        what: &str,
-    ) -> Option<Option<PathBuf>> {
+    fn optional_abs_path(&mut self, f: &Fields<'_, '_>, at: &At, key: &str, what: &str) -> Option<Option<PathBuf>> {
         let Some(p) = f.get(key) else {
             return Some(None);
         };
         let kat = at.child(key);
-        let s = self.string(
-            &p.value,
-            &kat,
-            &format!("a string: the absolute path of {what}"),
-        )?;
+        let s = self.string(&p.value, &kat, &format!("a string: the absolute path of {what}"))?;
         // ssh reads UserKnownHostsFile as a space-separated list, so a space would split the path.
         let spaced = key == "known_hosts_file" && s.chars().any(char::is_whitespace);
         match check_absolute(s) {
@@ -843,10 +710,7 @@ impl<'t> Checker<'t> {
         let mut claimed: HashMap<(String, String), String> = HashMap::new();
         for p in self.entries(obj, at, "app") {
             let key = prop_name(p);
-            let aat = At {
-                app: Some(key.to_owned()),
-                key: format!("{}.{key}", at.key),
-            };
+            let aat = At { app: Some(key.to_owned()), key: format!("{}.{key}", at.key) };
             let name = match AppName::parse(key) {
                 Ok(n) => {
                     app_names.insert(key.to_owned());
@@ -857,9 +721,7 @@ impl<'t> Checker<'t> {
                     None
                 }
             };
-            let Some((config, project_at)) =
-                self.app(name.as_ref(), key, p, &aat, hosts, host_names)
-            else {
+            let Some((config, project_at)) = self.app(name.as_ref(), key, p, &aat, hosts, host_names) else {
                 continue;
             };
             let Some(name) = name else { continue };
@@ -895,11 +757,8 @@ impl<'t> Checker<'t> {
         hosts: &BTreeMap<String, SshHost>,
         host_names: &BTreeSet<String>,
     ) -> Option<(AppConfig, usize)> {
-        let obj = self.object(
-            &p.value,
-            at,
-            "an object such as {\"repo\": \"/srv/apps/hello\", \"services\": [\"web\"]}",
-        )?;
+        let obj =
+            self.object(&p.value, at, "an object such as {\"repo\": \"/srv/apps/hello\", \"services\": [\"web\"]}")?;
         let f = self.fields(obj, at, APP_KEYS);
 
         let host = match f.get("host") {
@@ -919,20 +778,13 @@ impl<'t> Checker<'t> {
             }
             Some(rp) => {
                 let rat = at.child("repo");
-                self.string(
-                    &rp.value,
-                    &rat,
-                    "a string: the absolute path of the app's git checkout",
-                )
-                .and_then(|s| match check_absolute(s) {
-                    Ok(path) => Some(path),
-                    Err(msg) => {
-                        self.error(
-                            &rat,
-                            value_start(&rp.value),
-                            format!("{msg} of the app's git checkout"),
-                        );
-                        None
+                self.string(&rp.value, &rat, "a string: the absolute path of the app's git checkout").and_then(|s| {
+                    match check_absolute(s) {
+                        Ok(path) => Some(path),
+                        Err(msg) => {
+                            self.error(&rat, value_start(&rp.value), format!("{msg} of the app's git checkout"));
+                            None
+                        }
                     }
                 })
             }
@@ -942,19 +794,10 @@ impl<'t> Checker<'t> {
             None => BranchName::parse(DEFAULT_BRANCH).ok(),
             Some(bp) => {
                 let bat = at.child("branch");
-                self.string(
-                    &bp.value,
-                    &bat,
-                    "a string: the git branch to deploy, e.g. \"main\"",
-                )
-                .and_then(|s| {
+                self.string(&bp.value, &bat, "a string: the git branch to deploy, e.g. \"main\"").and_then(|s| {
                     BranchName::parse(s)
                         .map_err(|e| {
-                            self.error(
-                                &bat,
-                                value_start(&bp.value),
-                                format!("{e}; name the branch to deploy"),
-                            )
+                            self.error(&bat, value_start(&bp.value), format!("{e}; name the branch to deploy"))
                         })
                         .ok()
                 })
@@ -1001,23 +844,14 @@ impl<'t> Checker<'t> {
                 let start = value_start(&pp.value);
                 let project = self
                     .string(&pp.value, &pat, "a string: the Compose project name")
-                    .and_then(|s| {
-                        ProjectName::parse(s)
-                            .map_err(|e| self.error(&pat, start, format!("{e}")))
-                            .ok()
-                    });
+                    .and_then(|s| ProjectName::parse(s).map_err(|e| self.error(&pat, start, format!("{e}"))).ok());
                 (project, start)
             }
         };
 
         let services = match f.get("services") {
             None => {
-                self.missing(
-                    obj,
-                    at,
-                    "services",
-                    "list the services to build and recreate, e.g. [\"web\"]",
-                );
+                self.missing(obj, at, "services", "list the services to build and recreate, e.g. [\"web\"]");
                 None
             }
             Some(sp) => self.services(&sp.value, &at.child("services")),
@@ -1025,9 +859,7 @@ impl<'t> Checker<'t> {
 
         let migrations = match f.get("migrations") {
             None => Some(None),
-            Some(mp) => self
-                .migrations(&mp.value, &at.child("migrations"), services.as_deref())
-                .map(Some),
+            Some(mp) => self.migrations(&mp.value, &at.child("migrations"), services.as_deref()).map(Some),
         };
 
         let verify = match f.get("verify") {
@@ -1104,10 +936,7 @@ impl<'t> Checker<'t> {
             let known = if host_names.is_empty() {
                 "there is no top-level \"hosts\" map".to_owned()
             } else {
-                format!(
-                    "the hosts are: {}",
-                    host_names.iter().cloned().collect::<Vec<_>>().join(", ")
-                )
+                format!("the hosts are: {}", host_names.iter().cloned().collect::<Vec<_>>().join(", "))
             };
             self.error(
                 at,
@@ -1129,7 +958,11 @@ impl<'t> Checker<'t> {
             "a string: a Compose service name",
         )?;
         if items.is_empty() {
-            self.error(at, value_start(v), "the list is empty: name at least one service to build and recreate, e.g. [\"web\"]");
+            self.error(
+                at,
+                value_start(v),
+                "the list is empty: name at least one service to build and recreate, e.g. [\"web\"]",
+            );
             return None;
         }
         let mut out: Vec<ServiceName> = Vec::new();
@@ -1137,11 +970,7 @@ impl<'t> Checker<'t> {
         for (s, iat, start) in items {
             match ServiceName::parse(s) {
                 Ok(n) if out.contains(&n) => {
-                    self.error(
-                        &iat,
-                        start,
-                        format!("service {s:?} is listed twice; list it once"),
-                    );
+                    self.error(&iat, start, format!("service {s:?} is listed twice; list it once"));
                     ok = false;
                 }
                 Ok(n) => out.push(n),
@@ -1155,25 +984,10 @@ impl<'t> Checker<'t> {
     }
 
     /// A non-empty list of paths that stay inside the checkout.
-    fn relative_paths(
-        &mut self,
-        v: &Value<'_>,
-        at: &At,
-        expected: &str,
-        element: &str,
-    ) -> Option<Vec<String>> {
-        let items = self.string_list(
-            v,
-            at,
-            expected,
-            &format!("a string: {element} relative to repo"),
-        )?;
+    fn relative_paths(&mut self, v: &Value<'_>, at: &At, expected: &str, element: &str) -> Option<Vec<String>> {
+        let items = self.string_list(v, at, expected, &format!("a string: {element} relative to repo"))?;
         if items.is_empty() {
-            self.error(
-                at,
-                value_start(v),
-                format!("the list is empty: expected {expected}"),
-            );
+            self.error(at, value_start(v), format!("the list is empty: expected {expected}"));
             return None;
         }
         let mut out: Vec<String> = Vec::new();
@@ -1194,12 +1008,7 @@ impl<'t> Checker<'t> {
         ok.then_some(out)
     }
 
-    fn migrations(
-        &mut self,
-        v: &Value<'_>,
-        at: &At,
-        services: Option<&[ServiceName]>,
-    ) -> Option<MigrationsConfig> {
+    fn migrations(&mut self, v: &Value<'_>, at: &At, services: Option<&[ServiceName]>) -> Option<MigrationsConfig> {
         let obj = self.object(
             v,
             at,
@@ -1225,12 +1034,7 @@ impl<'t> Checker<'t> {
         };
         let policy_word = match f.get("policy") {
             None => {
-                self.missing(
-                    obj,
-                    at,
-                    "policy",
-                    "set it to \"allow\", \"block\" or \"run\"",
-                );
+                self.missing(obj, at, "policy", "set it to \"allow\", \"block\" or \"run\"");
                 None
             }
             Some(pp) => {
@@ -1239,11 +1043,7 @@ impl<'t> Checker<'t> {
                 match self.string(&pp.value, &pat, &format!("a string: {expected}")) {
                     Some(w @ ("allow" | "block" | "run")) => Some(w),
                     Some(w) => {
-                        self.error(
-                            &pat,
-                            value_start(&pp.value),
-                            format!("unknown policy {w:?}: expected {expected}"),
-                        );
+                        self.error(&pat, value_start(&pp.value), format!("unknown policy {w:?}: expected {expected}"));
                         None
                     }
                     None => None,
@@ -1274,18 +1074,13 @@ impl<'t> Checker<'t> {
                 let service = self.run_service(obj, &f, at, services);
                 let command = self.run_command(obj, &f, at);
                 match (service, command) {
-                    (Some(service), Some(command)) => {
-                        Some(MigrationPolicy::Run { service, command })
-                    }
+                    (Some(service), Some(command)) => Some(MigrationPolicy::Run { service, command }),
                     _ => None,
                 }
             }
             None => None,
         };
-        Some(MigrationsConfig {
-            paths: paths?,
-            policy: policy?,
-        })
+        Some(MigrationsConfig { paths: paths?, policy: policy? })
     }
 
     fn run_service(
@@ -1307,9 +1102,7 @@ impl<'t> Checker<'t> {
         let sat = at.child("service");
         let start = value_start(&sp.value);
         let s = self.string(&sp.value, &sat, "a string: one of the app's services")?;
-        let name = ServiceName::parse(s)
-            .map_err(|e| self.error(&sat, start, format!("{e}")))
-            .ok()?;
+        let name = ServiceName::parse(s).map_err(|e| self.error(&sat, start, format!("{e}"))).ok()?;
         // When `services` itself is broken it has been reported; checking against it would only add noise.
         if let Some(list) = services {
             if !list.contains(&name) {
@@ -1328,14 +1121,14 @@ impl<'t> Checker<'t> {
         Some(name)
     }
 
-    fn run_command(
-        &mut self,
-        obj: &Object<'_>,
-        f: &Fields<'_, '_>,
-        at: &At,
-    ) -> Option<Vec<String>> {
+    fn run_command(&mut self, obj: &Object<'_>, f: &Fields<'_, '_>, at: &At) -> Option<Vec<String>> {
         let Some(cp) = f.get("command") else {
-            self.missing(obj, at, "command", "with policy \"run\", give the migration command as a list, e.g. [\"./migrate\", \"up\"]");
+            self.missing(
+                obj,
+                at,
+                "command",
+                "with policy \"run\", give the migration command as a list, e.g. [\"./migrate\", \"up\"]",
+            );
             return None;
         };
         let cat = at.child("command");
@@ -1347,15 +1140,15 @@ impl<'t> Checker<'t> {
         )?;
         match items.first() {
             None => {
-                self.error(&cat, value_start(&cp.value), "the list is empty: give the command and its arguments, e.g. [\"./migrate\", \"up\"]");
+                self.error(
+                    &cat,
+                    value_start(&cp.value),
+                    "the list is empty: give the command and its arguments, e.g. [\"./migrate\", \"up\"]",
+                );
                 None
             }
             Some(("", iat, start)) => {
-                self.error(
-                    iat,
-                    *start,
-                    "the program name is empty: give the command to run first",
-                );
+                self.error(iat, *start, "the program name is empty: give the command to run first");
                 None
             }
             Some(_) => Some(items.into_iter().map(|(s, _, _)| s.to_owned()).collect()),
@@ -1363,11 +1156,7 @@ impl<'t> Checker<'t> {
     }
 
     fn verify(&mut self, v: &Value<'_>, at: &At) -> Option<VerifyConfig> {
-        let obj = self.object(
-            v,
-            at,
-            "an object such as {\"timeout_s\": 120, \"stable_s\": 5}",
-        )?;
+        let obj = self.object(v, at, "an object such as {\"timeout_s\": 120, \"stable_s\": 5}")?;
         let f = self.fields(obj, at, VERIFY_KEYS);
         let timeout = match f.get("timeout_s") {
             None => Some(DEFAULT_TIMEOUT_S),
@@ -1395,10 +1184,7 @@ impl<'t> Checker<'t> {
             );
             return None;
         }
-        Some(VerifyConfig {
-            timeout_s,
-            stable_s,
-        })
+        Some(VerifyConfig { timeout_s, stable_s })
     }
 
     fn webhook(&mut self, v: &Value<'_>, at: &At) -> Option<WebhookConfig> {
@@ -1410,12 +1196,7 @@ impl<'t> Checker<'t> {
         let f = self.fields(obj, at, WEBHOOK_KEYS);
         let repository = match f.get("repository") {
             None => {
-                self.missing(
-                    obj,
-                    at,
-                    "repository",
-                    "give the \"owner/name\" whose pushes deploy this app",
-                );
+                self.missing(obj, at, "repository", "give the \"owner/name\" whose pushes deploy this app");
                 None
             }
             Some(rp) => {
@@ -1439,7 +1220,8 @@ impl<'t> Checker<'t> {
         let env = f.get("secret_env").map(|ep| {
             let eat = at.child("secret_env");
             let start = value_start(&ep.value);
-            let s = self.string(&ep.value, &eat, "a string: the name of the environment variable holding the secret")?;
+            let s =
+                self.string(&ep.value, &eat, "a string: the name of the environment variable holding the secret")?;
             if is_env_name(s) {
                 return Some(SecretSource::Env(s.to_owned()));
             }
@@ -1456,24 +1238,15 @@ impl<'t> Checker<'t> {
         let file = f.get("secret_file").map(|fp| {
             let fat = at.child("secret_file");
             let start = value_start(&fp.value);
-            let s = self.string(
-                &fp.value,
-                &fat,
-                "a string: the absolute path of the file holding the secret",
-            )?;
+            let s = self.string(&fp.value, &fat, "a string: the absolute path of the file holding the secret")?;
             check_absolute(s)
                 .map(SecretSource::File)
-                .map_err(|msg| {
-                    self.error(&fat, start, format!("{msg} of the file holding the secret"))
-                })
+                .map_err(|msg| self.error(&fat, start, format!("{msg} of the file holding the secret")))
                 .ok()
         });
         let secret = match (env, file) {
             (Some(_), Some(_)) => {
-                let fp = f
-                    .get("secret_file")
-                    .map(prop_name_start)
-                    .unwrap_or(obj.range.start);
+                let fp = f.get("secret_file").map(prop_name_start).unwrap_or(obj.range.start);
                 self.error(
                     &at.child("secret_file"),
                     fp,
@@ -1495,10 +1268,7 @@ impl<'t> Checker<'t> {
                 None
             }
         };
-        Some(WebhookConfig {
-            repository: repository?,
-            secret: secret?,
-        })
+        Some(WebhookConfig { repository: repository?, secret: secret? })
     }
 }
 
@@ -1512,10 +1282,7 @@ fn parse_ssh_target(s: &str) -> Result<(String, String, u16), String> {
     if user.is_empty() {
         return Err(format!("the user is empty; {FORM}"));
     }
-    if user.starts_with('-')
-        || !user
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    if user.starts_with('-') || !user.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
     {
         return Err(format!(
             "user {user:?} is not valid: use letters, digits, '.', '_' and '-', not starting with '-'"
@@ -1525,10 +1292,7 @@ fn parse_ssh_target(s: &str) -> Result<(String, String, u16), String> {
         let Some((addr, after)) = inner.split_once(']') else {
             return Err(format!("the IPv6 address has no closing ']'; {FORM}"));
         };
-        let ok = addr.contains(':')
-            && addr
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+        let ok = addr.contains(':') && addr.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
         if !ok {
             return Err(format!("[{addr}] is not an IPv6 address; {FORM}"));
         }
@@ -1549,13 +1313,8 @@ fn parse_ssh_target(s: &str) -> Result<(String, String, u16), String> {
             return Err(format!("the host is empty; {FORM}"));
         }
         let ok = host.len() <= 253
-            && host
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_alphanumeric())
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+            && host.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
         if !ok {
             return Err(format!(
                 "host {host:?} is not valid: use letters, digits, '.' and '-', starting with a letter or digit \
@@ -1577,18 +1336,10 @@ fn parse_ssh_target(s: &str) -> Result<(String, String, u16), String> {
 fn check_host_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
     if name == "local" {
-        Err(
-            "\"local\" is reserved for this machine's own engine; give the host another name"
-                .to_owned(),
-        )
+        Err("\"local\" is reserved for this machine's own engine; give the host another name".to_owned())
     } else if ok {
         Ok(())
     } else {
@@ -1604,9 +1355,7 @@ fn check_absolute(s: &str) -> Result<PathBuf, String> {
     } else if s.contains('\0') {
         Err("the path contains a NUL character: give the absolute path".to_owned())
     } else if !s.starts_with('/') {
-        Err(format!(
-            "{s:?} is relative: give the absolute path (starting with '/')"
-        ))
+        Err(format!("{s:?} is relative: give the absolute path (starting with '/')"))
     } else {
         Ok(PathBuf::from(s))
     }
@@ -1633,16 +1382,13 @@ fn is_owner_slash_name(s: &str) -> bool {
         !p.is_empty()
             && p != "."
             && p != ".."
-            && p.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
     };
     matches!(s.split_once('/'), Some((owner, name)) if part_ok(owner) && part_ok(name))
 }
 
 fn is_env_name(s: &str) -> bool {
-    s.bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+    s.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
@@ -1718,9 +1464,7 @@ mod tests {
     /// A registry with one app `hello` whose body is `{"repo": ..., "services": ["web"], <extra>}`.
     fn one_app(extra: &str) -> String {
         let sep = if extra.is_empty() { "" } else { ", " };
-        format!(
-            r#"{{"apps": {{"hello": {{"repo": "/srv/apps/hello", "services": ["web"]{sep}{extra}}}}}}}"#
-        )
+        format!(r#"{{"apps": {{"hello": {{"repo": "/srv/apps/hello", "services": ["web"]{sep}{extra}}}}}}}"#)
     }
 
     fn only_error(text: &str) -> ConfigError {
@@ -1748,13 +1492,7 @@ mod tests {
         let m = a.migrations.as_ref().unwrap();
         assert_eq!(m.paths, vec!["migrations/"]);
         assert_eq!(m.policy, MigrationPolicy::Block);
-        assert_eq!(
-            a.verify,
-            VerifyConfig {
-                timeout_s: 120,
-                stable_s: 5
-            }
-        );
+        assert_eq!(a.verify, VerifyConfig { timeout_s: 120, stable_s: 5 });
         assert!(a.rollback);
         let w = a.webhook.as_ref().unwrap();
         assert_eq!(w.repository, "kua/hello");
@@ -1792,13 +1530,7 @@ mod tests {
         assert_eq!(a.branch.as_str(), "main");
         assert_eq!(a.compose_files, vec!["docker-compose.yml"]);
         assert_eq!(a.project.as_str(), "hello");
-        assert_eq!(
-            a.verify,
-            VerifyConfig {
-                timeout_s: 120,
-                stable_s: 5
-            }
-        );
+        assert_eq!(a.verify, VerifyConfig { timeout_s: 120, stable_s: 5 });
         assert!(a.rollback);
         assert!(a.migrations.is_none());
         assert!(a.webhook.is_none());
@@ -1807,21 +1539,9 @@ mod tests {
     #[test]
     fn a_partial_verify_object_keeps_the_other_default() {
         let r = parse(&one_app(r#""verify": {"timeout_s": 300}"#)).unwrap();
-        assert_eq!(
-            hello(&r).verify,
-            VerifyConfig {
-                timeout_s: 300,
-                stable_s: 5
-            }
-        );
+        assert_eq!(hello(&r).verify, VerifyConfig { timeout_s: 300, stable_s: 5 });
         let r = parse(&one_app(r#""verify": {"stable_s": 0}"#)).unwrap();
-        assert_eq!(
-            hello(&r).verify,
-            VerifyConfig {
-                timeout_s: 120,
-                stable_s: 0
-            }
-        );
+        assert_eq!(hello(&r).verify, VerifyConfig { timeout_s: 120, stable_s: 0 });
     }
 
     #[test]
@@ -1833,35 +1553,18 @@ mod tests {
         assert_eq!(e.key, "apps.hello.colour");
         assert_eq!(e.key_in_app(), "colour");
         assert!(e.message.contains("unknown key"), "{}", e.message);
-        assert!(
-            e.message.contains("allowed here are: host, repo, branch,"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("allowed here are: host, repo, branch,"), "{}", e.message);
         let shown = e.to_string();
-        assert!(
-            shown.starts_with(
-                "deploy-registry.json:6:7: app \"hello\": key \"colour\": unknown key"
-            ),
-            "{shown}"
-        );
+        assert!(shown.starts_with("deploy-registry.json:6:7: app \"hello\": key \"colour\": unknown key"), "{shown}");
     }
 
     #[test]
     fn unknown_key_suggests_the_closest_known_key() {
         let e = only_error(&one_app(r#""rollbak": false"#));
-        assert!(
-            e.message.contains("did you mean \"rollback\"?"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("did you mean \"rollback\"?"), "{}", e.message);
         let e = only_error(&one_app(r#""verify": {"timeout": 10}"#));
         assert_eq!(e.key, "apps.hello.verify.timeout");
-        assert!(
-            e.message.contains("did you mean \"timeout_s\"?"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("did you mean \"timeout_s\"?"), "{}", e.message);
         let e = only_error(&one_app(r#""zzz": 1"#));
         assert!(!e.message.contains("did you mean"), "{}", e.message);
     }
@@ -1872,14 +1575,8 @@ mod tests {
         let e = only_error(&text);
         assert_eq!(e.key, "apps.hello.verify.timeout_s");
         let shown = e.to_string();
-        assert!(
-            shown.contains(": app \"hello\": key \"verify.timeout_s\": "),
-            "{shown}"
-        );
-        assert!(
-            shown.contains("expected a whole number of seconds from 1 to 3600"),
-            "{shown}"
-        );
+        assert!(shown.contains(": app \"hello\": key \"verify.timeout_s\": "), "{shown}");
+        assert!(shown.contains("expected a whole number of seconds from 1 to 3600"), "{shown}");
         let col = text.find("0}").unwrap() + 1;
         assert_eq!((e.line, e.column), (1, col));
     }
@@ -1892,12 +1589,7 @@ mod tests {
         assert_eq!(e.key, "version");
         let col = text.find("\"version\"").unwrap() + 1;
         let shown = e.to_string();
-        assert!(
-            shown.starts_with(&format!(
-                "deploy-registry.json:1:{col}: key \"version\": unknown key"
-            )),
-            "{shown}"
-        );
+        assert!(shown.starts_with(&format!("deploy-registry.json:1:{col}: key \"version\": unknown key")), "{shown}");
     }
 
     #[test]
@@ -1933,10 +1625,7 @@ mod tests {
             "apps.world.rollback",
             "self",
         ] {
-            assert!(
-                keys.contains(&want),
-                "missing error for {want}; got {keys:?}"
-            );
+            assert!(keys.contains(&want), "missing error for {want}; got {keys:?}");
         }
         assert_eq!(errs.len(), 10, "{errs:#?}");
         // In file order, so a reader can walk down the file.
@@ -1944,11 +1633,7 @@ mod tests {
         let mut sorted = positions.clone();
         sorted.sort();
         assert_eq!(positions, sorted);
-        let all = ConfigErrors {
-            path: "x".into(),
-            errors: errs,
-        }
-        .to_string();
+        let all = ConfigErrors { path: "x".into(), errors: errs }.to_string();
         assert_eq!(all.lines().count(), 10);
     }
 
@@ -1960,36 +1645,24 @@ mod tests {
         for e in &errs {
             assert_eq!((e.line, e.column), (2, 12));
             assert_eq!(e.app.as_deref(), Some("hello"));
-            assert!(
-                e.message.starts_with("missing required key"),
-                "{}",
-                e.message
-            );
+            assert!(e.message.starts_with("missing required key"), "{}", e.message);
         }
         assert_eq!(errs[0].key, "apps.hello.repo");
         assert_eq!(errs[1].key, "apps.hello.services");
-        assert!(
-            errs[0].message.contains("absolute path"),
-            "{}",
-            errs[0].message
-        );
+        assert!(errs[0].message.contains("absolute path"), "{}", errs[0].message);
     }
 
     #[test]
     fn wrong_types_say_what_was_expected_and_what_was_found() {
         let e = only_error(&one_app(r#""rollback": "yes""#));
-        assert_eq!(e.message, "expected true or false: whether to bring back the previous images when verify fails, found a string");
+        assert_eq!(
+            e.message,
+            "expected true or false: whether to bring back the previous images when verify fails, found a string"
+        );
         let e = only_error(r#"{"apps": {"hello": {"repo": 5, "services": ["web"]}}}"#);
-        assert!(
-            e.message.starts_with("expected a string") && e.message.ends_with("found a number"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.starts_with("expected a string") && e.message.ends_with("found a number"), "{}", e.message);
         let e = only_error(r#"{"apps": {"hello": {"repo": "/r", "services": "web"}}}"#);
-        assert!(
-            e.message.contains("list of Compose service names")
-                && e.message.ends_with("found a string")
-        );
+        assert!(e.message.contains("list of Compose service names") && e.message.ends_with("found a string"));
         let e = only_error(r#"{"apps": {"hello": {"repo": "/r", "services": ["web", 3]}}}"#);
         assert_eq!(e.key, "apps.hello.services[1]");
         let e = only_error(&one_app(r#""migrations": null"#));
@@ -2006,35 +1679,17 @@ mod tests {
         assert!(e.message.contains("add at least one"), "{}", e.message);
         let e = only_error("{}");
         assert_eq!(e.key, "apps");
-        assert!(
-            e.message.starts_with("missing required key \"apps\""),
-            "{}",
-            e.message
-        );
+        assert!(e.message.starts_with("missing required key \"apps\""), "{}", e.message);
     }
 
     #[test]
     fn invalid_json_is_one_error_with_the_parser_position() {
-        let e = only_error(
-            "{\n  \"apps\": {\n    \"hello\": {\"repo\": \"/r\" \"services\": []}\n  }\n}",
-        );
+        let e = only_error("{\n  \"apps\": {\n    \"hello\": {\"repo\": \"/r\" \"services\": []}\n  }\n}");
         assert_eq!(e.line, 3);
         assert_eq!(e.column, 28);
-        assert!(
-            e.message.starts_with("not valid JSON: expected `,` or `}`"),
-            "{}",
-            e.message
-        );
-        assert!(
-            !e.message.contains("at line"),
-            "position repeated: {}",
-            e.message
-        );
-        assert!(
-            e.to_string()
-                .starts_with("deploy-registry.json:3:28: not valid JSON"),
-            "{e}"
-        );
+        assert!(e.message.starts_with("not valid JSON: expected `,` or `}`"), "{}", e.message);
+        assert!(!e.message.contains("at line"), "position repeated: {}", e.message);
+        assert!(e.to_string().starts_with("deploy-registry.json:3:28: not valid JSON"), "{e}");
         let e = only_error("");
         assert_eq!(e.line, 1);
         assert!(e.message.contains("EOF"), "{}", e.message);
@@ -2057,11 +1712,7 @@ mod tests {
             "{\"apps\": {}} {}",
         ] {
             let e = only_error(text);
-            assert!(
-                e.message.starts_with("not valid JSON"),
-                "{text}: {}",
-                e.message
-            );
+            assert!(e.message.starts_with("not valid JSON"), "{text}: {}", e.message);
         }
     }
 
@@ -2070,18 +1721,13 @@ mod tests {
         let text = "{\r\n \"apps\": {\"h\\u0065llo\": {\"repo\": \"/srv/\\ud83d\\ude00\\/x\", \"services\": [\"web\"],\r\n\t\"x\": [1E+2, -0.5e-3, -0, null, {}]}}}";
         let e = only_error(text);
         assert_eq!((e.key.as_str(), e.line, e.column), ("apps.hello.x", 3, 2));
-        let r = parse(&text.replace(
-            "\t\"x\": [1E+2, -0.5e-3, -0, null, {}]",
-            "\"rollback\": false",
-        ))
-        .unwrap();
+        let r = parse(&text.replace("\t\"x\": [1E+2, -0.5e-3, -0, null, {}]", "\"rollback\": false")).unwrap();
         assert_eq!(hello(&r).repo, PathBuf::from("/srv/\u{1F600}/x"));
     }
 
     #[test]
     fn columns_count_characters_not_bytes() {
-        let text =
-            "{\"apps\": {\"hello\": {\"repo\": \"/srv/é\", \"services\": [\"web\"], \"x\": 1}}}";
+        let text = "{\"apps\": {\"hello\": {\"repo\": \"/srv/é\", \"services\": [\"web\"], \"x\": 1}}}";
         let e = only_error(text);
         let col = text[..text.find("\"x\"").unwrap()].chars().count() + 1;
         assert_eq!((e.line, e.column), (1, col));
@@ -2096,19 +1742,15 @@ mod tests {
         let e = only_error(text);
         assert_eq!(e.key, "apps.hello.repo");
         assert_eq!(e.column, text.rfind("\"repo\"").unwrap() + 1);
-        assert!(
-            e.message.contains("twice (first at line 1, column 21)"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("twice (first at line 1, column 21)"), "{}", e.message);
 
-        let text = r#"{"apps": {"hello": {"repo": "/a", "services": ["web"]}, "hello": {"repo": "/b", "services": ["web"]}}}"#;
+        let text =
+            r#"{"apps": {"hello": {"repo": "/a", "services": ["web"]}, "hello": {"repo": "/b", "services": ["web"]}}}"#;
         let e = only_error(text);
         assert_eq!(e.app.as_deref(), Some("hello"));
         assert!(e.message.contains("defined twice"), "{}", e.message);
 
-        let e =
-            only_error(r#"{"apps": {"hello": {"repo": "/a", "services": ["web"]}}, "apps": {}}"#);
+        let e = only_error(r#"{"apps": {"hello": {"repo": "/a", "services": ["web"]}}, "apps": {}}"#);
         assert_eq!(e.key, "apps");
     }
 
@@ -2119,16 +1761,9 @@ mod tests {
         assert_eq!(e.key, "apps.../etc");
         assert_eq!(e.key_in_app(), "");
         assert_eq!(e.column, 11);
-        assert!(
-            e.message.contains("app name") && e.message.ends_with("rename the app"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("app name") && e.message.ends_with("rename the app"), "{}", e.message);
         let shown = e.to_string();
-        assert!(
-            shown.starts_with("deploy-registry.json:1:11: app \"../etc\": app name"),
-            "{shown}"
-        );
+        assert!(shown.starts_with("deploy-registry.json:1:11: app \"../etc\": app name"), "{shown}");
     }
 
     #[test]
@@ -2136,16 +1771,8 @@ mod tests {
         let e = only_error(r#"{"apps": {"Hello.World": {"repo": "/a", "services": ["web"]}}}"#);
         assert_eq!(e.key, "apps.Hello.World.project");
         assert_eq!(e.key_in_app(), "project");
-        assert!(
-            e.message
-                .contains("set \"project\", e.g. \"project\": \"hello-world\""),
-            "{}",
-            e.message
-        );
-        let r = parse(
-            r#"{"apps": {"Hello.World": {"repo": "/a", "services": ["web"], "project": "hw"}}}"#,
-        )
-        .unwrap();
+        assert!(e.message.contains("set \"project\", e.g. \"project\": \"hello-world\""), "{}", e.message);
+        let r = parse(r#"{"apps": {"Hello.World": {"repo": "/a", "services": ["web"], "project": "hw"}}}"#).unwrap();
         assert_eq!(r.apps.values().next().unwrap().project.as_str(), "hw");
         let e = only_error(&one_app(r#""project": "Hello""#));
         assert_eq!(e.key, "apps.hello.project");
@@ -2156,28 +1783,16 @@ mod tests {
     fn ssh_url_forms_parse() {
         let cases = [
             ("ssh://deploy@bruno.example", "deploy", "bruno.example", 22),
-            (
-                "ssh://deploy@bruno.example:2222",
-                "deploy",
-                "bruno.example",
-                2222,
-            ),
+            ("ssh://deploy@bruno.example:2222", "deploy", "bruno.example", 2222),
             ("ssh://git_user.x@10.0.0.7:22", "git_user.x", "10.0.0.7", 22),
             ("ssh://root@[::1]", "root", "::1", 22),
             ("ssh://root@[2001:db8::2]:2200", "root", "2001:db8::2", 2200),
             ("ssh://d@h-1", "d", "h-1", 22),
         ];
         for (url, user, host, port) in cases {
-            let r = parse(&one_app(&format!(r#""host": "{url}""#)))
-                .unwrap_or_else(|e| panic!("{url}: {e}"));
-            let HostSpec::Ssh(h) = &hello(&r).host else {
-                panic!("{url} is not ssh")
-            };
-            assert_eq!(
-                (h.name.as_str(), h.user.as_str(), h.host.as_str(), h.port),
-                (url, user, host, port),
-                "{url}"
-            );
+            let r = parse(&one_app(&format!(r#""host": "{url}""#))).unwrap_or_else(|e| panic!("{url}: {e}"));
+            let HostSpec::Ssh(h) = &hello(&r).host else { panic!("{url} is not ssh") };
+            assert_eq!((h.name.as_str(), h.user.as_str(), h.host.as_str(), h.port), (url, user, host, port), "{url}");
             assert_eq!((&h.identity_file, &h.known_hosts_file), (&None, &None));
         }
     }
@@ -2205,11 +1820,7 @@ mod tests {
         ] {
             let e = only_error(&one_app(&format!(r#""host": "{url}""#)));
             assert_eq!(e.key, "apps.hello.host", "{url}");
-            assert!(
-                e.message.starts_with(&format!("{url:?}: ")),
-                "{url}: {}",
-                e.message
-            );
+            assert!(e.message.starts_with(&format!("{url:?}: ")), "{url}: {}", e.message);
         }
     }
 
@@ -2220,13 +1831,8 @@ mod tests {
   "apps": {"hello": {"host": "edge", "repo": "/a", "services": ["web"]}}
 }"#;
         let r = parse(text).unwrap();
-        let HostSpec::Ssh(h) = &hello(&r).host else {
-            panic!("not ssh")
-        };
-        assert_eq!(
-            (h.name.as_str(), h.user.as_str(), h.host.as_str(), h.port),
-            ("edge", "ops", "edge.example", 2222)
-        );
+        let HostSpec::Ssh(h) = &hello(&r).host else { panic!("not ssh") };
+        assert_eq!((h.name.as_str(), h.user.as_str(), h.host.as_str(), h.port), ("edge", "ops", "edge.example", 2222));
     }
 
     #[test]
@@ -2237,23 +1843,10 @@ mod tests {
 }"#;
         let e = only_error(text);
         assert_eq!(e.key, "apps.hello.host");
-        assert!(
-            e.message
-                .contains("no host named \"brunoo\" (the hosts are: bruno, edge)"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("no host named \"brunoo\" (the hosts are: bruno, edge)"), "{}", e.message);
         let e = only_error(&one_app(r#""host": "deploy@bruno""#));
-        assert!(
-            e.message.contains("there is no top-level \"hosts\" map"),
-            "{}",
-            e.message
-        );
-        assert!(
-            e.message.contains("ssh://user@host[:port]"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("there is no top-level \"hosts\" map"), "{}", e.message);
+        assert!(e.message.contains("ssh://user@host[:port]"), "{}", e.message);
     }
 
     #[test]
@@ -2264,14 +1857,7 @@ mod tests {
 }"#;
         let errs = errors(text);
         let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            [
-                "hosts.bruno.ssh",
-                "hosts.bruno.identity_file",
-                "hosts.bruno.port"
-            ]
-        );
+        assert_eq!(keys, ["hosts.bruno.ssh", "hosts.bruno.identity_file", "hosts.bruno.port"]);
         assert!(errs.iter().all(|e| e.app.is_none()));
         assert!(errs[1].message.contains("relative"), "{}", errs[1].message);
     }
@@ -2283,15 +1869,7 @@ mod tests {
                "apps": {"hello": {"repo": "/a", "services": ["web"]}}}"#,
         );
         let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            [
-                "hosts.local",
-                "hosts.-x",
-                "hosts.ok.ssh",
-                "hosts.sp.known_hosts_file"
-            ]
-        );
+        assert_eq!(keys, ["hosts.local", "hosts.-x", "hosts.ok.ssh", "hosts.sp.known_hosts_file"]);
         assert!(errs[0].message.contains("reserved"));
         assert!(errs[2].message.starts_with("missing required key \"ssh\""));
     }
@@ -2314,27 +1892,14 @@ mod tests {
             r#""migrations": {"paths": ["m"], "policy": "run", "service": "db", "command": ["x"]}"#,
         ));
         assert_eq!(e.key, "apps.hello.migrations.service");
-        assert!(
-            e.message.contains("not one of the app's services (web)"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("not one of the app's services (web)"), "{}", e.message);
 
-        let errs = errors(&one_app(
-            r#""migrations": {"paths": ["m"], "policy": "run"}"#,
-        ));
+        let errs = errors(&one_app(r#""migrations": {"paths": ["m"], "policy": "run"}"#));
         let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            [
-                "apps.hello.migrations.service",
-                "apps.hello.migrations.command"
-            ]
-        );
+        assert_eq!(keys, ["apps.hello.migrations.service", "apps.hello.migrations.command"]);
 
-        let e = only_error(&one_app(
-            r#""migrations": {"paths": ["m"], "policy": "run", "service": "web", "command": []}"#,
-        ));
+        let e =
+            only_error(&one_app(r#""migrations": {"paths": ["m"], "policy": "run", "service": "web", "command": []}"#));
         assert!(e.message.contains("the list is empty"), "{}", e.message);
         let e = only_error(&one_app(
             r#""migrations": {"paths": ["m"], "policy": "run", "service": "web", "command": "./migrate up"}"#,
@@ -2348,43 +1913,20 @@ mod tests {
             r#""migrations": {"paths": ["m"], "policy": "block", "service": "web", "command": ["x"]}"#,
         ));
         assert_eq!(errs.len(), 2);
-        assert!(
-            errs[0].message.contains("only used with policy \"run\""),
-            "{}",
-            errs[0].message
-        );
+        assert!(errs[0].message.contains("only used with policy \"run\""), "{}", errs[0].message);
         assert_eq!(errs[1].key, "apps.hello.migrations.command");
-        let r = parse(&one_app(
-            r#""migrations": {"paths": ["m"], "policy": "allow"}"#,
-        ))
-        .unwrap();
-        assert_eq!(
-            hello(&r).migrations.as_ref().unwrap().policy,
-            MigrationPolicy::Allow
-        );
+        let r = parse(&one_app(r#""migrations": {"paths": ["m"], "policy": "allow"}"#)).unwrap();
+        assert_eq!(hello(&r).migrations.as_ref().unwrap().policy, MigrationPolicy::Allow);
     }
 
     #[test]
     fn migrations_need_paths_and_a_known_policy() {
         let errs = errors(&one_app(r#""migrations": {}"#));
         let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            [
-                "apps.hello.migrations.paths",
-                "apps.hello.migrations.policy"
-            ]
-        );
-        let e = only_error(&one_app(
-            r#""migrations": {"paths": ["m"], "policy": "ask"}"#,
-        ));
-        assert_eq!(
-            e.message,
-            "unknown policy \"ask\": expected \"allow\", \"block\" or \"run\""
-        );
-        let e = only_error(&one_app(
-            r#""migrations": {"paths": [], "policy": "allow"}"#,
-        ));
+        assert_eq!(keys, ["apps.hello.migrations.paths", "apps.hello.migrations.policy"]);
+        let e = only_error(&one_app(r#""migrations": {"paths": ["m"], "policy": "ask"}"#));
+        assert_eq!(e.message, "unknown policy \"ask\": expected \"allow\", \"block\" or \"run\"");
+        let e = only_error(&one_app(r#""migrations": {"paths": [], "policy": "allow"}"#));
         assert!(e.message.contains("the list is empty"));
     }
 
@@ -2399,34 +1941,22 @@ mod tests {
             let e = only_error(&one_app(&format!(r#""compose_files": ["{bad}"]"#)));
             assert_eq!(e.key, "apps.hello.compose_files[0]");
             assert!(e.message.contains(why), "{bad}: {}", e.message);
-            let e = only_error(&one_app(&format!(
-                r#""migrations": {{"paths": ["ok", "{bad}"], "policy": "block"}}"#
-            )));
+            let e = only_error(&one_app(&format!(r#""migrations": {{"paths": ["ok", "{bad}"], "policy": "block"}}"#)));
             assert_eq!(e.key, "apps.hello.migrations.paths[1]");
         }
         let e = only_error(&one_app(r#""compose_files": []"#));
         assert!(e.message.contains("the list is empty"));
         let e = only_error(&one_app(r#""compose_files": ["a.yml", "a.yml"]"#));
         assert!(e.message.contains("listed twice"));
-        let r = parse(&one_app(
-            r#""compose_files": ["compose.yml", "./deploy/prod.yml"]"#,
-        ))
-        .unwrap();
-        assert_eq!(
-            hello(&r).compose_files,
-            vec!["compose.yml", "./deploy/prod.yml"]
-        );
+        let r = parse(&one_app(r#""compose_files": ["compose.yml", "./deploy/prod.yml"]"#)).unwrap();
+        assert_eq!(hello(&r).compose_files, vec!["compose.yml", "./deploy/prod.yml"]);
     }
 
     #[test]
     fn repo_must_be_an_absolute_path() {
         let e = only_error(r#"{"apps": {"hello": {"repo": "srv/hello", "services": ["web"]}}}"#);
         assert_eq!(e.key, "apps.hello.repo");
-        assert!(
-            e.message.contains("relative") && e.message.contains("absolute"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("relative") && e.message.contains("absolute"), "{}", e.message);
         let e = only_error(r#"{"apps": {"hello": {"repo": "", "services": ["web"]}}}"#);
         assert!(e.message.contains("empty"));
     }
@@ -2434,11 +1964,7 @@ mod tests {
     #[test]
     fn services_must_be_non_empty_valid_and_unique() {
         let e = only_error(r#"{"apps": {"hello": {"repo": "/a", "services": []}}}"#);
-        assert!(
-            e.message.contains("name at least one service"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("name at least one service"), "{}", e.message);
         let e = only_error(r#"{"apps": {"hello": {"repo": "/a", "services": ["web", "web"]}}}"#);
         assert_eq!(e.key, "apps.hello.services[1]");
         assert!(e.message.contains("listed twice"));
@@ -2471,27 +1997,11 @@ mod tests {
             assert_eq!(e.key, format!("apps.hello.verify.{key}"), "{verify}");
         }
         let e = only_error(&one_app(r#""verify": {"timeout_s": 10, "stable_s": 10}"#));
-        assert!(
-            e.message.contains("must be shorter than timeout_s"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("must be shorter than timeout_s"), "{}", e.message);
         let e = only_error(&one_app(r#""verify": {"timeout_s": 12.5}"#));
-        assert_eq!(
-            e.message,
-            "expected a whole number of seconds from 1 to 3600, found 12.5"
-        );
-        let r = parse(&one_app(
-            r#""verify": {"timeout_s": 3600, "stable_s": 600}"#,
-        ))
-        .unwrap();
-        assert_eq!(
-            hello(&r).verify,
-            VerifyConfig {
-                timeout_s: 3600,
-                stable_s: 600
-            }
-        );
+        assert_eq!(e.message, "expected a whole number of seconds from 1 to 3600, found 12.5");
+        let r = parse(&one_app(r#""verify": {"timeout_s": 3600, "stable_s": 600}"#)).unwrap();
+        assert_eq!(hello(&r).verify, VerifyConfig { timeout_s: 3600, stable_s: 600 });
     }
 
     #[test]
@@ -2503,60 +2013,31 @@ mod tests {
         ));
         assert_eq!(e.key, "apps.hello.webhook.secret_file");
         assert!(e.message.contains("keep exactly one"), "{}", e.message);
-        let r = parse(&one_app(
-            r#""webhook": {"repository": "kua/hello", "secret_file": "/run/secrets/s"}"#,
-        ))
-        .unwrap();
-        assert_eq!(
-            hello(&r).webhook.as_ref().unwrap().secret,
-            SecretSource::File("/run/secrets/s".into())
-        );
-        let e = only_error(&one_app(
-            r#""webhook": {"repository": "kua/hello", "secret_file": "s.txt"}"#,
-        ));
+        let r = parse(&one_app(r#""webhook": {"repository": "kua/hello", "secret_file": "/run/secrets/s"}"#)).unwrap();
+        assert_eq!(hello(&r).webhook.as_ref().unwrap().secret, SecretSource::File("/run/secrets/s".into()));
+        let e = only_error(&one_app(r#""webhook": {"repository": "kua/hello", "secret_file": "s.txt"}"#));
         assert!(e.message.contains("relative"));
     }
 
     #[test]
     fn secret_env_must_be_a_variable_name() {
         for bad in ["1ABC", "MY-SECRET", "", "s3cr3t value"] {
-            let e = only_error(&one_app(&format!(
-                r#""webhook": {{"repository": "kua/hello", "secret_env": "{bad}"}}"#
-            )));
+            let e =
+                only_error(&one_app(&format!(r#""webhook": {{"repository": "kua/hello", "secret_env": "{bad}"}}"#)));
             assert_eq!(e.key, "apps.hello.webhook.secret_env", "{bad}");
-            assert!(
-                e.message.contains("not an environment variable name"),
-                "{}",
-                e.message
-            );
+            assert!(e.message.contains("not an environment variable name"), "{}", e.message);
         }
-        parse(&one_app(
-            r#""webhook": {"repository": "kua/hello", "secret_env": "_x9"}"#,
-        ))
-        .unwrap();
+        parse(&one_app(r#""webhook": {"repository": "kua/hello", "secret_env": "_x9"}"#)).unwrap();
     }
 
     #[test]
     fn webhook_repository_must_be_owner_slash_name() {
-        for bad in [
-            "kua",
-            "kua/",
-            "/hello",
-            "kua/hello/x",
-            "kua/..",
-            "a b/c",
-            "https://forge/kua/hello",
-        ] {
-            let e = only_error(&one_app(&format!(
-                r#""webhook": {{"repository": "{bad}", "secret_env": "S"}}"#
-            )));
+        for bad in ["kua", "kua/", "/hello", "kua/hello/x", "kua/..", "a b/c", "https://forge/kua/hello"] {
+            let e = only_error(&one_app(&format!(r#""webhook": {{"repository": "{bad}", "secret_env": "S"}}"#)));
             assert_eq!(e.key, "apps.hello.webhook.repository", "{bad}");
             assert!(e.message.contains("e.g. \"kua/hello\""), "{}", e.message);
         }
-        parse(&one_app(
-            r#""webhook": {"repository": "Kua-Org/hello.world_2", "secret_env": "S"}"#,
-        ))
-        .unwrap();
+        parse(&one_app(r#""webhook": {"repository": "Kua-Org/hello.world_2", "secret_env": "S"}"#)).unwrap();
     }
 
     #[test]
@@ -2570,21 +2051,10 @@ mod tests {
   "e": {"repo": "/e", "services": ["web"], "project": "shop", "host": "ssh://root@bruno.example:2222"}
  }}"#;
         let errs = errors(text);
-        let found: Vec<_> = errs
-            .iter()
-            .map(|e| (e.app.as_deref().unwrap(), e.key.as_str()))
-            .collect();
+        let found: Vec<_> = errs.iter().map(|e| (e.app.as_deref().unwrap(), e.key.as_str())).collect();
         assert_eq!(found, [("b", "apps.b.project"), ("d", "apps.d.project")]);
-        assert!(
-            errs[0].message.contains("already used by app \"a\""),
-            "{}",
-            errs[0].message
-        );
-        assert!(
-            errs[1].message.contains("already used by app \"c\""),
-            "{}",
-            errs[1].message
-        );
+        assert!(errs[0].message.contains("already used by app \"a\""), "{}", errs[0].message);
+        assert!(errs[1].message.contains("already used by app \"c\""), "{}", errs[1].message);
         assert_eq!(errs[0].line, 4);
     }
 
@@ -2598,27 +2068,19 @@ mod tests {
 
     #[test]
     fn self_must_name_an_app() {
-        let r = parse(r#"{"apps": {"kua-deploy": {"repo": "/srv/kua", "services": ["kua"]}}, "self": "kua-deploy"}"#).unwrap();
+        let r = parse(r#"{"apps": {"kua-deploy": {"repo": "/srv/kua", "services": ["kua"]}}, "self": "kua-deploy"}"#)
+            .unwrap();
         assert_eq!(r.self_app.unwrap().as_str(), "kua-deploy");
-        let e = only_error(
-            r#"{"self": "kua", "apps": {"hello": {"repo": "/a", "services": ["web"]}}}"#,
-        );
+        let e = only_error(r#"{"self": "kua", "apps": {"hello": {"repo": "/a", "services": ["web"]}}}"#);
         assert_eq!((e.key.as_str(), e.app.as_deref()), ("self", None));
-        assert!(
-            e.message.contains("name one of the apps (hello)"),
-            "{}",
-            e.message
-        );
-        let e =
-            only_error(r#"{"self": 1, "apps": {"hello": {"repo": "/a", "services": ["web"]}}}"#);
+        assert!(e.message.contains("name one of the apps (hello)"), "{}", e.message);
+        let e = only_error(r#"{"self": 1, "apps": {"hello": {"repo": "/a", "services": ["web"]}}}"#);
         assert!(e.message.ends_with("found a number"));
     }
 
     #[test]
     fn self_naming_a_broken_app_does_not_add_an_error() {
-        let e = only_error(
-            r#"{"self": "hello", "apps": {"hello": {"repo": "a", "services": ["web"]}}}"#,
-        );
+        let e = only_error(r#"{"self": "hello", "apps": {"hello": {"repo": "a", "services": ["web"]}}}"#);
         assert_eq!(e.key, "apps.hello.repo");
     }
 
@@ -2642,10 +2104,7 @@ mod tests {
         assert_eq!(err.errors.len(), 1);
         assert_eq!(err.path, missing);
         let shown = err.to_string();
-        assert!(
-            shown.starts_with(&format!("{}: cannot read the registry", missing.display())),
-            "{shown}"
-        );
+        assert!(shown.starts_with(&format!("{}: cannot read the registry", missing.display())), "{shown}");
 
         std::fs::write(&path, b"{\"apps\": \xff}").unwrap();
         let err = Registry::load(&path).unwrap_err();
@@ -2657,15 +2116,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("secret");
         std::fs::write(&file, "s3cr3t\n").unwrap();
-        assert_eq!(
-            SecretSource::File(file.clone()).read().as_deref(),
-            Some("s3cr3t")
-        );
+        assert_eq!(SecretSource::File(file.clone()).read().as_deref(), Some("s3cr3t"));
         std::fs::write(&file, "s3cr3t\r\n").unwrap();
-        assert_eq!(
-            SecretSource::File(file.clone()).read().as_deref(),
-            Some("s3cr3t")
-        );
+        assert_eq!(SecretSource::File(file.clone()).read().as_deref(), Some("s3cr3t"));
         std::fs::write(&file, "\n").unwrap();
         assert_eq!(SecretSource::File(file).read(), None);
         assert_eq!(SecretSource::File(dir.path().join("missing")).read(), None);
@@ -2686,18 +2139,8 @@ mod tests {
         let lines: Vec<_> = shown.lines().collect();
         assert_eq!(lines.len(), 2, "{shown}");
         assert!(lines[0].starts_with("deploy-registry.json:1:"), "{shown}");
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.contains(": app \"hello\": key \"verify.timeout_s\": ")),
-            "{shown}"
-        );
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.contains(": app \"hello\": key \"colour\": unknown key")),
-            "{shown}"
-        );
+        assert!(lines.iter().any(|l| l.contains(": app \"hello\": key \"verify.timeout_s\": ")), "{shown}");
+        assert!(lines.iter().any(|l| l.contains(": app \"hello\": key \"colour\": unknown key")), "{shown}");
         let as_error: &dyn std::error::Error = &err;
         assert_eq!(as_error.to_string(), shown);
     }

@@ -38,14 +38,16 @@ impl Git {
     fn cmd<'a>(&self, args: impl IntoIterator<Item = &'a str>) -> Cmd {
         let mut argv = vec!["git".to_owned()];
         argv.extend(args.into_iter().map(str::to_owned));
-        Cmd::new(argv)
-            .cwd(&self.repo)
-            .timeout(LOCAL_TIMEOUT)
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("LC_ALL", "C")
+        Cmd::new(argv).cwd(&self.repo).timeout(LOCAL_TIMEOUT).env("GIT_TERMINAL_PROMPT", "0").env("LC_ALL", "C")
     }
 
-    async fn ok(&self, what: &str, cmd: Cmd, cancel: &CancellationToken, log: &dyn LogSink) -> Result<Output, GitError> {
+    async fn ok(
+        &self,
+        what: &str,
+        cmd: Cmd,
+        cancel: &CancellationToken,
+        log: &dyn LogSink,
+    ) -> Result<Output, GitError> {
         let out = self.host.run(&cmd, cancel, log).await?;
         if out.success() {
             Ok(out)
@@ -74,7 +76,12 @@ impl Git {
     }
 
     /// Fetches `branch` from `origin` into `refs/remotes/origin/<branch>`.
-    pub async fn fetch(&self, branch: &BranchName, cancel: &CancellationToken, log: &dyn LogSink) -> Result<(), GitError> {
+    pub async fn fetch(
+        &self,
+        branch: &BranchName,
+        cancel: &CancellationToken,
+        log: &dyn LogSink,
+    ) -> Result<(), GitError> {
         let refspec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
         let cmd = self.cmd(["fetch", "--no-tags", "--prune", "origin", &refspec]).timeout(FETCH_TIMEOUT);
         self.ok(&format!("git fetch origin {branch}"), cmd, cancel, log).await.map(drop)
@@ -88,10 +95,7 @@ impl Git {
     /// Whether `commit` exists here and is reachable from `origin/<branch>`.
     pub async fn is_on_branch(&self, commit: &CommitSha, branch: &BranchName) -> Result<bool, GitError> {
         let tip = format!("refs/remotes/origin/{branch}");
-        let out = self
-            .host
-            .query(&self.cmd(["merge-base", "--is-ancestor", commit.as_str(), &tip]))
-            .await?;
+        let out = self.host.query(&self.cmd(["merge-base", "--is-ancestor", commit.as_str(), &tip])).await?;
         match out.code {
             Some(0) => Ok(true),
             // 1: not an ancestor; 128: an object git does not have (never fetched, so not on the branch).
@@ -115,13 +119,24 @@ impl Git {
 
     /// Points the local `branch` at `commit` and checks it out. Git refuses, and changes nothing,
     /// if that would overwrite a file it does not track.
-    pub async fn checkout(&self, branch: &BranchName, commit: &CommitSha, cancel: &CancellationToken, log: &dyn LogSink) -> Result<(), GitError> {
+    pub async fn checkout(
+        &self,
+        branch: &BranchName,
+        commit: &CommitSha,
+        cancel: &CancellationToken,
+        log: &dyn LogSink,
+    ) -> Result<(), GitError> {
         let cmd = self.cmd(["checkout", "--quiet", "-B", branch.as_str(), commit.as_str()]);
         self.ok(&format!("git checkout {}", commit.short()), cmd, cancel, log).await.map(drop)
     }
 
     /// Files under `paths` that differ between two commits.
-    pub async fn changed_files(&self, from: &CommitSha, to: &CommitSha, paths: &[String]) -> Result<Vec<String>, GitError> {
+    pub async fn changed_files(
+        &self,
+        from: &CommitSha,
+        to: &CommitSha,
+        paths: &[String],
+    ) -> Result<Vec<String>, GitError> {
         let mut args = vec!["diff", "--name-only", "--no-renames", from.as_str(), to.as_str(), "--"];
         args.extend(paths.iter().map(String::as_str));
         let out = self.ok("git diff", self.cmd(args), &CancellationToken::new(), &crate::host::NoLog).await?;

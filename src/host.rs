@@ -141,6 +141,8 @@ impl Output {
 pub enum RunError {
     #[error("could not start {program}: {source}")]
     Spawn { program: String, source: std::io::Error },
+    #[error("cannot run {program} in {}: the directory does not exist", dir.display())]
+    NoWorkDir { program: String, dir: PathBuf },
     #[error("{program} timed out after {}s and was killed", after.as_secs())]
     TimedOut { program: String, after: Duration },
     #[error("{program} was cancelled and killed")]
@@ -186,6 +188,9 @@ impl Host {
         let program = cmd.argv.first().cloned().unwrap_or_default();
         let mut command = match &*self.kind {
             HostSpec::Local => {
+                if let Some(dir) = cmd.cwd.as_ref().filter(|d| !d.is_dir()) {
+                    return Err(RunError::NoWorkDir { program, dir: dir.clone() });
+                }
                 let mut c = Command::new(&program);
                 c.args(&cmd.argv[1..]);
                 if let Some(dir) = &cmd.cwd {
@@ -366,7 +371,11 @@ mod tests {
         let script = format!("(sleep 2; touch {}) & sleep 30", marker.display());
         let started = std::time::Instant::now();
         let err = Host::local()
-            .run(&Cmd::new(["sh", "-c", &script]).timeout(Duration::from_millis(300)), &CancellationToken::new(), &NoLog)
+            .run(
+                &Cmd::new(["sh", "-c", &script]).timeout(Duration::from_millis(300)),
+                &CancellationToken::new(),
+                &NoLog,
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, RunError::TimedOut { .. }), "{err}");

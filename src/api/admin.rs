@@ -25,7 +25,10 @@ fn app_name(raw: &str) -> Result<AppName, ApiError> {
 fn known_app<'a>(state: &'a ApiState, raw: &str) -> Result<&'a AppConfig, ApiError> {
     let name = app_name(raw)?;
     state.queue.registry().app(&name).ok_or_else(|| {
-        ApiError::not_found("unknown_app", format!("there is no app named {name} in the registry; GET /api/v1/apps lists them"))
+        ApiError::not_found(
+            "unknown_app",
+            format!("there is no app named {name} in the registry; GET /api/v1/apps lists them"),
+        )
     })
 }
 
@@ -59,7 +62,11 @@ pub async fn list_apps(State(state): State<ApiState>) -> Result<Json<AppList>, A
     Ok(Json(AppList { apps }))
 }
 
-pub async fn trigger_deploy(State(state): State<ApiState>, Path(app): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn trigger_deploy(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let app = known_app(&state, &app)?;
     let req: DeployRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DeployRequest::default()
@@ -130,7 +137,11 @@ pub struct LimitQuery {
     limit: Option<String>,
 }
 
-pub async fn history(State(state): State<ApiState>, Path(app): Path<String>, Query(q): Query<LimitQuery>) -> Result<Json<DeployList>, ApiError> {
+pub async fn history(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    Query(q): Query<LimitQuery>,
+) -> Result<Json<DeployList>, ApiError> {
     let app = known_app(&state, &app)?;
     let limit = match q.limit.as_deref() {
         None => 20,
@@ -156,7 +167,11 @@ pub struct LogQuery {
 
 const PAGE: usize = 5_000;
 
-pub async fn logs(State(state): State<ApiState>, Path(id): Path<String>, Query(q): Query<LogQuery>) -> Result<Response, ApiError> {
+pub async fn logs(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response, ApiError> {
     let deploy = load_deploy(&state, &id)?;
     let after = match q.after.as_deref() {
         None => 0,

@@ -35,7 +35,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message, deploy_id: self.deploy_id } };
+        let body = ErrorBody {
+            error: ErrorDetail { code: self.code.to_owned(), message: self.message, deploy_id: self.deploy_id },
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -60,7 +62,9 @@ impl From<QueueError> for ApiError {
             QueueError::CancelRefused(id) => {
                 ApiError { deploy_id: Some(id), ..ApiError::new(StatusCode::CONFLICT, "cancel_refused", message) }
             }
-            QueueError::NotAwaitingApproval { .. } => ApiError::new(StatusCode::CONFLICT, "not_awaiting_approval", message),
+            QueueError::NotAwaitingApproval { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "not_awaiting_approval", message)
+            }
             QueueError::Store(e) => e.into(),
         }
     }

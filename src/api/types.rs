@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::model::{ContainerStatus, RuntimeStatus, ServiceStatus};
 use crate::model::{AppName, CommitSha, Deploy, DeployId, Phase};
+pub use crate::model::{ContainerStatus, RuntimeStatus, ServiceStatus};
 use crate::store::LogLine;
 
 /// `POST /api/v1/apps/{app}/deploy` body; every field optional.

@@ -149,11 +149,11 @@ pub struct ReleaseAppCli {
     pub release: release::ReleaseArgs,
 }
 
-/// Sends tracing output to stderr, filtered by `RUST_LOG` (default `info`), so stdout stays the
+/// Sends tracing output to stderr, filtered by `RUST_LOG` (default `default`), so stdout stays the
 /// command's own output.
-pub fn init_tracing() {
+pub fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // A second init (tests, embedding) keeps the first subscriber.
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
@@ -172,14 +172,15 @@ pub fn block_on<F: std::future::Future<Output = i32>>(fut: F) -> i32 {
 /// The `kua-deploy` binary's whole main.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    init_tracing();
+    // The server logs what it does; a client command's own output is what the user reads.
+    init_tracing(if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" });
     block_on(run(cli))
 }
 
 /// The `release-app` binary's whole main.
 pub fn release_app_main() -> i32 {
     let cli = ReleaseAppCli::parse();
-    init_tracing();
+    init_tracing("warn");
     block_on(release::run(cli.release))
 }
 

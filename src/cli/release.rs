@@ -4,6 +4,10 @@
 //! answered the trigger is killed during recreate and a new one reports the result. Refused
 //! connections, resets, 5xx and unreadable answers are therefore retried until `--timeout`.
 //!
+//! The URL is `--url`, else `KUA_DEPLOY_URL`, else the manifest's `server` when that is an
+//! `http://` URL, else the default; a `server` that is only a name is shown in the hint when the
+//! default URL cannot be reached.
+//!
 //! Exit statuses: 0 succeeded; 1 failed, rolled_back, interrupted or cancelled; 2 usage or
 //! configuration error; 3 awaiting approval; 4 timed out, or lost track of the deploy (its
 //! outcome is unknown); 5 could not start it (unreachable, 401, 404, 409, 400, 5xx).

@@ -14,6 +14,7 @@ use crate::store::LogLine;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatusArgs {
+    /// The app's name in the registry.
     #[arg(value_parser = parse_app)]
     pub app: AppName,
     /// Print `{"progress": <deploy or null>, "runtime_status": ...}` as JSON.
@@ -25,6 +26,7 @@ pub struct StatusArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct HistoryArgs {
+    /// The app's name in the registry.
     #[arg(value_parser = parse_app)]
     pub app: AppName,
     /// How many deploys to list, newest first.
@@ -39,6 +41,7 @@ pub struct HistoryArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogsArgs {
+    /// The deploy's id, as `history` lists it.
     #[arg(value_parser = parse_deploy_id)]
     pub deploy_id: DeployId,
     /// Keep printing until the deploy ends; exit 0 only if it succeeded.
@@ -294,11 +297,12 @@ async fn follow(client: &Client, id: &DeployId, mut after: i64, json: bool) -> i
             }
         };
         let retryable = error.is_retryable() || matches!(error, ClientError::Protocol { .. });
+        let first_loss = lost_since.is_none();
         let since = *lost_since.get_or_insert_with(Instant::now);
         if !retryable || since.elapsed() > FOLLOW_RECONNECT_FOR {
             return fail(&error);
         }
-        if since.elapsed() < Duration::from_millis(10) {
+        if first_loss {
             eprintln!("-- {error}; reconnecting for up to {}", fmt_duration(FOLLOW_RECONNECT_FOR));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -40,7 +40,8 @@ impl Compose {
 
     /// `docker compose -p P -f a.yml [-f b.yml] [-f -] <args>`, run in the checkout.
     fn cmd(&self, with_override: Option<String>, args: &[&str]) -> Cmd {
-        let mut argv = vec!["docker".to_owned(), "compose".to_owned(), "--project-name".to_owned(), self.project.to_string()];
+        let mut argv =
+            vec!["docker".to_owned(), "compose".to_owned(), "--project-name".to_owned(), self.project.to_string()];
         for f in &self.files {
             argv.push("--file".to_owned());
             argv.push(f.clone());
@@ -57,7 +58,13 @@ impl Compose {
         cmd
     }
 
-    async fn ok(&self, what: &str, cmd: Cmd, cancel: &CancellationToken, log: &dyn LogSink) -> Result<Output, DockerError> {
+    async fn ok(
+        &self,
+        what: &str,
+        cmd: Cmd,
+        cancel: &CancellationToken,
+        log: &dyn LogSink,
+    ) -> Result<Output, DockerError> {
         let out = self.host.run(&cmd, cancel, log).await?;
         if out.success() {
             Ok(out)
@@ -68,7 +75,12 @@ impl Compose {
 
     /// The image name each service builds to: its `image:` or Compose's default `<project>-<service>`.
     /// Also proves the Compose files exist and parse.
-    pub async fn image_names(&self, services: &[ServiceName], cancel: &CancellationToken, log: &dyn LogSink) -> Result<BTreeMap<ServiceName, String>, DockerError> {
+    pub async fn image_names(
+        &self,
+        services: &[ServiceName],
+        cancel: &CancellationToken,
+        log: &dyn LogSink,
+    ) -> Result<BTreeMap<ServiceName, String>, DockerError> {
         let out = self
             .ok(
                 "reading the Compose configuration",
@@ -99,17 +111,25 @@ impl Compose {
         Ok(names)
     }
 
-    pub async fn build(&self, services: &[ServiceName], cancel: &CancellationToken, log: &dyn LogSink) -> Result<(), DockerError> {
+    pub async fn build(
+        &self,
+        services: &[ServiceName],
+        cancel: &CancellationToken,
+        log: &dyn LogSink,
+    ) -> Result<(), DockerError> {
         let mut args = vec!["build"];
         args.extend(services.iter().map(|s| s.as_str()));
-        self.ok("docker compose build", self.cmd(None, &args).timeout(BUILD_TIMEOUT), cancel, log)
-            .await
-            .map(drop)
+        self.ok("docker compose build", self.cmd(None, &args).timeout(BUILD_TIMEOUT), cancel, log).await.map(drop)
     }
 
     /// Recreates exactly `images`' services with exactly those image IDs; other services of the
     /// project are not touched (`--no-deps`).
-    pub async fn up_pinned(&self, images: &Images, cancel: &CancellationToken, log: &dyn LogSink) -> Result<(), DockerError> {
+    pub async fn up_pinned(
+        &self,
+        images: &Images,
+        cancel: &CancellationToken,
+        log: &dyn LogSink,
+    ) -> Result<(), DockerError> {
         let mut args = vec!["up", "--detach", "--no-deps", "--no-build", "--force-recreate", "--pull", "never"];
         args.extend(images.keys().map(|s| s.as_str()));
         self.ok("docker compose up", self.cmd(Some(pin_override(images)), &args).timeout(UP_TIMEOUT), cancel, log)
@@ -118,7 +138,15 @@ impl Compose {
     }
 
     /// Runs `command` in a one-off container of `service` from `image`, removed afterwards.
-    pub async fn run_oneoff(&self, service: &ServiceName, image: &ImageId, command: &[String], timeout: Duration, cancel: &CancellationToken, log: &dyn LogSink) -> Result<(), DockerError> {
+    pub async fn run_oneoff(
+        &self,
+        service: &ServiceName,
+        image: &ImageId,
+        command: &[String],
+        timeout: Duration,
+        cancel: &CancellationToken,
+        log: &dyn LogSink,
+    ) -> Result<(), DockerError> {
         let pin: Images = [(service.clone(), image.clone())].into();
         let mut args = vec!["run", "--rm", "--no-deps", "-T", service.as_str()];
         args.extend(command.iter().map(String::as_str));

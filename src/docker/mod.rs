@@ -87,14 +87,21 @@ impl Docker {
     /// Whether the engine answers; the error says what the CLI said when it does not.
     pub async fn ping(&self) -> Result<String, DockerError> {
         let out = self
-            .query("asking the Docker engine for its version", argv(["docker", "version", "--format", "{{.Server.Version}}"]))
+            .query(
+                "asking the Docker engine for its version",
+                argv(["docker", "version", "--format", "{{.Server.Version}}"]),
+            )
             .await?;
         Ok(out.trim().to_owned())
     }
 
     /// The containers Compose created for `service` of `project` — running or not, and never the
     /// one-off or transient ones that merely inherited the labels from a Compose-built image.
-    pub async fn service_containers(&self, project: &ProjectName, service: &ServiceName) -> Result<Vec<ContainerInfo>, DockerError> {
+    pub async fn service_containers(
+        &self,
+        project: &ProjectName,
+        service: &ServiceName,
+    ) -> Result<Vec<ContainerInfo>, DockerError> {
         let ids = self
             .query(
                 "listing containers",
@@ -126,10 +133,11 @@ impl Docker {
         let out = self.host.query(&Cmd::new(args).timeout(QUERY_TIMEOUT)).await?;
         // A container removed between `ps` and `inspect` makes inspect fail for that id but still
         // print the others; only an answer with nothing in it is an error.
-        let parsed: Vec<InspectContainer> = serde_json::from_str(out.stdout.trim()).map_err(|e| DockerError::BadOutput {
-            what: "docker container inspect".into(),
-            detail: if out.success() { e.to_string() } else { out.last_line() },
-        })?;
+        let parsed: Vec<InspectContainer> =
+            serde_json::from_str(out.stdout.trim()).map_err(|e| DockerError::BadOutput {
+                what: "docker container inspect".into(),
+                detail: if out.success() { e.to_string() } else { out.last_line() },
+            })?;
         Ok(parsed
             .into_iter()
             .map(|c| ContainerInfo {

@@ -49,7 +49,10 @@ fn judge(c: &ContainerInfo, expected: &str, recreate_started_at: DateTime<Utc>) 
         }
     }
     if c.restart_count > 0 || c.state == "restarting" {
-        return Verdict::Broken(format!("container {} restarted ({} restarts, state {})", c.name, c.restart_count, c.state));
+        return Verdict::Broken(format!(
+            "container {} restarted ({} restarts, state {})",
+            c.name, c.restart_count, c.state
+        ));
     }
     match c.state.as_str() {
         "running" => {}

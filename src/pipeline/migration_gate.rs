@@ -26,7 +26,11 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
         Err(e) => return e.into(),
     };
     if changed.is_empty() {
-        return StepOutcome::Succeeded(format!("no migration changed between {} and {}", deployed.short(), target.short()));
+        return StepOutcome::Succeeded(format!(
+            "no migration changed between {} and {}",
+            deployed.short(),
+            target.short()
+        ));
     }
     for f in &changed {
         ctx.log.info(&format!("migration changed: {f}"));
@@ -34,7 +38,9 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     let list = summary(&changed);
     match migrations.policy {
         MigrationPolicy::Allow => StepOutcome::Succeeded(format!("policy allow: {list}")),
-        MigrationPolicy::Run { .. } => StepOutcome::Succeeded(format!("policy run, the migrate step runs them: {list}")),
+        MigrationPolicy::Run { .. } => {
+            StepOutcome::Succeeded(format!("policy run, the migrate step runs them: {list}"))
+        }
         MigrationPolicy::Block => match ctx.store.migrations_approved(&ctx.id) {
             Ok(true) => StepOutcome::Succeeded(format!("policy block, approved by the trigger: {list}")),
             Ok(false) => StepOutcome::AwaitApproval(format!(

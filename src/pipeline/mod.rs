@@ -95,7 +95,14 @@ pub struct DeployCtx {
 }
 
 impl DeployCtx {
-    pub fn new(store: Store, app: AppConfig, deploy: &Deploy, host: Host, cancel: CancellationToken, control: SharedControl) -> Self {
+    pub fn new(
+        store: Store,
+        app: AppConfig,
+        deploy: &Deploy,
+        host: Host,
+        cancel: CancellationToken,
+        control: SharedControl,
+    ) -> Self {
         let git = Git::new(host.clone(), app.repo.clone());
         let compose = Compose::new(host.clone(), app.repo.clone(), app.project.clone(), app.compose_files.clone());
         Self {
@@ -204,7 +211,12 @@ async fn drive(ctx: &mut DeployCtx) -> rusqlite::Result<RunEnd> {
                 if matches!(step, StepName::Recreate | StepName::Verify) {
                     return roll_back(ctx, step, detail).await;
                 }
-                return finish(ctx, Phase::Failed, Some(format!("{step} failed: {detail}")), "not run: an earlier step failed");
+                return finish(
+                    ctx,
+                    Phase::Failed,
+                    Some(format!("{step} failed: {detail}")),
+                    "not run: an earlier step failed",
+                );
             }
         }
     }

@@ -143,13 +143,17 @@ impl Queue {
             let next = {
                 let mut slots = self.slots();
                 let slot = slots.entry(app.clone()).or_default();
-                let next = if self.inner.shutdown.is_cancelled() { Ok(None) } else { self.inner.store.next_queued(&app) };
+                let next =
+                    if self.inner.shutdown.is_cancelled() { Ok(None) } else { self.inner.store.next_queued(&app) };
                 match next {
                     Ok(Some(deploy)) => {
                         let control: SharedControl = Arc::new(Mutex::new(Control::default()));
                         let cancel = self.inner.shutdown.child_token();
-                        slot.running =
-                            Some(Running { id: deploy.deploy_id.clone(), control: control.clone(), cancel: cancel.clone() });
+                        slot.running = Some(Running {
+                            id: deploy.deploy_id.clone(),
+                            control: control.clone(),
+                            cancel: cancel.clone(),
+                        });
                         (deploy, control, cancel)
                     }
                     Ok(None) => {
@@ -194,7 +198,12 @@ impl Queue {
             Phase::Queued | Phase::AwaitingApproval => {
                 if store.transition(id, &[Phase::Queued, Phase::AwaitingApproval], Phase::Cancelled, Some(msg))? {
                     if deploy.phase == Phase::AwaitingApproval {
-                        store.step_finish(id, StepName::MigrationGate, StepStatus::Failed, "cancelled while awaiting approval")?;
+                        store.step_finish(
+                            id,
+                            StepName::MigrationGate,
+                            StepStatus::Failed,
+                            "cancelled while awaiting approval",
+                        )?;
                     }
                     store.skip_open_steps(id, "not run: the deploy was cancelled")?;
                     return Ok(store.deploy(id)?.expect("exists"));

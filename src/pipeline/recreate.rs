@@ -22,10 +22,8 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
         }
     }
     let at = now_rfc3339();
-    if let Err(e) = ctx
-        .store
-        .set_previous_images(&ctx.id, &previous)
-        .and_then(|()| ctx.store.set_recreate_started_at(&ctx.id, &at))
+    if let Err(e) =
+        ctx.store.set_previous_images(&ctx.id, &previous).and_then(|()| ctx.store.set_recreate_started_at(&ctx.id, &at))
     {
         return StepOutcome::Failed(format!("cannot record the previous images: {e}"));
     }

@@ -41,29 +41,30 @@ fn row_to_deploy(r: &Row<'_>) -> rusqlite::Result<Deploy> {
         let s: String = r.get(i)?;
         serde_json::from_str(&s).map_err(|_| bad(i, "images"))
     };
-    let verify: Option<VerifyReport> = text(15)?.map(|s| serde_json::from_str(&s)).transpose().map_err(|_| bad(15, "verify"))?;
+    let verify: Option<VerifyReport> =
+        text(15)?.map(|s| serde_json::from_str(&s)).transpose().map_err(|_| bad(15, "verify"))?;
     Ok(Deploy {
-            deploy_id: DeployId::parse(&id).map_err(|_| bad(0, "id"))?,
-            app: AppName::parse(&app).map_err(|_| bad(1, "app"))?,
-            phase: Phase::parse(&phase).ok_or_else(|| bad(2, "phase"))?,
-            trigger: Trigger {
-                source: TriggerSource::parse(&source).ok_or_else(|| bad(3, "trigger"))?,
-                delivery: text(4)?,
-                git_ref: r.get(5)?,
-                requested_commit: commit(6)?,
-            },
-            reason: text(7)?,
-            commit_before: commit(8)?,
-            commit: commit(9)?,
-            created_at: r.get(10)?,
-            started_at: text(11)?,
-            finished_at: text(12)?,
-            images: images(13)?,
-            previous_images: images(14)?,
-            verify,
-            error: text(16)?,
-            superseded_by: text(17)?.and_then(|s| DeployId::parse(&s).ok()),
-            steps: Vec::new(),
+        deploy_id: DeployId::parse(&id).map_err(|_| bad(0, "id"))?,
+        app: AppName::parse(&app).map_err(|_| bad(1, "app"))?,
+        phase: Phase::parse(&phase).ok_or_else(|| bad(2, "phase"))?,
+        trigger: Trigger {
+            source: TriggerSource::parse(&source).ok_or_else(|| bad(3, "trigger"))?,
+            delivery: text(4)?,
+            git_ref: r.get(5)?,
+            requested_commit: commit(6)?,
+        },
+        reason: text(7)?,
+        commit_before: commit(8)?,
+        commit: commit(9)?,
+        created_at: r.get(10)?,
+        started_at: text(11)?,
+        finished_at: text(12)?,
+        images: images(13)?,
+        previous_images: images(14)?,
+        verify,
+        error: text(16)?,
+        superseded_by: text(17)?.and_then(|s| DeployId::parse(&s).ok()),
+        steps: Vec::new(),
     })
 }
 
@@ -137,9 +138,7 @@ impl Store {
     }
 
     pub fn last_succeeded(&self, app: &AppName) -> rusqlite::Result<Option<Deploy>> {
-        Ok(self
-            .deploys_where("app = ?1 AND phase = 'succeeded' ORDER BY seq DESC LIMIT 1", [app.as_str()])?
-            .pop())
+        Ok(self.deploys_where("app = ?1 AND phase = 'succeeded' ORDER BY seq DESC LIMIT 1", [app.as_str()])?.pop())
     }
 
     /// The deploys that hold the app now (queued, running, awaiting approval, handing over), oldest first.
@@ -186,10 +185,8 @@ impl Store {
     }
 
     pub fn set_superseded_by(&self, id: &DeployId, successor: &DeployId) -> rusqlite::Result<()> {
-        self.conn().execute(
-            "UPDATE deploys SET superseded_by = ?1 WHERE id = ?2",
-            params![successor.as_str(), id.as_str()],
-        )?;
+        self.conn()
+            .execute("UPDATE deploys SET superseded_by = ?1 WHERE id = ?2", params![successor.as_str(), id.as_str()])?;
         Ok(())
     }
 
@@ -214,22 +211,19 @@ impl Store {
     }
 
     pub fn set_recreate_started_at(&self, id: &DeployId, at: &str) -> rusqlite::Result<()> {
-        self.conn()
-            .execute("UPDATE deploys SET recreate_started_at = ?1 WHERE id = ?2", params![at, id.as_str()])?;
+        self.conn().execute("UPDATE deploys SET recreate_started_at = ?1 WHERE id = ?2", params![at, id.as_str()])?;
         Ok(())
     }
 
     fn set_json<T: serde::Serialize>(&self, id: &DeployId, column: &'static str, value: &T) -> rusqlite::Result<()> {
         let json = serde_json::to_string(value).expect("plain data serializes");
-        self.conn()
-            .execute(&format!("UPDATE deploys SET {column} = ?1 WHERE id = ?2"), params![json, id.as_str()])?;
+        self.conn().execute(&format!("UPDATE deploys SET {column} = ?1 WHERE id = ?2"), params![json, id.as_str()])?;
         Ok(())
     }
 
     /// Whether the trigger pre-approved migrations.
     pub fn migrations_approved(&self, id: &DeployId) -> rusqlite::Result<bool> {
-        self.conn()
-            .query_row("SELECT approve_migrations FROM deploys WHERE id = ?1", [id.as_str()], |r| r.get(0))
+        self.conn().query_row("SELECT approve_migrations FROM deploys WHERE id = ?1", [id.as_str()], |r| r.get(0))
     }
 
     pub fn step_start(&self, id: &DeployId, step: StepName, detail: &str) -> rusqlite::Result<()> {
@@ -312,7 +306,8 @@ fn load_steps(conn: &rusqlite::Connection, id: &DeployId) -> rusqlite::Result<Ve
     })?;
     let mut steps = Vec::new();
     for row in rows {
-        let (name, status, started_at, finished_at, detail): (String, String, Option<String>, Option<String>, String) = row?;
+        let (name, status, started_at, finished_at, detail): (String, String, Option<String>, Option<String>, String) =
+            row?;
         if let (Some(name), Some(status)) = (StepName::parse(&name), StepStatus::parse(&status)) {
             steps.push(Step { name, status, started_at, finished_at, detail });
         }

@@ -98,7 +98,12 @@ mod tests {
         let id = store
             .insert_deploy(&NewDeploy {
                 app: AppName::parse("a").unwrap(),
-                trigger: Trigger { source: TriggerSource::Api, delivery: None, git_ref: "refs/heads/main".into(), requested_commit: None },
+                trigger: Trigger {
+                    source: TriggerSource::Api,
+                    delivery: None,
+                    git_ref: "refs/heads/main".into(),
+                    requested_commit: None,
+                },
                 approve_migrations: false,
                 reason: None,
                 steps: vec![StepName::GitPull],

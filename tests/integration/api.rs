@@ -17,7 +17,8 @@ async fn post(server: &crate::support::Server, path: &str, auth: Option<&str>, b
 }
 
 async fn get(server: &crate::support::Server, path: &str) -> (StatusCode, String) {
-    let resp = server.http().get(format!("{}{path}", server.url)).header("authorization", server.auth()).send().await.unwrap();
+    let resp =
+        server.http().get(format!("{}{path}", server.url)).header("authorization", server.auth()).send().await.unwrap();
     (resp.status(), resp.text().await.unwrap())
 }
 
@@ -96,7 +97,10 @@ async fn check_config_reports_every_problem_and_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("deploy-registry.json");
     std::fs::write(&path, r#"{"apps": {"hello": {"repo": "relative/path", "servces": ["web"]}}}"#).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kua-deploy")).args(["check-config", path.to_str().unwrap()]).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kua-deploy"))
+        .args(["check-config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("servces"), "{text}");

@@ -23,7 +23,10 @@ async fn two_successive_deploys_serve_the_new_content_from_the_recorded_image() 
     assert_eq!(d1.phase, Phase::Succeeded, "{d1:#?}");
     assert_eq!(app.fetch().as_deref(), Some("v1"));
     let names: Vec<_> = d1.steps.iter().map(|s| s.name).collect();
-    assert_eq!(names, [StepName::GitPull, StepName::MigrationGate, StepName::Build, StepName::Recreate, StepName::Verify]);
+    assert_eq!(
+        names,
+        [StepName::GitPull, StepName::MigrationGate, StepName::Build, StepName::Recreate, StepName::Verify]
+    );
     assert!(d1.steps.iter().all(|s| s.status == StepStatus::Succeeded), "{d1:#?}");
 
     let v2 = app.push("v2", Behaviour::Serve);
@@ -226,7 +229,9 @@ async fn a_second_trigger_during_a_deploy_gets_409_and_cancel_stops_the_build() 
     let err = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), Some("deploy_in_progress"));
     match err {
-        kua_deploy::cli::client::ClientError::Conflict { deploy_id, .. } => assert_eq!(deploy_id, Some(acc.deploy_id.clone())),
+        kua_deploy::cli::client::ClientError::Conflict { deploy_id, .. } => {
+            assert_eq!(deploy_id, Some(acc.deploy_id.clone()))
+        }
         other => panic!("expected a conflict, got {other:?}"),
     }
 
@@ -237,7 +242,8 @@ async fn a_second_trigger_during_a_deploy_gets_409_and_cancel_stops_the_build() 
     assert_eq!(status_of(&d, StepName::Recreate), StepStatus::Skipped);
     // The killed `docker compose build` leaves no client process behind.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let ps = std::process::Command::new("pgrep").args(["-f", &format!("project-name {}", app.project)]).output().unwrap();
+    let ps =
+        std::process::Command::new("pgrep").args(["-f", &format!("project-name {}", app.project)]).output().unwrap();
     assert!(String::from_utf8_lossy(&ps.stdout).trim().is_empty(), "compose still runs");
     // Cancelling again is a conflict: it already ended.
     let err = server.client.cancel(&acc.deploy_id).await.unwrap_err();

