@@ -130,11 +130,32 @@ impl Compose {
         cancel: &CancellationToken,
         log: &dyn LogSink,
     ) -> Result<(), DockerError> {
+        self.remove_interrupted_recreates(images, log).await?;
         let mut args = vec!["up", "--detach", "--no-deps", "--no-build", "--force-recreate", "--pull", "never"];
         args.extend(images.keys().map(|s| s.as_str()));
         self.ok("docker compose up", self.cmd(Some(pin_override(images)), &args).timeout(UP_TIMEOUT), cancel, log)
             .await
             .map(drop)
+    }
+
+    /// Compose recreates a container by creating the new one as `<old id>_<name>`, then removing the
+    /// old one and renaming. Killed in between (a cancelled or interrupted deploy), it leaves that
+    /// never-started container behind, and every later `up` fails on its name. It never ran, so
+    /// removing it loses nothing.
+    async fn remove_interrupted_recreates(&self, images: &Images, log: &dyn LogSink) -> Result<(), DockerError> {
+        let docker = self.docker();
+        for service in images.keys() {
+            for c in docker.service_containers(&self.project, service).await? {
+                if c.state == "created" && is_interrupted_recreate_name(&c.name) {
+                    log.line(
+                        crate::host::Stream::Info,
+                        &format!("removing {}, left by an interrupted recreate", c.name),
+                    );
+                    docker.remove_container(&c.id).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Runs `command` in a one-off container of `service` from `image`, removed afterwards.
@@ -161,6 +182,12 @@ impl Compose {
     }
 }
 
+fn is_interrupted_recreate_name(name: &str) -> bool {
+    name.split_once('_').is_some_and(|(prefix, rest)| {
+        prefix.len() == 12 && prefix.bytes().all(|b| b.is_ascii_hexdigit()) && !rest.is_empty()
+    })
+}
+
 /// The override that pins each service to an image ID. JSON is YAML, so serde_json writes it.
 fn pin_override(images: &Images) -> String {
     let services: serde_json::Map<String, serde_json::Value> = images
@@ -185,6 +212,14 @@ impl LogSink for QuietOnSuccess<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_compose_recreate_leftover_names_are_recognised() {
+        assert!(is_interrupted_recreate_name("812ffb37a179_exp-web-1"));
+        assert!(!is_interrupted_recreate_name("exp-web-1"));
+        assert!(!is_interrupted_recreate_name("my_app-web-1"));
+        assert!(!is_interrupted_recreate_name("812ffb37a179_"));
+    }
 
     #[test]
     fn the_pin_override_names_each_service_with_its_image_id_and_never_pulls() {

@@ -152,6 +152,10 @@ impl Docker {
             .collect())
     }
 
+    pub async fn remove_container(&self, id: &str) -> Result<(), DockerError> {
+        self.query(&format!("removing container {id}"), argv(["docker", "rm", "--force", id])).await.map(drop)
+    }
+
     /// The ID of the image a name (or ID) refers to now.
     pub async fn image_id(&self, image: &str) -> Result<ImageId, DockerError> {
         let what = format!("inspecting image {image}");

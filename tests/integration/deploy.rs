@@ -249,3 +249,40 @@ async fn a_second_trigger_during_a_deploy_gets_409_and_cancel_stops_the_build() 
     let err = server.client.cancel(&acc.deploy_id).await.unwrap_err();
     assert_eq!(err.code(), Some("already_finished"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_compose_file_fails_the_build_step_with_its_name() {
+    let app = TestApp::new(AppOptions::default());
+    let server = app.start();
+    let ok = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    assert_eq!(server.wait_end(&ok.deploy_id).await.phase, Phase::Succeeded);
+    let before = app.web_containers();
+
+    git(&app.work, &["mv", "docker-compose.yml", "compose.renamed.yml"]);
+    app.push("v2", Behaviour::Serve);
+    let acc = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    let d = server.wait_end(&acc.deploy_id).await;
+    assert_eq!(d.phase, Phase::Failed);
+    assert_eq!(status_of(&d, StepName::Build), StepStatus::Failed);
+    assert!(d.error.as_deref().unwrap().contains("docker-compose.yml"), "{:?}", d.error);
+    assert_eq!(app.web_containers(), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_engine_that_does_not_answer_fails_the_deploy_clearly_and_runtime_status_says_502() {
+    let app = TestApp::new(AppOptions::default());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kua-deploy"));
+    child
+        .args(["serve", "--config", app.registry.to_str().unwrap(), "--state-dir", app.state.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0"])
+        .env("KUA_ADMIN_TOKEN", crate::support::TOKEN)
+        .env("DOCKER_HOST", format!("unix://{}/no-engine.sock", app.dir.path().display()));
+    let server = crate::support::Server::spawn(child);
+    let acc = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    let d = server.wait_end(&acc.deploy_id).await;
+    assert_eq!(d.phase, Phase::Failed, "{d:#?}");
+    assert_eq!(status_of(&d, StepName::Build), StepStatus::Failed);
+    assert!(d.error.as_deref().unwrap().to_lowercase().contains("docker"), "{:?}", d.error);
+    let err = server.client.runtime_status(&app.name).await.unwrap_err();
+    assert!(matches!(err, kua_deploy::cli::client::ClientError::Server { status: 502, .. }), "{err:?}");
+}

@@ -2,6 +2,7 @@
 //! git remote, the real Docker engine and Compose v2, and drives it over HTTP as a user would.
 
 mod api;
+mod cli;
 mod deploy;
 mod recovery;
 mod support;

@@ -85,3 +85,44 @@ async fn a_deploy_still_queued_when_the_server_stopped_runs_after_restart() {
     assert_eq!(d.phase, Phase::Succeeded, "{d:#?}");
     assert_eq!(app.fetch().as_deref(), Some("v1"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_left_by_an_interrupted_recreate_does_not_block_the_next_deploy() {
+    let app = TestApp::new(AppOptions::default());
+    let server = app.start();
+    let ok = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    let d1 = server.wait_end(&ok.deploy_id).await;
+    assert_eq!(d1.phase, Phase::Succeeded);
+    // What `docker compose up --force-recreate` leaves when killed between creating the new
+    // container (named `<old id>_<name>`) and removing the old one.
+    let (old_id, image) = app.web_containers().remove(0);
+    let leftover = format!("{}_{}-web-1", &old_id[..12], app.project);
+    crate::support::sh(
+        std::path::Path::new("/"),
+        &[
+            "docker",
+            "create",
+            "--name",
+            &leftover,
+            "--label",
+            &format!("com.docker.compose.project={}", app.project),
+            "--label",
+            "com.docker.compose.service=web",
+            "--label",
+            "com.docker.compose.oneoff=False",
+            "--label",
+            "com.docker.compose.container-number=1",
+            "--label",
+            "kua-deploy.test=1",
+            &image,
+        ],
+    );
+
+    app.push("v2", Behaviour::Serve);
+    let next = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    let d = server.wait_end(&next.deploy_id).await;
+    assert_eq!(d.phase, Phase::Succeeded, "{d:#?}");
+    assert_eq!(app.fetch().as_deref(), Some("v2"));
+    let logs = server.client.logs(&next.deploy_id, 0).await.unwrap();
+    assert!(logs.lines.iter().any(|l| l.line.contains(&leftover)), "the removal is logged");
+}

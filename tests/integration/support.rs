@@ -267,11 +267,17 @@ pub struct Server {
 
 impl Server {
     pub fn start(registry: &Path, state: &Path) -> Server {
-        let log = state.with_extension(format!("log-{}", &uuid_hex()[..6]));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kua-deploy"))
-            .args(["serve", "--config", registry.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kua-deploy"));
+        cmd.args(["serve", "--config", registry.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
             .args(["--listen", "127.0.0.1:0"])
-            .env("KUA_ADMIN_TOKEN", TOKEN)
+            .env("KUA_ADMIN_TOKEN", TOKEN);
+        Server::spawn(cmd)
+    }
+
+    /// Starts a prepared `kua-deploy serve` command and waits for its listen line.
+    pub fn spawn(mut cmd: Command) -> Server {
+        let log = std::env::temp_dir().join(format!("kua-test-server-{}.log", uuid_hex()));
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -347,6 +353,10 @@ impl Drop for Server {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             self.terminate();
+        }
+        // A failing test keeps the server's log for whoever reads the failure.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
         }
     }
 }
