@@ -404,6 +404,24 @@ pub struct RuntimeStatus {
     pub drift: bool,
 }
 
+/// One webhook delivery as recorded for an app: what came in and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The provider's delivery id (`X-Forgejo-Delivery`, `X-GitHub-Delivery`, …), if it sent one.
+    pub id: Option<String>,
+    pub provider: String,
+    pub event: String,
+    pub repository: String,
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    pub after: Option<String>,
+    /// `queued`, `duplicate` (seen before: answered with the original deploy) or `ignored`.
+    pub outcome: String,
+    pub reason: String,
+    pub deploy_id: Option<DeployId>,
+    pub received_at: String,
+}
+
 /// The current time as RFC 3339 with microseconds, UTC: the one format every timestamp uses.
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)

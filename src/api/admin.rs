@@ -11,7 +11,7 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use super::types::{AppList, AppSummary, DeployAccepted, DeployList, DeployRequest, FollowItem, LogPage};
+use super::types::{AppList, AppSummary, DeliveryList, DeployAccepted, DeployList, DeployRequest, FollowItem, LogPage};
 use super::ApiState;
 use crate::config::{AppConfig, HostSpec};
 use crate::model::{AppName, Deploy, DeployId, Phase, Trigger, TriggerSource};
@@ -137,22 +137,37 @@ pub struct LimitQuery {
     limit: Option<String>,
 }
 
+impl LimitQuery {
+    fn limit(&self) -> Result<usize, ApiError> {
+        match self.limit.as_deref() {
+            None => Ok(20),
+            Some(s) => s
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=500).contains(n))
+                .ok_or_else(|| ApiError::bad_request(format!("limit {s:?} must be a whole number from 1 to 500"))),
+        }
+    }
+}
+
 pub async fn history(
     State(state): State<ApiState>,
     Path(app): Path<String>,
     Query(q): Query<LimitQuery>,
 ) -> Result<Json<DeployList>, ApiError> {
     let app = known_app(&state, &app)?;
-    let limit = match q.limit.as_deref() {
-        None => 20,
-        Some(s) => s
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=500).contains(n))
-            .ok_or_else(|| ApiError::bad_request(format!("limit {s:?} must be a whole number from 1 to 500")))?,
-    };
-    let deploys = state.queue.store().history(&app.name, limit)?;
+    let deploys = state.queue.store().history(&app.name, q.limit()?)?;
     Ok(Json(DeployList { app: app.name.clone(), deploys }))
+}
+
+pub async fn deliveries(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    Query(q): Query<LimitQuery>,
+) -> Result<Json<DeliveryList>, ApiError> {
+    let app = known_app(&state, &app)?;
+    let deliveries = state.queue.store().deliveries(&app.name, q.limit()?)?;
+    Ok(Json(DeliveryList { app: app.name.clone(), deliveries }))
 }
 
 pub async fn get_deploy(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<Deploy>, ApiError> {

@@ -1,10 +1,11 @@
-//! The HTTP API: the router, bearer auth for `/api/v1/*`, the admin handlers, and the error
-//! type every handler answers with. Handlers talk to the queue and the store only.
+//! The HTTP API: the router, bearer auth for `/api/v1/*`, the admin handlers, the push webhooks,
+//! and the error type every handler answers with. Handlers talk to the queue and the store only.
 
 mod admin;
 mod auth;
 pub mod error;
 pub mod types;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/apps/{app}/progress", get(admin::progress))
         .route("/apps/{app}/runtime-status", get(admin::runtime_status))
         .route("/apps/{app}/deploys", get(admin::history))
+        .route("/apps/{app}/deliveries", get(admin::deliveries))
         .route("/deploys/{id}", get(admin::get_deploy))
         .route("/deploys/{id}/logs", get(admin::logs))
         .route("/deploys/{id}/approve", post(admin::approve))

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AppName, CommitSha, Deploy, DeployId, Phase};
+use crate::model::{AppName, CommitSha, Delivery, Deploy, DeployId, Phase};
 pub use crate::model::{ContainerStatus, RuntimeStatus, ServiceStatus};
 use crate::store::LogLine;
 
@@ -84,4 +84,32 @@ pub struct ErrorDetail {
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy_id: Option<DeployId>,
+}
+
+/// One app's part of the answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppResult {
+    pub app: AppName,
+    /// `queued`, `duplicate` or `ignored`.
+    pub outcome: String,
+    pub reason: String,
+    pub deploy_id: Option<DeployId>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub superseded: Vec<DeployId>,
+}
+
+/// The 202 answer to an authenticated delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookAnswer {
+    pub provider: String,
+    pub event: String,
+    pub delivery: Option<String>,
+    pub results: Vec<AppResult>,
+}
+
+/// `GET /api/v1/apps/{app}/deliveries` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryList {
+    pub app: AppName,
+    pub deliveries: Vec<Delivery>,
 }

@@ -1,7 +1,9 @@
-//! Durable state in SQLite (`<state-dir>/kua.db`): deploys, their steps and their logs. The schema
+//! Durable state in SQLite (`<state-dir>/kua.db`): deploys, their steps, their logs, and webhook
+//! deliveries. The schema
 //! migrates on open, so any binary opens any older state dir. Every write is its own transaction:
 //! a crash between two writes leaves a consistent record that startup recovery understands.
 
+mod deliveries;
 mod deploys;
 mod logs;
 mod schema;

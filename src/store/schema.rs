@@ -48,4 +48,24 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (deploy_id, seq)
     );
     "#,
+    // 2: webhook deliveries, and the lookups redelivery detection needs.
+    r#"
+    CREATE TABLE deliveries (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        delivery_id TEXT,
+        provider    TEXT NOT NULL,
+        event       TEXT NOT NULL,
+        app         TEXT NOT NULL,
+        repository  TEXT NOT NULL,
+        ref         TEXT,
+        after       TEXT,
+        outcome     TEXT NOT NULL,
+        reason      TEXT NOT NULL,
+        deploy_id   TEXT,
+        received_at TEXT NOT NULL
+    );
+    CREATE INDEX deliveries_by_app ON deliveries (app, seq);
+    CREATE INDEX deliveries_by_delivery_id ON deliveries (delivery_id, app);
+    CREATE INDEX deploys_by_requested_commit ON deploys (app, requested_commit);
+    "#,
 ];

@@ -1,0 +1,187 @@
+//! Reading a delivery: the JSON (raw, or inside a form body's `payload` field) and the few fields
+//! of a push that matter: repository, ref and `after`. Everything is checked before use: a ref
+//! that is not a valid branch or tag name, or an `after` that is not a hex object id, is refused.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use crate::model::{BranchName, CommitSha};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum PayloadError {
+    /// The form body has no `payload` field.
+    NoPayloadField,
+    Malformed(String),
+    Missing(&'static str),
+    Invalid(String),
+}
+
+impl std::fmt::Display for PayloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PayloadError::NoPayloadField => f.write_str("the form body has no `payload` field"),
+            PayloadError::Malformed(e) => write!(f, "the payload is not valid JSON: {e}"),
+            PayloadError::Missing(field) => write!(f, "the payload has no `{field}`"),
+            PayloadError::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+/// The JSON document of a delivery: the body itself, or for a form body
+/// (`application/x-www-form-urlencoded`) the decoded `payload` field.
+pub fn json_of<'a>(content_type: Option<&str>, body: &'a [u8]) -> Result<Cow<'a, [u8]>, PayloadError> {
+    let is_form = content_type
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|ct| ct.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+    if !is_form {
+        return Ok(Cow::Borrowed(body));
+    }
+    form_urlencoded::parse(body)
+        .find(|(k, _)| k == "payload")
+        .map(|(_, v)| Cow::Owned(v.into_owned().into_bytes()))
+        .ok_or(PayloadError::NoPayloadField)
+}
+
+#[derive(Deserialize)]
+struct RawRepository {
+    full_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawDelivery {
+    #[serde(rename = "ref")]
+    git_ref: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+    repository: Option<RawRepository>,
+}
+
+/// The fields of any delivery kua-deploy looks at; only the repository is needed to check the
+/// signature, so the rest is read (and validated) only for a push.
+pub struct Delivery {
+    pub repository: String,
+    git_ref: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+}
+
+pub fn parse(json: &[u8]) -> Result<Delivery, PayloadError> {
+    let raw: RawDelivery = serde_json::from_slice(json).map_err(|e| PayloadError::Malformed(e.to_string()))?;
+    let repository = raw
+        .repository
+        .and_then(|r| r.full_name)
+        .filter(|n| !n.is_empty())
+        .ok_or(PayloadError::Missing("repository.full_name"))?;
+    Ok(Delivery { repository, git_ref: raw.git_ref, after: raw.after })
+}
+
+/// What a push's ref names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushRef {
+    Branch(BranchName),
+    Tag(String),
+}
+
+/// A push, checked: the ref and `after` (None for a deletion: all zeros).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Push {
+    pub git_ref: String,
+    pub target: PushRef,
+    pub after: Option<CommitSha>,
+}
+
+impl Delivery {
+    /// The raw ref and after, for the record, before they are validated.
+    pub fn raw_ref(&self) -> Option<String> {
+        self.git_ref.as_ref().and_then(|v| v.as_str()).map(|s| s.chars().take(300).collect())
+    }
+    pub fn raw_after(&self) -> Option<String> {
+        self.after.as_ref().and_then(|v| v.as_str()).map(|s| s.chars().take(100).collect())
+    }
+
+    pub fn push(&self) -> Result<Push, PayloadError> {
+        let git_ref = self.git_ref.as_ref().ok_or(PayloadError::Missing("ref"))?;
+        let git_ref = git_ref.as_str().ok_or_else(|| PayloadError::Invalid("`ref` is not a string".into()))?;
+        let after = self.after.as_ref().ok_or(PayloadError::Missing("after"))?;
+        let after = after.as_str().ok_or_else(|| PayloadError::Invalid("`after` is not a string".into()))?;
+        let after = CommitSha::parse(after).map_err(|e| PayloadError::Invalid(format!("`after`: {e}")))?;
+        let target = if let Some(b) = git_ref.strip_prefix("refs/heads/") {
+            PushRef::Branch(BranchName::parse(b).map_err(|e| PayloadError::Invalid(format!("`ref`: {e}")))?)
+        } else if let Some(t) = git_ref.strip_prefix("refs/tags/") {
+            PushRef::Tag(t.chars().take(200).collect())
+        } else {
+            return Err(PayloadError::Invalid(format!(
+                "`ref` {:?} is neither refs/heads/<branch> nor refs/tags/<tag>",
+                git_ref.chars().take(100).collect::<String>()
+            )));
+        };
+        Ok(Push { git_ref: git_ref.to_owned(), target, after: (!after.is_zero()).then_some(after) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{}/tests/fixtures/webhooks/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    #[test]
+    fn a_forgejo_push_names_its_repository_branch_and_commit() {
+        let d = parse(&fixture("forgejo-push-branch-3-commits.json")).unwrap();
+        let p = d.push().unwrap();
+        assert!(matches!(p.target, PushRef::Branch(ref b) if b.as_str() == "main"));
+        assert!(p.after.is_some());
+        assert!(d.repository.contains('/'));
+    }
+
+    #[test]
+    fn a_github_tag_deletion_is_a_tag_push_without_a_commit() {
+        let p = parse(&fixture("github-push-tag-delete.json")).unwrap().push().unwrap();
+        assert!(matches!(p.target, PushRef::Tag(ref t) if t == "simple-tag"));
+        assert_eq!(p.after, None);
+    }
+
+    #[test]
+    fn a_gitea_delete_event_still_names_its_repository() {
+        let d = parse(&fixture("gitea-delete-branch.json")).unwrap();
+        assert!(!d.repository.is_empty());
+    }
+
+    #[test]
+    fn a_form_body_yields_the_decoded_payload_field() {
+        let body = b"payload=%7B%22a%22%3A1%7D&other=x";
+        let json = json_of(Some("application/x-www-form-urlencoded; charset=utf-8"), body).unwrap();
+        assert_eq!(&*json, br#"{"a":1}"#);
+        assert_eq!(json_of(Some("application/x-www-form-urlencoded"), b"x=1"), Err(PayloadError::NoPayloadField));
+        assert_eq!(&*json_of(Some("application/json"), b"{}").unwrap(), b"{}");
+    }
+
+    #[test]
+    fn a_ref_or_after_crafted_as_a_git_option_is_refused() {
+        let bad_after =
+            br#"{"ref":"refs/heads/main","after":"--upload-pack=touch /tmp/x","repository":{"full_name":"a/b"}}"#;
+        assert!(matches!(parse(bad_after).unwrap().push(), Err(PayloadError::Invalid(_))));
+        let sha = "a".repeat(40);
+        let bad_ref =
+            format!(r#"{{"ref":"refs/heads/--upload-pack=x","after":"{sha}","repository":{{"full_name":"a/b"}}}}"#);
+        assert!(matches!(parse(bad_ref.as_bytes()).unwrap().push(), Err(PayloadError::Invalid(_))));
+        let bare = format!(r#"{{"ref":"--upload-pack=x","after":"{sha}","repository":{{"full_name":"a/b"}}}}"#);
+        assert!(matches!(parse(bare.as_bytes()).unwrap().push(), Err(PayloadError::Invalid(_))));
+    }
+
+    #[test]
+    fn missing_fields_and_bad_json_are_named() {
+        assert!(matches!(parse(b"{nope"), Err(PayloadError::Malformed(_))));
+        assert_eq!(parse(b"{}").err(), Some(PayloadError::Missing("repository.full_name")));
+        let no_after = parse(br#"{"ref":"refs/heads/main","repository":{"full_name":"a/b"}}"#).unwrap();
+        assert_eq!(no_after.push(), Err(PayloadError::Missing("after")));
+    }
+
+    #[test]
+    fn sixty_four_zeros_is_a_deletion_too() {
+        let body =
+            format!(r#"{{"ref":"refs/heads/main","after":"{}","repository":{{"full_name":"a/b"}}}}"#, "0".repeat(64));
+        assert_eq!(parse(body.as_bytes()).unwrap().push().unwrap().after, None);
+    }
+}
