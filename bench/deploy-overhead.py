@@ -324,13 +324,20 @@ def remove_docker_objects(filters: list[str]) -> list[str]:
 
 class Server:
     def __init__(self, binary: Path, world: World, token: str):
+        self.binary = binary
+        self.world = world
         self.token = token
         self.log_path = world.server_log
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self) -> None:
+        world = self.world
         self._log = open(world.server_log, "wb")
-        env = dict(CHILD_ENV, KUA_ADMIN_TOKEN=token, RUST_LOG=os.environ.get("RUST_LOG", "info"))
+        env = dict(CHILD_ENV, KUA_ADMIN_TOKEN=self.token, RUST_LOG=os.environ.get("RUST_LOG", "info"))
         self.proc = subprocess.Popen(
             [
-                str(binary), "serve",
+                str(self.binary), "serve",
                 "--config", str(world.registry),
                 "--state-dir", str(world.state),
                 "--listen", "127.0.0.1:0",
@@ -398,6 +405,8 @@ class Server:
 
     def stop(self) -> float | None:
         """SIGTERM; returns how long it took to exit."""
+        if self.proc is None:
+            return None
         if self.proc.poll() is not None:
             self._log.close()
             return None
@@ -464,6 +473,7 @@ def kua_deploy(server: Server, world: World, events: HealthEvents, expect: str, 
     healthy_at = events.wait_healthy(cid, timeout=5)
     return {
         "id": deploy_id,
+        "deploy": d,
         "total": total,
         "server": finished - created,
         "steps": steps,
@@ -536,8 +546,8 @@ def find_binary(args: argparse.Namespace, repo: Path) -> Path:
     b = repo / "target" / "release" / "kua-deploy"
     if args.no_build and b.exists():
         return b
-    log("building the release binary: cargo build --release --bin kua-deploy")
-    p = subprocess.run(["cargo", "build", "--release", "--bin", "kua-deploy"], cwd=repo)
+    log("building the release binary: cargo build --release")
+    p = subprocess.run(["cargo", "build", "--release"], cwd=repo)
     if p.returncode != 0 or not b.exists():
         raise BenchError("cargo build --release failed; fix the build or pass --bin PATH")
     return b
@@ -551,6 +561,12 @@ def preflight() -> None:
     run(["git", "--version"])
     if not Path(BUSYBOX).exists():
         raise BenchError(f"{BUSYBOX} is missing (apt-get install busybox-static)")
+    stale = run(["docker", "ps", "-aq", "--filter", f"label={BENCH_LABEL}=1"])
+    if stale:
+        log(
+            f"note: {len(stale.split())} container(s) labelled {BENCH_LABEL}=1 are left from an earlier run that was"
+            " killed; see bench/README.md to remove them"
+        )
 
 
 def print_summary(kua: list[dict], raw: list[dict], rss: dict, shutdown_s: float | None) -> None:
@@ -579,33 +595,40 @@ def print_summary(kua: list[dict], raw: list[dict], rss: dict, shutdown_s: float
     lat = [r["healthy_to_succeeded"] for r in kua if r["healthy_to_succeeded"] is not None]
     raw_seen = [r["seen"] for r in raw if r["seen"] is not None]
     log("\n== summary ==")
-    log(f"  {'figure':<44} {'measured':<32} {'target':<18} verdict")
+    log(f"  {'figure':<46} {'measured':<32} {'target':<18} verdict")
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT MET"
 
     log(
-        f"  {'1. deploy overhead median(kua)/median(raw)':<44} "
+        f"  {'1. deploy overhead median(kua)/median(raw)':<46} "
         f"{f'{ratio:.3f} ({median(kt):.3f} s / {median(rt):.3f} s)':<32} {'<= 1.10 (10%)':<18} {verdict(ratio <= TARGET_RATIO)}"
     )
     r0, r1 = rss["startup"]["VmRSS"] / 1024, rss["idle"]["VmRSS"] / 1024
     log(
-        f"  {'2. idle RSS of serve: startup / after deploys':<44} "
+        f"  {'2. idle RSS of serve: startup / after deploys':<46} "
         f"{f'{r0:.1f} MiB / {r1:.1f} MiB':<32} {'< 30 MiB':<18} {verdict(max(r0, r1) < TARGET_RSS_MIB)}"
     )
     if lat:
         log(
-            f"  {'3. healthy -> succeeded: median / max':<44} "
+            f"  {'3. healthy -> succeeded: median / max':<46} "
             f"{f'{median(lat):.3f} s / {max(lat):.3f} s ({len(lat)} rounds)':<32} {'< 0.5 s':<18} {verdict(max(lat) < TARGET_LATENCY_S)}"
         )
     else:
-        log(f"  {'3. healthy -> succeeded':<44} {'no health event matched':<32} {'< 0.5 s':<18} -")
+        log(f"  {'3. healthy -> succeeded':<46} {'no health event matched':<32} {'< 0.5 s':<18} -")
     extra = f"peak RSS (VmHWM) {rss['idle']['VmHWM'] / 1024:.1f} MiB"
     if raw_seen:
         extra += f"; raw loop saw healthy {median(raw_seen):.3f} s after the event (median)"
     if shutdown_s is not None:
         extra += f"; SIGTERM -> exit {shutdown_s:.2f} s"
     log(f"  ({extra})")
+
+
+def save_deploy(server: Server, k: dict, path: Path) -> None:
+    """The deploy object and its log (each line time-stamped), for looking into where time went."""
+    _, page = server.call("GET", f"/api/v1/deploys/{k['id']}/logs")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"deploy": k["deploy"], "logs": page.get("lines", [])}, indent=2))
 
 
 def med(rows: list[dict], key: str) -> float:
@@ -630,6 +653,7 @@ def bench(args: argparse.Namespace, root: Path, run_id: str, cleanup_state: dict
     cleanup_state["events"] = [kua_events, raw_events]
     server = Server(binary, world, "bench-" + secrets.token_hex(24))
     cleanup_state["server"] = server
+    server.start()
     time.sleep(0.5)
     rss = {"startup": proc_status(server.pid)}
     log(f"kua-deploy serve (pid {server.pid}) at {server.url}; RSS after startup {rss['startup']['VmRSS'] / 1024:.1f} MiB")
@@ -655,6 +679,8 @@ def bench(args: argparse.Namespace, root: Path, run_id: str, cleanup_state: dict
         content = world.push(f"round {i} kua")
         k = kua_deploy(server, world, kua_events, content, f"bench round {i}")
         kua.append(k)
+        if args.deploy_logs:
+            save_deploy(server, k, Path(args.deploy_logs) / f"round-{i:02d}-{k['id']}.json")
         s = k["steps"]
         out = k["total"] - sum(s.values())
         log(
@@ -719,6 +745,7 @@ def main() -> int:
     ap.add_argument("--pause", type=float, default=0.3, help="seconds of rest before each deploy (default 0.3)")
     ap.add_argument("--idle", type=float, default=2.0, help="idle seconds before the second RSS reading (default 2)")
     ap.add_argument("--server-log", help="copy the server's log (RUST_LOG=info) to this file")
+    ap.add_argument("--deploy-logs", metavar="DIR", help="save each timed kua deploy (object and log) as JSON in DIR")
     args = ap.parse_args()
     if args.rounds < 1 or args.warmup < 1:
         ap.error("--rounds and --warmup must be at least 1")
@@ -731,6 +758,7 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     try:
         bench(args, root, run_id, state)
         return 0

@@ -38,7 +38,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/deploys/{id}/cancel", post(admin::cancel))
         .fallback(admin::no_route)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
-    Router::new().route("/healthz", get(healthz)).nest("/api/v1", admin).fallback(admin::no_route).with_state(state)
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/webhook/forgejo", post(webhook::forgejo))
+        .route("/webhook/gitea", post(webhook::forgejo))
+        .route("/webhook/github", post(webhook::github))
+        .nest("/api/v1", admin)
+        .fallback(admin::no_route)
+        .with_state(state)
 }
 
 async fn healthz() -> Json<Health> {

@@ -10,7 +10,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::api::types::{
-    AppList, DeployAccepted, DeployList, DeployRequest, ErrorBody, FollowItem, Health, LogPage, RuntimeStatus,
+    AppList, DeliveryList, DeployAccepted, DeployList, DeployRequest, ErrorBody, FollowItem, Health, LogPage,
+    RuntimeStatus,
 };
 use crate::model::{AppName, Deploy, DeployId};
 
@@ -122,6 +123,11 @@ impl Client {
     /// The app's deploys, newest first.
     pub async fn history(&self, app: &AppName, limit: u32) -> Result<DeployList, ClientError> {
         self.get(&format!("/api/v1/apps/{app}/deploys?limit={limit}")).await
+    }
+
+    /// The webhook deliveries received for the app, newest first.
+    pub async fn deliveries(&self, app: &AppName, limit: u32) -> Result<DeliveryList, ClientError> {
+        self.get(&format!("/api/v1/apps/{app}/deliveries?limit={limit}")).await
     }
 
     pub async fn runtime_status(&self, app: &AppName) -> Result<RuntimeStatus, ClientError> {

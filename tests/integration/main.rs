@@ -6,3 +6,4 @@ mod cli;
 mod deploy;
 mod recovery;
 mod support;
+mod webhook;

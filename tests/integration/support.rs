@@ -101,13 +101,19 @@ pub struct AppOptions {
     pub migrations: Option<Value>,
     pub verify: Value,
     pub rollback: bool,
+    /// The app's `webhook` entry; `secret_file` may be given as the placeholder `SECRET_FILE`,
+    /// replaced by a file holding [`WEBHOOK_SECRET`].
+    pub webhook: Option<Value>,
 }
 
 impl Default for AppOptions {
     fn default() -> Self {
-        Self { migrations: None, verify: json!({"timeout_s": 30, "stable_s": 1}), rollback: true }
+        Self { migrations: None, verify: json!({"timeout_s": 30, "stable_s": 1}), rollback: true, webhook: None }
     }
 }
+
+pub const WEBHOOK_SECRET: &str = "hook-secret-for-tests-5f1d";
+pub const WEBHOOK_REPO: &str = "kua/hello";
 
 /// One app: its remote, its checkout, its registry and its Compose project.
 pub struct TestApp {
@@ -170,6 +176,14 @@ impl TestApp {
         });
         if let Some(m) = opts.migrations {
             entry["migrations"] = m;
+        }
+        if let Some(mut w) = opts.webhook {
+            if w["secret_file"] == "SECRET_FILE" {
+                let f = app.dir.path().join("webhook-secret");
+                std::fs::write(&f, format!("{WEBHOOK_SECRET}\n")).unwrap();
+                w["secret_file"] = json!(f);
+            }
+            entry["webhook"] = w;
         }
         std::fs::write(&app.registry, serde_json::to_string_pretty(&json!({"apps": {"hello": entry}})).unwrap())
             .unwrap();
