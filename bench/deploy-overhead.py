@@ -701,6 +701,11 @@ def bench(args: argparse.Namespace, root: Path, run_id: str, cleanup_state: dict
     log(f"\n  kua-deploy: median {median(kt):.3f} s  (min {min(kt):.3f}, max {max(kt):.3f}; server-side median {med(kua, 'server'):.3f})")
     log(f"  raw:        median {median(rt):.3f} s  (min {min(rt):.3f}, max {max(rt):.3f})")
     log(f"  ratio median(kua)/median(raw) = {median(kt) / median(rt):.3f}   target: within 10% (ratio <= 1.10)")
+    diffs = [a - b for a, b in zip(kt, rt)]
+    log(
+        f"  (noise check: per-round kua-raw median {median(diffs):+.3f} s, range {min(diffs):+.3f}..{max(diffs):+.3f};"
+        f" min(kua)/min(raw) = {min(kt) / min(rt):.3f})"
+    )
     lat = [r["healthy_to_succeeded"] for r in kua if r["healthy_to_succeeded"] is not None]
     if lat:
         log(f"  healthy -> succeeded: median {median(lat):.3f} s, max {max(lat):.3f} s   target: < 0.5 s")

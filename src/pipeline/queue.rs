@@ -14,7 +14,7 @@ use super::{planned_steps, run_deploy, Control, DeployCtx, SharedControl};
 use crate::config::Registry;
 use crate::host::{Host, Redactor};
 use crate::model::{AppName, Delivery, Deploy, DeployId, Phase, StepName, StepStatus, Trigger};
-use crate::store::{NewDeploy, Store};
+use crate::store::{NewDeploy, PushRecord, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -32,20 +32,6 @@ pub enum QueueError {
     NotAwaitingApproval { id: DeployId, phase: Phase },
     #[error("state database: {0}")]
     Store(#[from] rusqlite::Error),
-}
-
-/// What became of a push.
-#[derive(Debug)]
-pub enum PushOutcome {
-    Queued {
-        deploy: Deploy,
-        superseded: Vec<DeployId>,
-    },
-    /// A redelivery: nothing new was queued; `deploy_id` is the deploy it already caused.
-    Duplicate {
-        deploy_id: DeployId,
-        reason: String,
-    },
 }
 
 /// A trigger as the queue takes it.
@@ -133,70 +119,21 @@ impl Queue {
     /// the same step. While the app deploys, pushes coalesce: the new deploy replaces any that is
     /// still queued or awaiting approval, which ends `cancelled` naming it. The checks and the
     /// insert happen under the queue lock, so two copies of one delivery cannot both deploy.
-    pub fn submit_push(&self, req: Request, mut delivery: Delivery) -> Result<PushOutcome, QueueError> {
+    pub fn submit_push(&self, req: Request, delivery: Delivery) -> Result<PushRecord, QueueError> {
         let app = self.inner.registry.app(&req.app).ok_or_else(|| QueueError::UnknownApp(req.app.clone()))?;
-        let store = &self.inner.store;
-        let mut slots = self.slots();
-        let earlier = match &delivery.id {
-            Some(did) => store
-                .deploy_of_delivery(&req.app, did)?
-                .map(|id| (id, "this delivery id was accepted before".to_owned())),
-            None => None,
-        };
-        let earlier = match (earlier, &req.trigger.requested_commit) {
-            (Some(e), _) => Some(e),
-            (None, Some(commit)) => {
-                store.live_or_succeeded_deploy_of(&req.app, &req.trigger.git_ref, commit)?.map(|d| {
-                    let why = format!("a deploy of this ref and commit is already {}", d.phase);
-                    (d.deploy_id, why)
-                })
-            }
-            (None, None) => None,
-        };
-        if let Some((deploy_id, why)) = earlier {
-            delivery.outcome = "duplicate".into();
-            delivery.reason = format!("{why}: answered with deploy {deploy_id}");
-            delivery.deploy_id = Some(deploy_id.clone());
-            store.insert_delivery(&req.app, &delivery)?;
-            return Ok(PushOutcome::Duplicate { deploy_id, reason: delivery.reason });
-        }
-        let replaceable: Vec<Deploy> = store
-            .active(&req.app)?
-            .into_iter()
-            .filter(|d| matches!(d.phase, Phase::Queued | Phase::AwaitingApproval))
-            .collect();
-        let deploy = store.insert_deploy(&NewDeploy {
+        let new = NewDeploy {
             app: req.app.clone(),
             trigger: req.trigger,
             approve_migrations: req.approve_migrations,
             reason: req.reason,
             steps: planned_steps(app),
-        })?;
-        let mut superseded = Vec::new();
-        for old in replaceable {
-            let msg = format!("superseded by deploy {} of a newer push", deploy.deploy_id);
-            if store.transition(&old.deploy_id, &[old.phase], Phase::Cancelled, Some(&msg))? {
-                store.set_superseded_by(&old.deploy_id, &deploy.deploy_id)?;
-                if old.phase == Phase::AwaitingApproval {
-                    store.step_finish(&old.deploy_id, StepName::MigrationGate, StepStatus::Failed, &msg)?;
-                }
-                store.skip_open_steps(&old.deploy_id, "not run: superseded by a newer push")?;
-                superseded.push(old.deploy_id);
-            }
-        }
-        delivery.outcome = "queued".into();
-        delivery.reason = match superseded.as_slice() {
-            [] => format!("queued deploy {}", deploy.deploy_id),
-            ids => format!(
-                "queued deploy {}, replacing {}",
-                deploy.deploy_id,
-                ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
-            ),
         };
-        delivery.deploy_id = Some(deploy.deploy_id.clone());
-        store.insert_delivery(&req.app, &delivery)?;
-        self.ensure_worker(&mut slots, &req.app);
-        Ok(PushOutcome::Queued { deploy, superseded })
+        let mut slots = self.slots();
+        let record = self.inner.store.record_push(&new, delivery)?;
+        if matches!(record, PushRecord::Queued { .. }) {
+            self.ensure_worker(&mut slots, &req.app);
+        }
+        Ok(record)
     }
 
     /// Starts workers for every app with queued deploys (after a restart).

@@ -3,30 +3,22 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::deploys::ACTIVE;
+use super::deploys::{insert_deploy_in, NewDeploy, ACTIVE};
 use super::Store;
-use crate::model::{AppName, CommitSha, Delivery, Deploy, DeployId};
+use crate::model::{now_rfc3339, AppName, Delivery, DeployId};
+
+/// What recording a push did.
+#[derive(Debug)]
+pub enum PushRecord {
+    /// A new deploy was queued; `superseded` are the deploys it replaced (now `cancelled`).
+    Queued { deploy_id: DeployId, superseded: Vec<DeployId> },
+    /// A redelivery: `deploy_id` is the deploy the first delivery caused.
+    Duplicate { deploy_id: DeployId, reason: String },
+}
 
 impl Store {
     pub fn insert_delivery(&self, app: &AppName, d: &Delivery) -> rusqlite::Result<()> {
-        self.conn().execute(
-            "INSERT INTO deliveries (delivery_id, provider, event, app, repository, ref, after, outcome, reason, deploy_id, received_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![
-                d.id,
-                d.provider,
-                d.event,
-                app.as_str(),
-                d.repository,
-                d.git_ref,
-                d.after,
-                d.outcome,
-                d.reason,
-                d.deploy_id.as_ref().map(|i| i.as_str()),
-                d.received_at
-            ],
-        )?;
-        Ok(())
+        insert_delivery_in(&self.conn(), app.as_str(), d)
     }
 
     /// The app's deliveries, newest first.
@@ -54,42 +46,101 @@ impl Store {
         rows.collect()
     }
 
-    /// The deploy an earlier delivery with this id queued for the app, if one did.
-    pub fn deploy_of_delivery(&self, app: &AppName, delivery_id: &str) -> rusqlite::Result<Option<DeployId>> {
-        let id: Option<String> = self
-            .conn()
-            .query_row(
-                "SELECT deploy_id FROM deliveries WHERE delivery_id = ?1 AND app = ?2 AND deploy_id IS NOT NULL
-                 ORDER BY seq LIMIT 1",
-                params![delivery_id, app.as_str()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(id.and_then(|s| DeployId::parse(&s).ok()))
-    }
-
-    /// The newest deploy of `commit` from `git_ref` that is live or succeeded: a push of the same
-    /// commit again (a replay) is answered with it instead of deploying anew.
-    pub fn live_or_succeeded_deploy_of(
-        &self,
-        app: &AppName,
-        git_ref: &str,
-        commit: &CommitSha,
-    ) -> rusqlite::Result<Option<Deploy>> {
-        let id: Option<String> = self
-            .conn()
-            .query_row(
-                &format!(
-                    "SELECT id FROM deploys WHERE app = ?1 AND trigger_ref = ?2 AND requested_commit = ?3
+    /// Records a push in one transaction, so no reader ever sees it half done (two deploys queued)
+    /// and a burst costs one commit per delivery: answers a redelivery (same delivery id, or the
+    /// same ref and commit as a live or succeeded deploy) with its deploy; otherwise queues `new`,
+    /// supersedes the deploys still queued or awaiting approval, and records the delivery.
+    pub fn record_push(&self, new: &NewDeploy, mut delivery: Delivery) -> rusqlite::Result<PushRecord> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let app = new.app.as_str();
+        let earlier: Option<(String, String)> = match &delivery.id {
+            Some(did) => tx
+                .prepare_cached(
+                    "SELECT deploy_id FROM deliveries WHERE delivery_id = ?1 AND app = ?2 AND deploy_id IS NOT NULL
+                     ORDER BY seq LIMIT 1",
+                )?
+                .query_row(params![did, app], |r| r.get(0))
+                .optional()?
+                .map(|id: String| (id, "this delivery id was accepted before".to_owned())),
+            None => None,
+        };
+        let earlier = match (earlier, &new.trigger.requested_commit) {
+            (Some(e), _) => Some(e),
+            (None, Some(commit)) => tx
+                .prepare_cached(&format!(
+                    "SELECT id, phase FROM deploys WHERE app = ?1 AND trigger_ref = ?2 AND requested_commit = ?3
                      AND (phase IN {ACTIVE} OR phase = 'succeeded') ORDER BY seq DESC LIMIT 1"
+                ))?
+                .query_row(params![app, new.trigger.git_ref, commit.as_str()], |r| {
+                    let phase: String = r.get(1)?;
+                    Ok((r.get(0)?, format!("a deploy of this ref and commit is already {phase}")))
+                })
+                .optional()?,
+            (None, None) => None,
+        };
+        let result = if let Some((id, why)) = earlier {
+            let deploy_id = DeployId::parse(&id).map_err(|e| rusqlite::Error::InvalidParameterName(e.to_string()))?;
+            delivery.outcome = "duplicate".into();
+            delivery.reason = format!("{why}: answered with deploy {deploy_id}");
+            delivery.deploy_id = Some(deploy_id.clone());
+            PushRecord::Duplicate { deploy_id, reason: delivery.reason.clone() }
+        } else {
+            let replaced: Vec<String> = tx
+                .prepare_cached("SELECT id FROM deploys WHERE app = ?1 AND phase IN ('queued', 'awaiting_approval')")?
+                .query_map([app], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let deploy_id = insert_deploy_in(&tx, new)?;
+            let now = now_rfc3339();
+            let msg = format!("superseded by deploy {deploy_id} of a newer push");
+            for old in &replaced {
+                tx.prepare_cached(
+                    "UPDATE deploys SET phase = 'cancelled', finished_at = ?1, error = ?2, superseded_by = ?3 WHERE id = ?4",
+                )?
+                .execute(params![now, msg, deploy_id.as_str(), old])?;
+                // A gate awaiting approval shows as running; it ends failed, the rest skipped.
+                tx.prepare_cached(
+                    "UPDATE steps SET status = CASE status WHEN 'running' THEN 'failed' ELSE 'skipped' END,
+                         finished_at = CASE status WHEN 'running' THEN ?1 ELSE finished_at END, detail = ?2
+                     WHERE deploy_id = ?3 AND status IN ('pending', 'running')",
+                )?
+                .execute(params![now, msg, old])?;
+            }
+            let superseded: Vec<DeployId> = replaced.iter().filter_map(|s| DeployId::parse(s).ok()).collect();
+            delivery.outcome = "queued".into();
+            delivery.reason = match superseded.as_slice() {
+                [] => format!("queued deploy {deploy_id}"),
+                ids => format!(
+                    "queued deploy {deploy_id}, replacing {}",
+                    ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
                 ),
-                params![app.as_str(), git_ref, commit.as_str()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match id.and_then(|s| DeployId::parse(&s).ok()) {
-            Some(id) => self.deploy(&id),
-            None => Ok(None),
-        }
+            };
+            delivery.deploy_id = Some(deploy_id.clone());
+            PushRecord::Queued { deploy_id, superseded }
+        };
+        insert_delivery_in(&tx, app, &delivery)?;
+        tx.commit()?;
+        Ok(result)
     }
+}
+
+fn insert_delivery_in(conn: &rusqlite::Connection, app: &str, d: &Delivery) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO deliveries (delivery_id, provider, event, app, repository, ref, after, outcome, reason, deploy_id, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        d.id,
+        d.provider,
+        d.event,
+        app,
+        d.repository,
+        d.git_ref,
+        d.after,
+        d.outcome,
+        d.reason,
+        d.deploy_id.as_ref().map(|i| i.as_str()),
+        d.received_at
+    ])?;
+    Ok(())
 }

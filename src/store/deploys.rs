@@ -71,34 +71,13 @@ fn row_to_deploy(r: &Row<'_>) -> rusqlite::Result<Deploy> {
 impl Store {
     /// Records a new deploy, `queued`, with its steps `pending`.
     pub fn insert_deploy(&self, new: &NewDeploy) -> rusqlite::Result<Deploy> {
-        let id = DeployId::new();
-        let now = now_rfc3339();
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO deploys (id, app, phase, trigger_source, trigger_delivery, trigger_ref, requested_commit,
-                                  approve_migrations, reason, created_at)
-             VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                id.as_str(),
-                new.app.as_str(),
-                new.trigger.source.as_str(),
-                new.trigger.delivery,
-                new.trigger.git_ref,
-                new.trigger.requested_commit.as_ref().map(|c| c.as_str()),
-                new.approve_migrations,
-                new.reason,
-                now
-            ],
-        )?;
-        for (idx, step) in new.steps.iter().enumerate() {
-            tx.execute(
-                "INSERT INTO steps (deploy_id, idx, name, status) VALUES (?1, ?2, ?3, 'pending')",
-                params![id.as_str(), idx as i64, step.as_str()],
-            )?;
-        }
-        tx.commit()?;
-        drop(conn);
+        let id = {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            let id = insert_deploy_in(&tx, new)?;
+            tx.commit()?;
+            id
+        };
         Ok(self.deploy(&id)?.expect("just inserted"))
     }
 
@@ -293,6 +272,33 @@ impl Store {
         self.skip_open_steps(id, "not run: the deploy was interrupted")?;
         self.transition(id, &[Phase::Running, Phase::Queued], Phase::Interrupted, Some(msg))
     }
+}
+
+/// Inserts a deploy, `queued`, with its steps `pending`, inside the caller's transaction.
+pub(super) fn insert_deploy_in(tx: &rusqlite::Transaction<'_>, new: &NewDeploy) -> rusqlite::Result<DeployId> {
+    let id = DeployId::new();
+    tx.prepare_cached(
+        "INSERT INTO deploys (id, app, phase, trigger_source, trigger_delivery, trigger_ref, requested_commit,
+                              approve_migrations, reason, created_at)
+         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        id.as_str(),
+        new.app.as_str(),
+        new.trigger.source.as_str(),
+        new.trigger.delivery,
+        new.trigger.git_ref,
+        new.trigger.requested_commit.as_ref().map(|c| c.as_str()),
+        new.approve_migrations,
+        new.reason,
+        now_rfc3339()
+    ])?;
+    let mut step =
+        tx.prepare_cached("INSERT INTO steps (deploy_id, idx, name, status) VALUES (?1, ?2, ?3, 'pending')")?;
+    for (idx, name) in new.steps.iter().enumerate() {
+        step.execute(params![id.as_str(), idx as i64, name.as_str()])?;
+    }
+    Ok(id)
 }
 
 fn load_steps(conn: &rusqlite::Connection, id: &DeployId) -> rusqlite::Result<Vec<Step>> {

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use anyhow::Context;
 use rusqlite::Connection;
 
+pub use deliveries::PushRecord;
 pub use deploys::NewDeploy;
 pub use logs::{LogLine, LogWriter, MAX_LOG_LINES};
 
@@ -35,9 +36,14 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Checkpoints (the only fsyncs with WAL + NORMAL) run on a thread of their own, not inside
+        // whichever request's commit happens to cross the threshold.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&conn).with_context(|| format!("cannot migrate {}", path.display()))?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), path })
+        let conn = Arc::new(Mutex::new(conn));
+        spawn_checkpointer(&path, Arc::downgrade(&conn))?;
+        Ok(Self { conn, path })
     }
 
     pub fn path(&self) -> &Path {
@@ -49,6 +55,22 @@ impl Store {
         // statement or transaction), so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Every second, a passive checkpoint from a second connection: it copies committed pages into
+/// the database file without blocking writers. Ends when the store is dropped.
+fn spawn_checkpointer(path: &Path, store: std::sync::Weak<Mutex<Connection>>) -> anyhow::Result<()> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(1))?;
+    std::thread::Builder::new().name("kua-checkpoint".into()).spawn(move || {
+        while store.strong_count() > 0 {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!("WAL checkpoint failed (retried in a second): {e}");
+            }
+        }
+    })?;
+    Ok(())
 }
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -67,5 +67,6 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_by_app ON deliveries (app, seq);
     CREATE INDEX deliveries_by_delivery_id ON deliveries (delivery_id, app);
     CREATE INDEX deploys_by_requested_commit ON deploys (app, requested_commit);
+    CREATE INDEX deploys_by_app_phase ON deploys (app, phase);
     "#,
 ];

@@ -18,7 +18,8 @@ use super::types::{AppResult, WebhookAnswer};
 use super::ApiState;
 use crate::config::AppConfig;
 use crate::model::{now_rfc3339, Delivery, Trigger, TriggerSource};
-use crate::pipeline::queue::{PushOutcome, Request as QueueRequest};
+use crate::pipeline::queue::Request as QueueRequest;
+use crate::store::PushRecord;
 use payload::PushRef;
 
 /// The largest body read; a larger one is refused unread.
@@ -175,14 +176,14 @@ async fn receive(state: &ApiState, provider: &Provider, req: Request) -> Result<
                         reason: Some(format!("{name} push of {} to {}", after.short(), p.git_ref)),
                     };
                     match state.queue.submit_push(req, record("", String::new()))? {
-                        PushOutcome::Queued { deploy, superseded } => AppResult {
+                        PushRecord::Queued { deploy_id, superseded } => AppResult {
                             app: app.name.clone(),
                             outcome: "queued".into(),
                             reason: format!("queued a deploy of {}", after.short()),
-                            deploy_id: Some(deploy.deploy_id),
+                            deploy_id: Some(deploy_id),
                             superseded,
                         },
-                        PushOutcome::Duplicate { deploy_id, reason } => AppResult {
+                        PushRecord::Duplicate { deploy_id, reason } => AppResult {
                             app: app.name.clone(),
                             outcome: "duplicate".into(),
                             reason,
