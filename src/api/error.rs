@@ -42,6 +42,31 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Answers that axum makes itself (a path segment that is not UTF-8, a wrong method, a body that
+/// is not valid) come as plain text; this gives them the same JSON shape as every other error.
+pub async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let text = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let (code, fallback) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this endpoint does not take that HTTP method"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the body is too large"),
+        StatusCode::NOT_FOUND => ("not_found", "no such endpoint"),
+        s if s.is_server_error() => ("internal", "internal error"),
+        _ => ("bad_request", "the request is not valid"),
+    };
+    let message = if text.trim().is_empty() { fallback.to_owned() } else { text.trim().to_owned() };
+    ApiError::new(status, code, message).into_response()
+}
+
 impl From<rusqlite::Error> for ApiError {
     fn from(e: rusqlite::Error) -> Self {
         ApiError::internal(format!("state database: {e}"))

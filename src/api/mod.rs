@@ -45,6 +45,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/webhook/github", post(webhook::github))
         .nest("/api/v1", admin)
         .fallback(admin::no_route)
+        .layer(middleware::map_response(error::json_errors))
         .with_state(state)
 }
 

@@ -144,15 +144,11 @@ impl Compose {
     /// removing it loses nothing.
     async fn remove_interrupted_recreates(&self, images: &Images, log: &dyn LogSink) -> Result<(), DockerError> {
         let docker = self.docker();
-        for service in images.keys() {
-            for c in docker.service_containers(&self.project, service).await? {
-                if c.state == "created" && is_interrupted_recreate_name(&c.name) {
-                    log.line(
-                        crate::host::Stream::Info,
-                        &format!("removing {}, left by an interrupted recreate", c.name),
-                    );
-                    docker.remove_container(&c.id).await?;
-                }
+        for (id, name, service) in docker.created_containers(&self.project).await? {
+            let ours = ServiceName::parse(&service).is_ok_and(|s| images.contains_key(&s));
+            if ours && is_interrupted_recreate_name(&name) {
+                log.line(crate::host::Stream::Info, &format!("removing {name}, left by an interrupted recreate"));
+                docker.remove_container(&id).await?;
             }
         }
         Ok(())

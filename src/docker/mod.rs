@@ -152,6 +152,37 @@ impl Docker {
             .collect())
     }
 
+    /// `(id, name, service)` of the project's containers that were created and never started.
+    pub async fn created_containers(
+        &self,
+        project: &ProjectName,
+    ) -> Result<Vec<(String, String, String)>, DockerError> {
+        let out = self
+            .query(
+                "listing containers",
+                argv([
+                    "docker",
+                    "ps",
+                    "--all",
+                    "--no-trunc",
+                    "--filter",
+                    &format!("label=com.docker.compose.project={project}"),
+                    "--filter",
+                    "status=created",
+                    "--format",
+                    "{{.ID}}\t{{.Names}}\t{{.Label \"com.docker.compose.service\"}}",
+                ]),
+            )
+            .await?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split('\t');
+                Some((f.next()?.to_owned(), f.next()?.to_owned(), f.next()?.to_owned()))
+            })
+            .collect())
+    }
+
     pub async fn remove_container(&self, id: &str) -> Result<(), DockerError> {
         self.query(&format!("removing container {id}"), argv(["docker", "rm", "--force", id])).await.map(drop)
     }

@@ -1,18 +1,19 @@
 //! Watches recreated service containers until they prove themselves: each runs the expected image
 //! ID, started after the recreate began, is running (and healthy, with a healthcheck), and stays
-//! so for `stable_s` without a restart. Polls fast so a healthy container is reported at once;
+//! so for `stable_s` without a restart. Polls every 50 ms so a healthy container is reported at once;
 //! a container that exits, restarts or turns unhealthy fails the watch without waiting out the
 //! timeout.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::{ContainerInfo, Docker, DockerError};
-use crate::model::{parse_time, Images, ProjectName, ServiceCheck, VerifyReport};
+use crate::model::{parse_time, Images, ProjectName, ServiceCheck, ServiceName, VerifyReport};
 
-const POLL: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(50);
 
 /// How long to wait, and how long a container must hold.
 #[derive(Debug, Clone, Copy)]
@@ -79,12 +80,36 @@ pub async fn verify_services(
     let since = parse_time(recreate_started_at).unwrap_or_else(Utc::now);
     let deadline = Instant::now() + limits.timeout;
     let mut stable_since: Option<Instant> = None;
+    // Containers are listed once; after that one `inspect` of their ids per poll is enough (a
+    // restart keeps the id). A container that disappears makes the service be listed again.
+    let mut known: BTreeMap<ServiceName, Vec<String>> = BTreeMap::new();
     loop {
         let mut checks = Vec::new();
         let mut waiting = None;
         let mut broken = None;
+        let inspected = if known.len() == expected.len() {
+            let ids: Vec<&str> = known.values().flatten().map(String::as_str).collect();
+            docker.inspect_containers(&ids).await?
+        } else {
+            Vec::new()
+        };
         for (service, image) in expected {
-            let containers = docker.service_containers(project, service).await?;
+            let containers = match known.get(service) {
+                Some(ids) if known.len() == expected.len() => {
+                    let found: Vec<ContainerInfo> = inspected.iter().filter(|c| ids.contains(&c.id)).cloned().collect();
+                    if found.len() < ids.len() {
+                        known.remove(service);
+                    }
+                    found
+                }
+                _ => {
+                    let listed = docker.service_containers(project, service).await?;
+                    if !listed.is_empty() {
+                        known.insert(service.clone(), listed.iter().map(|c| c.id.clone()).collect());
+                    }
+                    listed
+                }
+            };
             if containers.is_empty() {
                 waiting.get_or_insert_with(|| format!("service {service} has no container"));
                 checks.push(ServiceCheck {

@@ -7,13 +7,16 @@ use crate::model::Images;
 
 pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     let started = Instant::now();
-    let names = match ctx.compose.image_names(&ctx.app.services, &ctx.cancel, ctx.sink()).await {
-        Ok(n) => n,
-        Err(e) => return e.into(),
+    // Reading the Compose configuration (for the image names) does not depend on the build, so
+    // both run at once; a configuration error is the clearer of the two when both fail.
+    let (names, built) = tokio::join!(
+        ctx.compose.image_names(&ctx.app.services, &ctx.cancel, ctx.sink()),
+        ctx.compose.build(&ctx.app.services, &ctx.cancel, ctx.sink())
+    );
+    let names = match (names, built) {
+        (Err(e), _) | (Ok(_), Err(e)) => return e.into(),
+        (Ok(names), Ok(())) => names,
     };
-    if let Err(e) = ctx.compose.build(&ctx.app.services, &ctx.cancel, ctx.sink()).await {
-        return e.into();
-    }
     // Read each tag right after the build, so the ID is this build's; from here on only the ID is used.
     let docker = ctx.compose.docker();
     let mut images = Images::new();

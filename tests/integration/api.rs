@@ -63,6 +63,14 @@ async fn bad_requests_get_clear_json_errors_and_queue_nothing() {
     let (s, b) = get(&server, "/api/v1/apps/hello/deploys?limit=0").await;
     assert_eq!((s, code(&b).as_str()), (StatusCode::BAD_REQUEST, "bad_request"));
 
+    // Answers axum makes itself have the same JSON shape.
+    let resp =
+        server.http().get(format!("{}{deploy}", server.url)).header("authorization", &auth).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(code(&resp.text().await.unwrap()), "method_not_allowed");
+    let (s, b) = get(&server, "/api/v1/apps/%FF%FE/progress").await;
+    assert_eq!((s, code(&b).as_str()), (StatusCode::BAD_REQUEST, "bad_request"));
+
     // None of that queued anything.
     assert!(server.client.history(&app.name, 10).await.unwrap().deploys.is_empty());
 
