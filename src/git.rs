@@ -48,12 +48,7 @@ impl Git {
         cancel: &CancellationToken,
         log: &dyn LogSink,
     ) -> Result<Output, GitError> {
-        let out = self.host.run(&cmd, cancel, log).await?;
-        if out.success() {
-            Ok(out)
-        } else {
-            Err(GitError::Failed { what: what.to_owned(), detail: out.last_line() })
-        }
+        Ok(self.host.run_ok(what, &cmd, cancel, log).await?)
     }
 
     async fn commit_of(&self, what: &str, rev: &str) -> Result<CommitSha, GitError> {

@@ -147,6 +147,8 @@ pub enum RunError {
     TimedOut { program: String, after: Duration },
     #[error("{program} was cancelled and killed")]
     Cancelled { program: String },
+    #[error("{what} failed: {detail}")]
+    Failed { what: String, detail: String },
 }
 
 /// Where commands run. Cheap to clone.
@@ -242,6 +244,23 @@ impl Host {
                 kill_group(pgid);
                 Err(RunError::Cancelled { program })
             }
+        }
+    }
+
+    /// Like [`Host::run`], and a non-zero exit is an error that says `what` failed, with the last
+    /// line the command printed.
+    pub async fn run_ok(
+        &self,
+        what: &str,
+        cmd: &Cmd,
+        cancel: &CancellationToken,
+        sink: &dyn LogSink,
+    ) -> Result<Output, RunError> {
+        let out = self.run(cmd, cancel, sink).await?;
+        if out.success() {
+            Ok(out)
+        } else {
+            Err(RunError::Failed { what: what.to_owned(), detail: out.last_line() })
         }
     }
 

@@ -65,12 +65,7 @@ impl Compose {
         cancel: &CancellationToken,
         log: &dyn LogSink,
     ) -> Result<Output, DockerError> {
-        let out = self.host.run(&cmd, cancel, log).await?;
-        if out.success() {
-            Ok(out)
-        } else {
-            Err(DockerError::Failed { what: what.to_owned(), detail: out.last_line() })
-        }
+        Ok(self.host.run_ok(what, &cmd, cancel, log).await?)
     }
 
     /// The image name each service builds to: its `image:` or Compose's default `<project>-<service>`.

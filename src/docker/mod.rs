@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::host::{Cmd, Host, RunError};
+use tokio_util::sync::CancellationToken;
+
+use crate::host::{Cmd, Host, NoLog, RunError};
 use crate::model::{ImageId, ProjectName, ServiceName};
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -76,12 +78,8 @@ impl Docker {
     }
 
     async fn query(&self, what: &str, argv: Vec<String>) -> Result<String, DockerError> {
-        let out = self.host.query(&Cmd::new(argv).timeout(QUERY_TIMEOUT)).await?;
-        if out.success() {
-            Ok(out.stdout)
-        } else {
-            Err(DockerError::Failed { what: what.to_owned(), detail: out.last_line() })
-        }
+        let cmd = Cmd::new(argv).timeout(QUERY_TIMEOUT);
+        Ok(self.host.run_ok(what, &cmd, &CancellationToken::new(), &NoLog).await?.stdout)
     }
 
     /// Whether the engine answers; the error says what the CLI said when it does not.

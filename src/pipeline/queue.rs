@@ -216,20 +216,16 @@ impl Queue {
         let msg = "cancelled by request";
         match deploy.phase {
             p if p.is_terminal() => return Err(QueueError::AlreadyFinished { id: id.clone(), phase: p }),
-            Phase::Queued | Phase::AwaitingApproval => {
-                if store.transition(id, &[Phase::Queued, Phase::AwaitingApproval], Phase::Cancelled, Some(msg))? {
-                    if deploy.phase == Phase::AwaitingApproval {
-                        store.step_finish(
-                            id,
-                            StepName::MigrationGate,
-                            StepStatus::Failed,
-                            "cancelled while awaiting approval",
-                        )?;
-                    }
-                    store.skip_open_steps(id, "not run: the deploy was cancelled")?;
-                    return Ok(store.deploy(id)?.expect("exists"));
+            // If it started running meanwhile, the transition fails and it is cancelled as running.
+            Phase::Queued | Phase::AwaitingApproval
+                if store.transition(id, &[Phase::Queued, Phase::AwaitingApproval], Phase::Cancelled, Some(msg))? =>
+            {
+                if deploy.phase == Phase::AwaitingApproval {
+                    let why = "cancelled while awaiting approval";
+                    store.step_finish(id, StepName::MigrationGate, StepStatus::Failed, why)?;
                 }
-                // It started running meanwhile: cancel it as a running deploy.
+                store.skip_open_steps(id, "not run: the deploy was cancelled")?;
+                return Ok(store.deploy(id)?.expect("exists"));
             }
             Phase::SelfRecreatePending => return Err(QueueError::CancelRefused(id.clone())),
             _ => {}

@@ -237,7 +237,8 @@ async fn unsigned_wrongly_signed_or_malformed_deliveries_are_refused_and_queue_n
     let body = push_body("forgejo-push-branch-3-commits.json", "refs/heads/main", &head);
     let good_sig = sign(WEBHOOK_SECRET.as_bytes(), &body);
 
-    let cases: Vec<(&str, Vec<(String, String)>, Vec<u8>)> = vec![
+    type Case<'a> = (&'a str, Vec<(String, String)>, Vec<u8>);
+    let cases: Vec<Case> = vec![
         (
             "missing signature",
             headers(Provider::Forgejo, "push", "d1", "")
