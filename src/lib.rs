@@ -1,6 +1,6 @@
 //! kua-deploy: the deploy orchestrator for Docker Compose apps.
 //!
-//! A release trigger (admin API or push webhook) becomes a deploy; a per-app worker runs the
+//! A release trigger (admin API or a Forgejo/Gitea/GitHub push webhook) becomes a deploy; a per-app worker runs the
 //! pipeline `git_pull → migration_gate → build → (migrate) → recreate → verify → (rollback)` on
 //! the app's host and records every step in SQLite, so a client can follow it to an honest end.
 //!
@@ -10,11 +10,12 @@
 //! - [`host`]: run an argv on a host with a timeout, cancellation, process-group kill and redaction.
 //! - [`git`]: typed wrapper over the git commands the pipeline needs.
 //! - [`docker`]: typed wrappers over `docker` and `docker compose`.
-//! - [`store`]: SQLite state: deploys, steps, logs; schema migrations run on open.
+//! - [`store`]: SQLite state: deploys, steps, logs, webhook deliveries; schema migrations run on open.
 //! - [`pipeline`]: the steps, one file each, the runner that orders them, and the per-app queue.
-//! - [`api`]: the axum router: admin API, auth, errors.
+//! - [`api`]: the axum router: admin API, push webhooks, auth, errors.
 //! - [`app`]: `serve`: opens the store, recovers, starts the queue and the router.
-//! - [`cli`]: the client commands (`status`, `history`, `logs`, `release`, `demo`) over the API types.
+//! - [`cli`]: the client commands (`status`, `history`, `logs`, `approve`, `cancel`, `release`, `demo`)
+//!   over the API types.
 
 pub mod api;
 pub mod app;

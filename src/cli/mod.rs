@@ -10,6 +10,7 @@
 //!   is unknown); could not start it.
 
 pub mod client;
+pub mod control;
 pub mod demo;
 pub mod release;
 pub mod show;
@@ -52,6 +53,10 @@ pub enum Command {
     Logs(show::LogsArgs),
     /// List the apps and their last deploy.
     Apps(show::AppsArgs),
+    /// Let a deploy awaiting approval (migration gate, policy block) go on.
+    Approve(control::DeployArgs),
+    /// Cancel a queued, awaiting or running deploy (refused once its recreate began).
+    Cancel(control::DeployArgs),
     /// Deploy an app and follow it to the end (the same as `release-app`).
     Release(release::ReleaseArgs),
     /// Deploy a small example app on the local Docker engine, end to end.
@@ -109,6 +114,8 @@ pub async fn run(cli: Cli) -> i32 {
         Command::History(args) => show::history(args).await,
         Command::Logs(args) => show::logs(args).await,
         Command::Apps(args) => show::apps(args).await,
+        Command::Approve(args) => control::approve(args).await,
+        Command::Cancel(args) => control::cancel(args).await,
         Command::Release(args) => release::run(args).await,
     }
 }

@@ -287,12 +287,8 @@ fn summary(d: &Deploy, client: &Client) {
         if let Some(detail) = gate {
             println!("  waiting   {detail}");
         }
-        println!("approve it through the admin API, then follow it:");
-        println!(
-            "  curl -fsS -X POST -H \"Authorization: Bearer $KUA_ADMIN_TOKEN\" {}/api/v1/deploys/{}/approve",
-            client.base_url(),
-            d.deploy_id
-        );
+        println!("approve it (or POST /api/v1/deploys/{}/approve), then follow it:", d.deploy_id);
+        println!("  kua-deploy approve {} --url {}", d.deploy_id, client.base_url());
         println!("  kua-deploy logs {} --follow --url {}", d.deploy_id, client.base_url());
     }
 }

@@ -66,7 +66,7 @@ pub struct AppsArgs {
     pub conn: ConnArgs,
 }
 
-fn parse_deploy_id(s: &str) -> Result<DeployId, String> {
+pub(crate) fn parse_deploy_id(s: &str) -> Result<DeployId, String> {
     DeployId::parse(s).map_err(|e| e.to_string())
 }
 
@@ -309,19 +309,19 @@ async fn follow(client: &Client, id: &DeployId, mut after: i64, json: bool) -> i
     }
 }
 
-fn connect(conn: &ConnArgs) -> Result<Client, i32> {
+pub(crate) fn connect(conn: &ConnArgs) -> Result<Client, i32> {
     conn.client().map_err(|msg| {
         eprintln!("error: {msg}");
         exit::USAGE
     })
 }
 
-fn fail(e: &ClientError) -> i32 {
+pub(crate) fn fail(e: &ClientError) -> i32 {
     eprintln!("error: {e}");
     exit::FAILED
 }
 
-fn print_json<T: serde::Serialize>(v: &T) {
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) {
     match serde_json::to_string_pretty(v) {
         Ok(s) => println!("{s}"),
         Err(e) => eprintln!("error: cannot print JSON: {e}"),

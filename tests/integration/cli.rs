@@ -52,3 +52,53 @@ async fn release_app_follows_a_deploy_to_the_end_and_exits_with_its_outcome() {
     assert_eq!(code, 5, "{text}");
     assert!(text.contains("cannot reach"), "{text}");
 }
+
+fn kua(args: &[&str], url: &str) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kua-deploy"))
+        .args(args)
+        .args(["--url", url])
+        .env("KUA_ADMIN_TOKEN", TOKEN)
+        .output()
+        .expect("run kua-deploy");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gated_release_exits_3_and_is_finished_with_approve_and_logs_follow() {
+    let app = TestApp::new(AppOptions {
+        migrations: Some(serde_json::json!({"paths": ["migrations/"], "policy": "block"})),
+        ..AppOptions::default()
+    });
+    let server = app.start();
+    let (code, text) = release_app(app.dir.path(), &server.url, &["hello"]);
+    assert_eq!(code, 0, "{text}");
+
+    std::fs::write(app.work.join("migrations/0002.sql"), "select 2;\n").unwrap();
+    app.push("v2", Behaviour::Serve);
+    let (code, text) = release_app(app.dir.path(), &server.url, &["hello", "--reason", "gate test"]);
+    assert_eq!(code, 3, "{text}");
+    let id = text
+        .split("kua-deploy approve ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no `kua-deploy approve <id>` hint in: {text}"))
+        .to_owned();
+
+    let (code, text) = kua(&["approve", &id], &server.url);
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = kua(&["logs", &id, "--follow"], &server.url);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("step verify succeeded"), "{text}");
+    assert_eq!(app.fetch().as_deref(), Some("v2"));
+
+    // Approving again, or cancelling what ended, is refused with exit 1.
+    let (code, text) = kua(&["approve", &id], &server.url);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("not awaiting approval"), "{text}");
+    let (code, text) = kua(&["cancel", &id], &server.url);
+    assert_eq!(code, 1, "{text}");
+    let (code, text) = kua(&["history", "hello"], &server.url);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("succeeded"), "{text}");
+}
