@@ -1,0 +1,235 @@
+//! The registry (`deploy-registry.json`): strict JSON read with positions and checked as a whole, so
+//! that `check-config` lists every problem with its app, key and line:column in one pass.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::model::{AppName, BranchName, ProjectName, ServiceName};
+
+pub const DEFAULT_PATH: &str = "deploy-registry.json";
+
+const DEFAULT_BRANCH: &str = "main";
+const DEFAULT_COMPOSE_FILE: &str = "docker-compose.yml";
+const DEFAULT_TIMEOUT_S: u64 = 120;
+const DEFAULT_STABLE_S: u64 = 5;
+const MAX_TIMEOUT_S: u64 = 3600;
+const MAX_STABLE_S: u64 = 600;
+
+const TOP_KEYS: &[&str] = &["apps", "hosts", "self"];
+const APP_KEYS: &[&str] =
+    &["host", "repo", "branch", "compose_files", "project", "services", "migrations", "verify", "rollback", "webhook"];
+const HOST_KEYS: &[&str] = &["ssh", "identity_file", "known_hosts_file"];
+const MIGRATIONS_KEYS: &[&str] = &["paths", "policy", "service", "command"];
+const VERIFY_KEYS: &[&str] = &["timeout_s", "stable_s"];
+const WEBHOOK_KEYS: &[&str] = &["repository", "secret_env", "secret_file"];
+
+/// The whole registry, checked: every app in it is usable as it stands.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    pub path: PathBuf,
+    pub apps: BTreeMap<AppName, AppConfig>,
+    pub hosts: BTreeMap<String, SshHost>,
+    pub self_app: Option<AppName>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub name: AppName,
+    pub host: HostSpec,
+    /// Absolute path of the checkout on the host.
+    pub repo: PathBuf,
+    pub branch: BranchName,
+    /// Relative to `repo`; never absolute and never with a `..` component.
+    pub compose_files: Vec<String>,
+    pub project: ProjectName,
+    /// Not empty, no duplicates.
+    pub services: Vec<ServiceName>,
+    pub migrations: Option<MigrationsConfig>,
+    pub verify: VerifyConfig,
+    pub rollback: bool,
+    pub webhook: Option<WebhookConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostSpec {
+    Local,
+    Ssh(SshHost),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshHost {
+    /// The key in the `hosts` map, or the `ssh://` URL as written in the app.
+    pub name: String,
+    pub user: String,
+    /// A host name or IP address; an IPv6 address is kept without its brackets.
+    pub host: String,
+    pub port: u16,
+    pub identity_file: Option<PathBuf>,
+    pub known_hosts_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MigrationsConfig {
+    /// Relative to the app's `repo`.
+    pub paths: Vec<String>,
+    pub policy: MigrationPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigrationPolicy {
+    Allow,
+    Block,
+    Run { service: ServiceName, command: Vec<String> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyConfig {
+    pub timeout_s: u64,
+    pub stable_s: u64,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        Self { timeout_s: DEFAULT_TIMEOUT_S, stable_s: DEFAULT_STABLE_S }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// `owner/name`.
+    pub repository: String,
+    pub secret: SecretSource,
+}
+
+/// Where a secret lives; the registry never holds the secret itself, and `Debug` shows only where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Env(String),
+    File(PathBuf),
+}
+
+impl SecretSource {
+    /// The secret, or `None` when it is unset, empty or unreadable: a caller must then refuse, never
+    /// fall back to an empty key.
+    pub fn read(&self) -> Option<String> {
+        let value = match self {
+            SecretSource::Env(name) => std::env::var(name).ok()?,
+            SecretSource::File(path) => {
+                let mut s = std::fs::read_to_string(path).ok()?;
+                // Editors and `echo` add a final newline that is not part of the secret.
+                while s.ends_with('\n') || s.ends_with('\r') {
+                    s.pop();
+                }
+                s
+            }
+        };
+        (!value.is_empty()).then_some(value)
+    }
+}
+
+/// One problem in the registry. `line` and `column` are 1-based (characters, not bytes); both are 0
+/// when the file could not be read at all.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    /// The registry file, so that each error prints as `file:line:col: ...` on its own.
+    pub path: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub app: Option<String>,
+    /// Dotted path from the top of the file, e.g. `apps.hello.verify.timeout_s`.
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    /// The key below the app (`verify.timeout_s`), or the whole key for top-level ones.
+    pub fn key_in_app(&self) -> &str {
+        match &self.app {
+            Some(app) => {
+                let prefix = format!("apps.{app}");
+                match self.key.strip_prefix(prefix.as_str()) {
+                    Some(rest) => rest.strip_prefix('.').unwrap_or(rest),
+                    None => &self.key,
+                }
+            }
+            None => &self.key,
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:", self.path.display())?;
+        if self.line > 0 {
+            write!(f, "{}:{}:", self.line, self.column)?;
+        }
+        if let Some(app) = &self.app {
+            write!(f, " app {app:?}:")?;
+        }
+        let key = self.key_in_app();
+        if !key.is_empty() {
+            write!(f, " key {key:?}:")?;
+        }
+        write!(f, " {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Every problem found in one registry file, in file order.
+#[derive(Debug)]
+pub struct ConfigErrors {
+    pub path: PathBuf,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Registry {
+    pub fn load(path: &Path) -> Result<Registry, ConfigErrors> {
+        let unreadable = |message: String| ConfigErrors {
+            path: path.to_owned(),
+            errors: vec![ConfigError {
+                path: path.to_owned(),
+                line: 0,
+                column: 0,
+                app: None,
+                key: String::new(),
+                message,
+            }],
+        };
+        let bytes = std::fs::read(path).map_err(|e| {
+            unreadable(format!(
+                "cannot read the registry: {e}; check the path (the default is ./{DEFAULT_PATH}, or pass --config PATH)"
+            ))
+        })?;
+        let text = String::from_utf8(bytes)
+            .map_err(|e| unreadable(format!("the registry is not UTF-8 text ({e}); save it as UTF-8")))?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Registry, ConfigErrors> {
+        check::check(text, path).map_err(|errors| ConfigErrors { path: path.to_owned(), errors })
+    }
+
+    pub fn app(&self, name: &AppName) -> Option<&AppConfig> {
+        self.apps.get(name)
+    }
+}
+
+mod check;
+#[cfg(test)]
+mod tests;
