@@ -92,7 +92,12 @@ pub async fn serve(
     let stop = CancellationToken::new();
     let queue = Queue::new(store, settings.registry.clone(), redactor.clone(), stop.clone());
     queue.resume_queued()?;
-    let state = ApiState { queue: queue.clone(), admin_token: Arc::new(settings.admin_token), redactor };
+    let state = ApiState {
+        queue: queue.clone(),
+        admin_token: Arc::new(settings.admin_token),
+        redactor,
+        shutdown: stop.clone(),
+    };
     let router = api::router(state);
     let graceful = {
         let stop = stop.clone();
@@ -111,7 +116,7 @@ pub async fn serve(
         })
     };
     let server = axum::serve(listener, router).with_graceful_shutdown(graceful);
-    // Open follow streams of deploys that are merely queued would hold graceful shutdown forever.
+    // Follow streams end with the shutdown token; this bounds anything else a client holds open.
     let deadline = async {
         stop.cancelled().await;
         tokio::time::sleep(Duration::from_secs(10)).await;

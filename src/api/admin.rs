@@ -201,9 +201,11 @@ pub async fn logs(
     // Follow: poll the store and send new lines as NDJSON until the deploy stops (ends, or waits
     // for approval), then one last item with its phase.
     let id = deploy.deploy_id.clone();
+    let shutdown = state.shutdown.clone();
     let stream = futures::stream::unfold((after, false), move |(after, done)| {
         let store = store.clone();
         let id = id.clone();
+        let shutdown = shutdown.clone();
         async move {
             if done {
                 return None;
@@ -224,7 +226,12 @@ pub async fn logs(
                     let end = serde_json::to_string(&FollowItem::End { end: true, phase }).expect("serializes") + "\n";
                     return Some((Ok(end), (after, true)));
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // The server is stopping: end the stream without an end item, so the client
+                // knows it did not see the deploy end and can resume after the restart.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
             }
         }
     });

@@ -22,6 +22,8 @@ pub struct ApiState {
     pub queue: Queue,
     pub admin_token: Arc<String>,
     pub redactor: Redactor,
+    /// Cancelled when the server stops: long answers (log follow streams) end with it.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 pub fn router(state: ApiState) -> Router {
