@@ -286,3 +286,42 @@ async fn an_engine_that_does_not_answer_fails_the_deploy_clearly_and_runtime_sta
     let err = server.client.runtime_status(&app.name).await.unwrap_err();
     assert!(matches!(err, kua_deploy::cli::client::ClientError::Server { status: 502, .. }), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_that_dies_within_stable_s_fails_verify_and_is_rolled_back() {
+    let app = TestApp::new(AppOptions { verify: json!({"timeout_s": 30, "stable_s": 5}), ..AppOptions::default() });
+    let server = app.start();
+    let ok = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    let d1 = server.wait_end(&ok.deploy_id).await;
+    assert_eq!(d1.phase, Phase::Succeeded);
+
+    app.push("v2", Behaviour::DieAfter(3));
+    let bad = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    let d = server.wait_end(&bad.deploy_id).await;
+    assert_eq!(d.phase, Phase::RolledBack, "{d:#?}");
+    let verify = d.step(StepName::Verify).unwrap();
+    assert_eq!(verify.status, StepStatus::Failed);
+    assert!(verify.detail.contains("exited") || verify.detail.contains("restarted"), "{}", verify.detail);
+    assert_eq!(app.fetch().as_deref(), Some("v1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runtime_status_reports_drift_when_what_runs_is_not_what_was_verified() {
+    let app = TestApp::new(AppOptions::default());
+    let server = app.start();
+    let rs = server.client.runtime_status(&app.name).await.unwrap();
+    assert!(!rs.drift, "nothing deployed yet is not drift: {rs:#?}");
+    assert!(rs.last_deploy.is_none());
+
+    let ok = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    assert_eq!(server.wait_end(&ok.deploy_id).await.phase, Phase::Succeeded);
+    assert!(!server.client.runtime_status(&app.name).await.unwrap().drift);
+
+    let (id, _) = app.web_containers().remove(0);
+    crate::support::sh(std::path::Path::new("/"), &["docker", "stop", "--time", "1", &id]);
+    let rs = server.client.runtime_status(&app.name).await.unwrap();
+    assert!(rs.drift, "{rs:#?}");
+    let c = &rs.services[0].containers[0];
+    assert_eq!(c.state, "exited");
+    assert!(!c.matches_last_deploy);
+}

@@ -95,6 +95,8 @@ pub enum Behaviour {
     BrokenBuild,
     /// Sleeps `secs` during the build, then serves.
     SlowBuild(u32),
+    /// Serves (and turns healthy), then exits after `secs`.
+    DieAfter(u32),
 }
 
 pub struct AppOptions {
@@ -198,6 +200,10 @@ impl TestApp {
             Behaviour::Serve => format!("{base}{serve}"),
             Behaviour::Crash => format!("{base}CMD [\"/bin/busybox\",\"sh\",\"-c\",\"echo crashing; exit 1\"]\n"),
             Behaviour::BrokenBuild => format!("{base}COPY no-such-file /nowhere\n{serve}"),
+            Behaviour::DieAfter(secs) => format!(
+                "{base}HEALTHCHECK --interval=1s --timeout=2s CMD [\"/bin/busybox\",\"wget\",\"-q\",\"-O\",\"/dev/null\",\"http://127.0.0.1/\"]\n\
+                 CMD [\"/bin/busybox\",\"sh\",\"-c\",\"/bin/busybox httpd -p 80 -h /www; /bin/busybox sleep {secs}; exit 1\"]\n"
+            ),
             Behaviour::SlowBuild(secs) => {
                 format!("{base}RUN [\"/bin/busybox\",\"sleep\",\"{secs}\"]\nRUN [\"/bin/busybox\",\"true\"]\n{serve}")
             }
