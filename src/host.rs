@@ -170,19 +170,11 @@ impl Host {
         Self::new(HostSpec::Local, Redactor::default())
     }
 
-    pub fn is_local(&self) -> bool {
-        matches!(*self.kind, HostSpec::Local)
-    }
-
     pub fn label(&self) -> String {
         match &*self.kind {
             HostSpec::Local => "local".to_owned(),
             HostSpec::Ssh(h) => h.name.clone(),
         }
-    }
-
-    pub fn redactor(&self) -> &Redactor {
-        &self.redactor
     }
 
     /// Runs `cmd` to completion, or kills its process group on timeout or cancel.

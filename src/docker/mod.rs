@@ -73,24 +73,9 @@ impl Docker {
         Self { host }
     }
 
-    pub fn host(&self) -> &Host {
-        &self.host
-    }
-
     async fn query(&self, what: &str, argv: Vec<String>) -> Result<String, DockerError> {
         let cmd = Cmd::new(argv).timeout(QUERY_TIMEOUT);
         Ok(self.host.run_ok(what, &cmd, &CancellationToken::new(), &NoLog).await?.stdout)
-    }
-
-    /// Whether the engine answers; the error says what the CLI said when it does not.
-    pub async fn ping(&self) -> Result<String, DockerError> {
-        let out = self
-            .query(
-                "asking the Docker engine for its version",
-                argv(["docker", "version", "--format", "{{.Server.Version}}"]),
-            )
-            .await?;
-        Ok(out.trim().to_owned())
     }
 
     /// The containers Compose created for `service` of `project` — running or not, and never the

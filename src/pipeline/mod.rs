@@ -200,7 +200,8 @@ async fn drive(ctx: &mut DeployCtx) -> rusqlite::Result<RunEnd> {
             }
             StepOutcome::AwaitApproval(detail) => {
                 ctx.log.info(&format!("step {step} waits for approval: {detail}"));
-                store.step_finish(&id, step, StepStatus::Running, &detail)?;
+                // The gate stays `running` (it holds the deploy), its detail saying what to approve.
+                store.step_detail(&id, step, &detail)?;
                 store.transition(&id, &[Phase::Running], Phase::AwaitingApproval, None)?;
                 return Ok(RunEnd::Paused);
             }

@@ -163,12 +163,6 @@ impl Store {
         Ok(changed == 1)
     }
 
-    pub fn set_superseded_by(&self, id: &DeployId, successor: &DeployId) -> rusqlite::Result<()> {
-        self.conn()
-            .execute("UPDATE deploys SET superseded_by = ?1 WHERE id = ?2", params![successor.as_str(), id.as_str()])?;
-        Ok(())
-    }
-
     pub fn set_commits(&self, id: &DeployId, before: Option<&CommitSha>, commit: &CommitSha) -> rusqlite::Result<()> {
         self.conn().execute(
             "UPDATE deploys SET commit_before = ?1, commit_sha = ?2 WHERE id = ?3",
@@ -228,12 +222,11 @@ impl Store {
         Ok(())
     }
 
-    /// Adds a step that was not planned when the deploy was queued (rollback), `pending`.
-    pub fn step_add(&self, id: &DeployId, step: StepName) -> rusqlite::Result<()> {
+    /// Sets a running step's detail without ending it.
+    pub fn step_detail(&self, id: &DeployId, step: StepName, detail: &str) -> rusqlite::Result<()> {
         self.conn().execute(
-            "INSERT OR IGNORE INTO steps (deploy_id, idx, name, status)
-             VALUES (?1, (SELECT COALESCE(MAX(idx), -1) + 1 FROM steps WHERE deploy_id = ?1), ?2, 'pending')",
-            params![id.as_str(), step.as_str()],
+            "UPDATE steps SET detail = ?1 WHERE deploy_id = ?2 AND name = ?3",
+            params![detail, id.as_str(), step.as_str()],
         )?;
         Ok(())
     }

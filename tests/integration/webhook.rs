@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use kua_deploy::api::types::{DeployRequest, WebhookAnswer};
 use kua_deploy::api::webhook::signature::sign;
-use kua_deploy::model::{AppName, Phase};
+use kua_deploy::model::Phase;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -223,7 +223,7 @@ async fn gitea_and_github_deliveries_deploy_with_json_and_form_bodies() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unsigned_wrongly_signed_or_malformed_deliveries_are_refused_and_queue_nothing() {
-    let mut app = hook_app();
+    let app = hook_app();
     // A second app on the same repository whose secret variable is not set: no secret configured.
     let mut reg: Value = serde_json::from_str(&std::fs::read_to_string(&app.registry).unwrap()).unwrap();
     let mut other = reg["apps"]["hello"].clone();
@@ -231,7 +231,6 @@ async fn unsigned_wrongly_signed_or_malformed_deliveries_are_refused_and_queue_n
     other["webhook"] = json!({"repository": "kua/nosecret", "secret_env": "KUA_TEST_UNSET_SECRET"});
     reg["apps"]["nosecret"] = other;
     std::fs::write(&app.registry, reg.to_string()).unwrap();
-    app.name = AppName::parse("hello").unwrap();
     let server = app.start();
     let head = git(&app.work, &["rev-parse", "HEAD"]);
     let body = push_body("forgejo-push-branch-3-commits.json", "refs/heads/main", &head);
