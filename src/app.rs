@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
-use crate::config::Registry;
+use crate::config::{Registry, SecretSource};
 use crate::host::Redactor;
 use crate::pipeline::queue::Queue;
 use crate::store::Store;
@@ -88,7 +88,12 @@ pub async fn serve(
     let mut secrets: Vec<String> =
         settings.registry.apps.values().filter_map(|a| a.webhook.as_ref()?.secret.read()).collect();
     secrets.push(settings.admin_token.clone());
-    let redactor = Redactor::new(secrets);
+    let secret_env = settings.registry.apps.values().filter_map(|a| match &a.webhook.as_ref()?.secret {
+        SecretSource::Env(name) => Some(name.clone()),
+        SecretSource::File(_) => None,
+    });
+    let secret_env = secret_env.chain(["KUA_ADMIN_TOKEN".to_owned()]).collect::<Vec<_>>();
+    let redactor = Redactor::new(secrets).with_secret_env(secret_env);
     let stop = CancellationToken::new();
     let queue = Queue::new(store, settings.registry.clone(), redactor.clone(), stop.clone());
     queue.resume_queued()?;

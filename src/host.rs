@@ -47,6 +47,10 @@ impl LogSink for NoLog {
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
     secrets: Vec<String>,
+    /// Environment variables holding secrets: removed from every command's environment, since
+    /// Compose hands the environment to `${VAR}` in an app's files, which anyone who can push to
+    /// that app controls.
+    secret_env: Vec<String>,
 }
 
 impl Redactor {
@@ -54,7 +58,13 @@ impl Redactor {
         // Short values would redact half of every line; a secret that short is not worth hiding.
         let mut secrets: Vec<String> = secrets.into_iter().filter(|s| s.len() >= 4).collect();
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        Self { secrets }
+        Self { secrets, secret_env: Vec::new() }
+    }
+
+    /// Also keeps these environment variables away from the commands run.
+    pub fn with_secret_env(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.secret_env.extend(names);
+        self
     }
 
     pub fn redact(&self, text: &str) -> String {
@@ -203,6 +213,9 @@ impl Host {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        for name in &self.redactor.secret_env {
+            command.env_remove(name);
+        }
         let mut child = command.spawn().map_err(|source| RunError::Spawn { program: program.clone(), source })?;
         let pgid = child.id();
 
@@ -373,6 +386,14 @@ mod tests {
         let lines = sink.0.lock().unwrap().clone();
         assert!(lines.contains(&"token [REDACTED]".to_owned()));
         assert!(lines.contains(&"err".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn secret_environment_variables_do_not_reach_commands() {
+        std::env::set_var("KUA_TEST_HOST_SECRET", "do-not-leak");
+        let host = Host::new(HostSpec::Local, Redactor::default().with_secret_env(["KUA_TEST_HOST_SECRET".to_owned()]));
+        let out = host.query(&Cmd::new(["sh", "-c", "echo \"[$KUA_TEST_HOST_SECRET]\""])).await.unwrap();
+        assert_eq!(out.stdout.trim(), "[]");
     }
 
     #[tokio::test]
