@@ -131,10 +131,11 @@ impl Git {
         from: &CommitSha,
         to: &CommitSha,
         paths: &[String],
+        cancel: &CancellationToken,
     ) -> Result<Vec<String>, GitError> {
         let mut args = vec!["diff", "--name-only", "--no-renames", from.as_str(), to.as_str(), "--"];
         args.extend(paths.iter().map(String::as_str));
-        let out = self.ok("git diff", self.cmd(args), &CancellationToken::new(), &crate::host::NoLog).await?;
+        let out = self.ok("git diff", self.cmd(args), cancel, &crate::host::NoLog).await?;
         Ok(out.stdout.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect())
     }
 }

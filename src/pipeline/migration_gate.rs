@@ -21,7 +21,7 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     let Some(deployed) = deployed else {
         return StepOutcome::Failed("no deployed commit to compare with".into());
     };
-    let changed = match ctx.git.changed_files(&deployed, &target, &migrations.paths).await {
+    let changed = match ctx.git.changed_files(&deployed, &target, &migrations.paths, &ctx.cancel).await {
         Ok(c) => c,
         Err(e) => return e.into(),
     };

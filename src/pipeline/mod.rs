@@ -158,7 +158,7 @@ pub async fn run_deploy(mut ctx: DeployCtx) -> RunEnd {
         Err(e) => {
             let msg = format!("kua-deploy could not record the deploy's state: {e}");
             tracing::error!(deploy = %id, "{msg}");
-            let _ = store.skip_open_steps(&id, "not run");
+            let _ = store.close_open_steps(&id, &msg);
             let _ = store.transition(&id, &[Phase::Running], Phase::Failed, Some(&msg));
             RunEnd::Finished(Phase::Failed)
         }
@@ -183,8 +183,11 @@ async fn drive(ctx: &mut DeployCtx) -> rusqlite::Result<RunEnd> {
         .collect();
 
     for step in pending {
-        if step == StepName::Recreate && !begin_recreate(ctx) {
-            return finish_stopped(ctx, step);
+        // A cancel (or shutdown) that arrived while the last step ran without a command to kill
+        // takes effect here, between steps; recreate checks it under the same lock as cancel.
+        let go_on = if step == StepName::Recreate { begin_recreate(ctx) } else { !stop_requested(ctx) };
+        if !go_on {
+            return stop_before(ctx, step);
         }
         store.step_start(&id, step, "")?;
         ctx.log.info(&format!("step {step} started"));
@@ -198,6 +201,7 @@ async fn drive(ctx: &mut DeployCtx) -> rusqlite::Result<RunEnd> {
                 ctx.log.info(&format!("step {step} skipped: {detail}"));
                 store.step_finish(&id, step, StepStatus::Skipped, &detail)?;
             }
+            StepOutcome::AwaitApproval(_) if stop_requested(ctx) => return finish_stopped(ctx, step),
             StepOutcome::AwaitApproval(detail) => {
                 ctx.log.info(&format!("step {step} waits for approval: {detail}"));
                 // The gate stays `running` (it holds the deploy), its detail saying what to approve.
@@ -224,6 +228,21 @@ async fn drive(ctx: &mut DeployCtx) -> rusqlite::Result<RunEnd> {
     finish(ctx, Phase::Succeeded, None, "")
 }
 
+fn stop_requested(ctx: &DeployCtx) -> bool {
+    ctx.cancel.is_cancelled() || ctx.control.lock().unwrap_or_else(|e| e.into_inner()).cancel_requested
+}
+
+/// Ends the deploy before `step` starts: cancelled by a user, or interrupted by shutdown.
+fn stop_before(ctx: &DeployCtx, step: StepName) -> rusqlite::Result<RunEnd> {
+    let by_user = ctx.control.lock().unwrap_or_else(|e| e.into_inner()).cancel_requested;
+    let (phase, msg) = if by_user {
+        (Phase::Cancelled, format!("cancelled before {step}; nothing was recreated"))
+    } else {
+        (Phase::Interrupted, format!("interrupted: kua-deploy stopped before step {step}"))
+    };
+    finish(ctx, phase, Some(msg), "not run")
+}
+
 /// Marks that recreate began, unless a cancel got there first.
 fn begin_recreate(ctx: &DeployCtx) -> bool {
     let mut c = ctx.control.lock().unwrap_or_else(|e| e.into_inner());
@@ -235,7 +254,7 @@ fn begin_recreate(ctx: &DeployCtx) -> bool {
 }
 
 fn finish(ctx: &DeployCtx, phase: Phase, error: Option<String>, skip_detail: &str) -> rusqlite::Result<RunEnd> {
-    ctx.store.skip_open_steps(&ctx.id, skip_detail)?;
+    ctx.store.close_open_steps(&ctx.id, skip_detail)?;
     ctx.store.transition(&ctx.id, &[Phase::Running], phase, error.as_deref())?;
     ctx.log.info(&format!("deploy ended: {phase}{}", error.map(|e| format!(": {e}")).unwrap_or_default()));
     Ok(RunEnd::Finished(phase))

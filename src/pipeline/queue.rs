@@ -198,7 +198,7 @@ impl Queue {
         let store = self.inner.store.clone();
         let Some(config) = self.inner.registry.app(app).cloned() else {
             let msg = format!("app {app} is no longer in the registry");
-            let _ = store.skip_open_steps(&deploy.deploy_id, "not run");
+            let _ = store.close_open_steps(&deploy.deploy_id, "not run");
             let _ = store.transition(&deploy.deploy_id, &[Phase::Queued], Phase::Failed, Some(&msg));
             return;
         };
@@ -212,29 +212,16 @@ impl Queue {
     /// a running deploy to stop, so the answer usually shows it `cancelled`.
     pub async fn cancel(&self, id: &DeployId) -> Result<Deploy, QueueError> {
         let store = &self.inner.store;
-        let deploy = store.deploy(id)?.ok_or_else(|| QueueError::NoSuchDeploy(id.clone()))?;
-        let msg = "cancelled by request";
-        match deploy.phase {
-            p if p.is_terminal() => return Err(QueueError::AlreadyFinished { id: id.clone(), phase: p }),
-            // If it started running meanwhile, the transition fails and it is cancelled as running.
-            Phase::Queued | Phase::AwaitingApproval
-                if store.transition(id, &[Phase::Queued, Phase::AwaitingApproval], Phase::Cancelled, Some(msg))? =>
-            {
-                if deploy.phase == Phase::AwaitingApproval {
-                    let why = "cancelled while awaiting approval";
-                    store.step_finish(id, StepName::MigrationGate, StepStatus::Failed, why)?;
-                }
-                store.skip_open_steps(id, "not run: the deploy was cancelled")?;
-                return Ok(store.deploy(id)?.expect("exists"));
-            }
-            Phase::SelfRecreatePending => return Err(QueueError::CancelRefused(id.clone())),
-            _ => {}
-        }
+        // Decided under the queue lock, which the worker also holds when it picks a deploy and
+        // approve when it re-queues one: the phase read here cannot change under the decision.
         let stopping = {
             let slots = self.slots();
+            let deploy = store.deploy(id)?.ok_or_else(|| QueueError::NoSuchDeploy(id.clone()))?;
             let running = slots.get(&deploy.app).and_then(|s| s.running.as_ref()).filter(|r| &r.id == id);
-            match running {
-                Some(r) => {
+            match (deploy.phase, running) {
+                (p, _) if p.is_terminal() => return Err(QueueError::AlreadyFinished { id: id.clone(), phase: p }),
+                (Phase::SelfRecreatePending, _) => return Err(QueueError::CancelRefused(id.clone())),
+                (_, Some(r)) => {
                     let mut c = r.control.lock().unwrap_or_else(|e| e.into_inner());
                     if c.recreate_began {
                         return Err(QueueError::CancelRefused(id.clone()));
@@ -243,7 +230,16 @@ impl Queue {
                     r.cancel.cancel();
                     true
                 }
-                None => false,
+                (from @ (Phase::Queued | Phase::AwaitingApproval), None) => {
+                    let why = match from {
+                        Phase::AwaitingApproval => "cancelled while awaiting approval",
+                        _ => "cancelled while queued",
+                    };
+                    store.transition(id, &[from], Phase::Cancelled, Some(why))?;
+                    store.close_open_steps(id, why)?;
+                    false
+                }
+                (phase, None) => return Err(QueueError::AlreadyFinished { id: id.clone(), phase }),
             }
         };
         if stopping {
@@ -255,28 +251,21 @@ impl Queue {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        let d = store.deploy(id)?.expect("exists");
-        if d.phase.is_terminal() || stopping {
-            Ok(d)
-        } else {
-            Err(QueueError::AlreadyFinished { id: id.clone(), phase: d.phase })
-        }
+        Ok(store.deploy(id)?.expect("exists"))
     }
 
     /// Lets an `awaiting_approval` deploy go on from its build step.
     pub fn approve(&self, id: &DeployId) -> Result<Deploy, QueueError> {
         let store = &self.inner.store;
-        let deploy = store.deploy(id)?.ok_or_else(|| QueueError::NoSuchDeploy(id.clone()))?;
         let mut slots = self.slots();
-        if deploy.phase != Phase::AwaitingApproval {
+        let deploy = store.deploy(id)?.ok_or_else(|| QueueError::NoSuchDeploy(id.clone()))?;
+        if deploy.phase != Phase::AwaitingApproval
+            || !store.transition(id, &[Phase::AwaitingApproval], Phase::Queued, None)?
+        {
             return Err(QueueError::NotAwaitingApproval { id: id.clone(), phase: deploy.phase });
         }
         let gate = deploy.step(StepName::MigrationGate).map(|s| s.detail.clone()).unwrap_or_default();
         store.step_finish(id, StepName::MigrationGate, StepStatus::Succeeded, &format!("approved: {gate}"))?;
-        if !store.transition(id, &[Phase::AwaitingApproval], Phase::Queued, None)? {
-            let phase = store.deploy(id)?.map(|d| d.phase).unwrap_or(Phase::Cancelled);
-            return Err(QueueError::NotAwaitingApproval { id: id.clone(), phase });
-        }
         self.ensure_worker(&mut slots, &deploy.app);
         Ok(store.deploy(id)?.expect("exists"))
     }

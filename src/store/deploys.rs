@@ -231,12 +231,16 @@ impl Store {
         Ok(())
     }
 
-    /// Ends every step still pending or running as `skipped` (used when a deploy ends early).
-    pub fn skip_open_steps(&self, id: &DeployId, detail: &str) -> rusqlite::Result<()> {
+    /// Closes the steps of a deploy that ends early: a step still running ends `failed` with
+    /// `detail`, and the pending ones `skipped` (keeping a detail they already have).
+    pub fn close_open_steps(&self, id: &DeployId, detail: &str) -> rusqlite::Result<()> {
         self.conn().execute(
-            "UPDATE steps SET status = 'skipped', detail = CASE WHEN detail = '' THEN ?1 ELSE detail END
-             WHERE deploy_id = ?2 AND status = 'pending'",
-            params![detail, id.as_str()],
+            "UPDATE steps SET
+                 status = CASE status WHEN 'running' THEN 'failed' ELSE 'skipped' END,
+                 finished_at = CASE status WHEN 'running' THEN ?1 ELSE finished_at END,
+                 detail = CASE WHEN status = 'running' OR detail = '' THEN ?2 ELSE detail END
+             WHERE deploy_id = ?3 AND status IN ('pending', 'running')",
+            params![now_rfc3339(), detail, id.as_str()],
         )?;
         Ok(())
     }
@@ -255,14 +259,7 @@ impl Store {
 
     /// Marks a deploy interrupted with `msg`, closing its running step as failed.
     pub fn finish_interrupted(&self, id: &DeployId, msg: &str) -> rusqlite::Result<bool> {
-        {
-            let conn = self.conn();
-            conn.execute(
-                "UPDATE steps SET status = 'failed', finished_at = ?1, detail = ?2 WHERE deploy_id = ?3 AND status = 'running'",
-                params![now_rfc3339(), msg, id.as_str()],
-            )?;
-        }
-        self.skip_open_steps(id, "not run: the deploy was interrupted")?;
+        self.close_open_steps(id, msg)?;
         self.transition(id, &[Phase::Running, Phase::Queued], Phase::Interrupted, Some(msg))
     }
 }
