@@ -48,31 +48,40 @@ impl Store {
 
     /// Records a push in one transaction, so no reader ever sees it half done (two deploys queued)
     /// and a burst costs one commit per delivery: answers a redelivery (same delivery id, or the
-    /// same ref and commit as a live or succeeded deploy) with its deploy; otherwise queues `new`,
+    /// same ref and commit as a deploy that is live or the app's last success) with its deploy; otherwise queues `new`,
     /// supersedes the deploys still queued or awaiting approval, and records the delivery.
     pub fn record_push(&self, new: &NewDeploy, mut delivery: Delivery) -> rusqlite::Result<PushRecord> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let app = new.app.as_str();
+        // A deploy counts as "already done" for a redelivery while it is live, or when it is what
+        // the app last deployed successfully. After it failed (or was superseded, or a later
+        // deploy succeeded — a push back to an earlier commit), the push deploys again.
+        let counts = format!(
+            "(d.phase IN {ACTIVE} OR d.id = (SELECT id FROM deploys WHERE app = ?2 AND phase = 'succeeded'
+                                             ORDER BY seq DESC LIMIT 1))"
+        );
         let earlier: Option<(String, String)> = match &delivery.id {
             Some(did) => tx
-                .prepare_cached(
-                    "SELECT deploy_id FROM deliveries WHERE delivery_id = ?1 AND app = ?2 AND deploy_id IS NOT NULL
-                     ORDER BY seq LIMIT 1",
-                )?
-                .query_row(params![did, app], |r| r.get(0))
-                .optional()?
-                .map(|id: String| (id, "this delivery id was accepted before".to_owned())),
+                .prepare_cached(&format!(
+                    "SELECT d.id, d.phase FROM deliveries l JOIN deploys d ON d.id = l.deploy_id
+                     WHERE l.delivery_id = ?1 AND l.app = ?2 AND {counts} ORDER BY l.seq LIMIT 1"
+                ))?
+                .query_row(params![did, app], |r| {
+                    let phase: String = r.get(1)?;
+                    Ok((r.get(0)?, format!("this delivery id was accepted before, and its deploy is {phase}")))
+                })
+                .optional()?,
             None => None,
         };
         let earlier = match (earlier, &new.trigger.requested_commit) {
             (Some(e), _) => Some(e),
             (None, Some(commit)) => tx
                 .prepare_cached(&format!(
-                    "SELECT id, phase FROM deploys WHERE app = ?1 AND trigger_ref = ?2 AND requested_commit = ?3
-                     AND (phase IN {ACTIVE} OR phase = 'succeeded') ORDER BY seq DESC LIMIT 1"
+                    "SELECT d.id, d.phase FROM deploys d WHERE d.app = ?2 AND d.trigger_ref = ?1 AND d.requested_commit = ?3
+                     AND {counts} ORDER BY d.seq DESC LIMIT 1"
                 ))?
-                .query_row(params![app, new.trigger.git_ref, commit.as_str()], |r| {
+                .query_row(params![new.trigger.git_ref, app, commit.as_str()], |r| {
                     let phase: String = r.get(1)?;
                     Ok((r.get(0)?, format!("a deploy of this ref and commit is already {phase}")))
                 })

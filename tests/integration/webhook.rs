@@ -410,13 +410,14 @@ async fn redeliveries_and_replays_deploy_nothing_new_until_the_deploy_failed() {
     );
     assert_eq!(server.client.history(&app.name, 10).await.unwrap().deploys.len(), 1);
 
-    // A commit whose deploy failed is deployed again by a redelivery.
+    // A commit whose deploy failed is deployed again by a redelivery, even under the same delivery
+    // id (GitHub's "Redeliver" keeps it).
     let broken = app.push("v3", Behaviour::BrokenBuild);
     let body = push_body("forgejo-push-branch-3-commits.json", "refs/heads/main", &broken);
     let (_, v) = deliver_push(&server, Provider::Forgejo, "delivery-3", body.clone()).await;
     let failed = answer(&v).results[0].deploy_id.clone().unwrap();
     assert_eq!(server.wait_end(&failed).await.phase, Phase::Failed);
-    let (_, v) = deliver_push(&server, Provider::Forgejo, "delivery-4", body).await;
+    let (_, v) = deliver_push(&server, Provider::Forgejo, "delivery-3", body).await;
     let again = answer(&v);
     assert_eq!(again.results[0].outcome, "queued", "{v}");
     assert_ne!(again.results[0].deploy_id, Some(failed));
@@ -425,6 +426,29 @@ async fn redeliveries_and_replays_deploy_nothing_new_until_the_deploy_failed() {
     let outcomes: Vec<String> =
         server.client.deliveries(&app.name, 10).await.unwrap().deliveries.into_iter().map(|d| d.outcome).collect();
     assert_eq!(outcomes, ["queued", "queued", "duplicate", "duplicate", "duplicate", "queued"]);
+    assert_eq!(app.fetch().as_deref(), Some("v2"));
+
+    // A push back to v2 after another commit succeeded is a revert, not a replay: it deploys.
+    let v4 = app.push("v4", Behaviour::Serve);
+    let (_, v) = deliver_push(
+        &server,
+        Provider::Forgejo,
+        "delivery-5",
+        push_body("forgejo-push-branch-3-commits.json", "refs/heads/main", &v4),
+    )
+    .await;
+    assert_eq!(server.wait_end(answer(&v).results[0].deploy_id.as_ref().unwrap()).await.phase, Phase::Succeeded);
+    git(&app.work, &["push", "--quiet", "--force", "origin", &format!("{v2}:refs/heads/main")]);
+    let (_, v) = deliver_push(
+        &server,
+        Provider::Forgejo,
+        "delivery-6",
+        push_body("forgejo-push-branch-3-commits.json", "refs/heads/main", &v2),
+    )
+    .await;
+    let revert = answer(&v);
+    assert_eq!(revert.results[0].outcome, "queued", "{v}");
+    assert_eq!(server.wait_end(revert.results[0].deploy_id.as_ref().unwrap()).await.phase, Phase::Succeeded);
     assert_eq!(app.fetch().as_deref(), Some("v2"));
 }
 
