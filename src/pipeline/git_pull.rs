@@ -1,5 +1,6 @@
 //! `git_pull`: fetch `origin`, pick the target (the commit the trigger named, or the branch tip),
-//! refuse a commit not on the branch or a checkout with local changes, then check the target out.
+//! refuse a commit not on the branch, a checkout with local changes or local commits, then check
+//! the target out.
 
 use super::{DeployCtx, StepOutcome};
 
@@ -50,6 +51,20 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     ctx.commit = Some(target.clone());
     if before == target {
         return StepOutcome::Succeeded(format!("{branch} already at {}", target.short()));
+    }
+    // Moving the branch would hide commits made in the checkout itself (they would live on only
+    // in the reflog). HEAD is safe to move when origin has it, or when a deploy put it there.
+    let known = match ctx.git.is_on_branch(&before, &branch).await {
+        Ok(true) => true,
+        Ok(false) => ctx.store.was_deployed(&ctx.app.name, &before).unwrap_or(false),
+        Err(e) => return e.into(),
+    };
+    if !known {
+        return StepOutcome::Failed(format!(
+            "the checkout's HEAD {} is not on origin/{branch} and no deploy put it there: it holds local commits; \
+             push them or reset the checkout to origin/{branch} — nothing was changed",
+            before.short()
+        ));
     }
     if let Err(e) = ctx.git.checkout(&branch, &target, &ctx.cancel, ctx.sink()).await {
         return e.into();

@@ -194,6 +194,15 @@ impl Store {
         Ok(())
     }
 
+    /// Whether some deploy of the app checked `commit` out.
+    pub fn was_deployed(&self, app: &AppName, commit: &CommitSha) -> rusqlite::Result<bool> {
+        self.conn().query_row(
+            "SELECT EXISTS (SELECT 1 FROM deploys WHERE app = ?1 AND commit_sha = ?2)",
+            params![app.as_str(), commit.as_str()],
+            |r| r.get(0),
+        )
+    }
+
     /// Whether the trigger pre-approved migrations.
     pub fn migrations_approved(&self, id: &DeployId) -> rusqlite::Result<bool> {
         self.conn().query_row("SELECT approve_migrations FROM deploys WHERE id = ?1", [id.as_str()], |r| r.get(0))

@@ -325,3 +325,19 @@ async fn runtime_status_reports_drift_when_what_runs_is_not_what_was_verified() 
     assert_eq!(c.state, "exited");
     assert!(!c.matches_last_deploy);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkout_with_local_commits_is_refused_and_keeps_them() {
+    let app = TestApp::new(AppOptions::default());
+    app.push("v2", Behaviour::Serve);
+    std::fs::write(app.checkout.join("hotfix.txt"), "made on the server\n").unwrap();
+    git(&app.checkout, &["add", "hotfix.txt"]);
+    git(&app.checkout, &["commit", "--quiet", "-m", "hotfix on the server"]);
+    let local = git(&app.checkout, &["rev-parse", "HEAD"]);
+    let server = app.start();
+    let acc = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    let d = server.wait_end(&acc.deploy_id).await;
+    assert_eq!(d.phase, Phase::Failed);
+    assert!(d.error.as_deref().unwrap().contains("local commits"), "{:?}", d.error);
+    assert_eq!(git(&app.checkout, &["rev-parse", "HEAD"]), local, "the local commit is still checked out");
+}
