@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{Docker, DockerError};
-use crate::host::{Cmd, Host, LogSink, Output};
+use crate::host::{Cmd, Host, LogSink, Output, RunError};
 use crate::model::{ImageId, Images, ProjectName, ServiceName};
 
 const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -160,16 +160,25 @@ impl Compose {
         log: &dyn LogSink,
     ) -> Result<(), DockerError> {
         let pin: Images = [(service.clone(), image.clone())].into();
-        let mut args = vec!["run", "--rm", "--no-deps", "-T", service.as_str()];
+        // Named, so that a cancel or timeout can stop the container too: killing the `compose run`
+        // client alone would leave the migration running on its own.
+        let name =
+            format!("{}-{service}-kua-migrate-{}", self.project, &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let mut args = vec!["run", "--rm", "--no-deps", "-T", "--name", &name, service.as_str()];
         args.extend(command.iter().map(String::as_str));
-        self.ok(
-            &format!("the migration command in a one-off {service} container"),
-            self.cmd(Some(pin_override(&pin)), &args).timeout(timeout),
-            cancel,
-            log,
-        )
-        .await
-        .map(drop)
+        let result = self
+            .ok(
+                &format!("the migration command in a one-off {service} container"),
+                self.cmd(Some(pin_override(&pin)), &args).timeout(timeout),
+                cancel,
+                log,
+            )
+            .await;
+        if let Err(DockerError::Run(RunError::Cancelled { .. } | RunError::TimedOut { .. })) = &result {
+            log.line(crate::host::Stream::Info, &format!("removing the migration container {name}"));
+            let _ = self.docker().remove_container(&name).await;
+        }
+        result.map(drop)
     }
 }
 

@@ -341,3 +341,35 @@ async fn a_checkout_with_local_commits_is_refused_and_keeps_them() {
     assert!(d.error.as_deref().unwrap().contains("local commits"), "{:?}", d.error);
     assert_eq!(git(&app.checkout, &["rev-parse", "HEAD"]), local, "the local commit is still checked out");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_during_a_migration_stops_its_container_too() {
+    let app = TestApp::new(AppOptions {
+        migrations: Some(json!({"paths": ["migrations/"], "policy": "run", "service": "web",
+                                "command": ["/bin/busybox", "sleep", "60"]})),
+        ..AppOptions::default()
+    });
+    let server = app.start();
+    let acc = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    server
+        .wait_for(&acc.deploy_id, Duration::from_secs(60), |d| {
+            d.step(StepName::Migrate).is_some_and(|s| s.status == StepStatus::Running)
+        })
+        .await;
+    let migrating = || {
+        crate::support::sh(
+            std::path::Path::new("/"),
+            &["docker", "ps", "-q", "--filter", &format!("name={}-web-kua-migrate", app.project)],
+        )
+    };
+    let start = std::time::Instant::now();
+    while migrating().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(20), "the migration container never started");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let d = server.client.cancel(&acc.deploy_id).await.unwrap();
+    assert_eq!(d.phase, Phase::Cancelled, "{d:#?}");
+    assert_eq!(status_of(&d, StepName::Migrate), StepStatus::Failed);
+    assert!(migrating().is_empty(), "the migration container still runs");
+    assert!(app.web_containers().is_empty(), "nothing was recreated");
+}
