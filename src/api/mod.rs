@@ -39,7 +39,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/deploys/{id}/approve", post(admin::approve))
         .route("/deploys/{id}/cancel", post(admin::cancel))
         .fallback(admin::no_route)
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/webhook/forgejo", post(webhook::forgejo))

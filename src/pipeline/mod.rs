@@ -254,9 +254,10 @@ fn begin_recreate(ctx: &DeployCtx) -> bool {
 }
 
 fn finish(ctx: &DeployCtx, phase: Phase, error: Option<String>, skip_detail: &str) -> rusqlite::Result<RunEnd> {
+    // The last log line is written before the phase ends, so a follower sees it before the end.
+    ctx.log.info(&format!("deploy ended: {phase}{}", error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()));
     ctx.store.close_open_steps(&ctx.id, skip_detail)?;
     ctx.store.transition(&ctx.id, &[Phase::Running], phase, error.as_deref())?;
-    ctx.log.info(&format!("deploy ended: {phase}{}", error.map(|e| format!(": {e}")).unwrap_or_default()));
     Ok(RunEnd::Finished(phase))
 }
 

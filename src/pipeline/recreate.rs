@@ -1,6 +1,8 @@
 //! `recreate`: records what runs now (for rollback) and when the recreate began (for verify),
 //! then recreates exactly the app's services with exactly the image IDs this deploy built.
 
+use tokio_util::sync::CancellationToken;
+
 use super::{DeployCtx, StepOutcome};
 use crate::model::{now_rfc3339, ImageId, Images};
 
@@ -30,7 +32,9 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     ctx.previous_images = previous;
     ctx.recreate_started_at = Some(at);
     let images = ctx.images.clone();
-    if let Err(e) = ctx.compose.up_pinned(&images, &ctx.cancel, ctx.sink()).await {
+    // Cancel is refused from here on, and shutdown waits: `compose up` stopped halfway could leave
+    // the app without a container.
+    if let Err(e) = ctx.compose.up_pinned(&images, &CancellationToken::new(), ctx.sink()).await {
         return e.into();
     }
     let names: Vec<&str> = images.keys().map(|s| s.as_str()).collect();

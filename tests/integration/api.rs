@@ -71,6 +71,10 @@ async fn bad_requests_get_clear_json_errors_and_queue_nothing() {
     let (s, b) = get(&server, "/api/v1/apps/%FF%FE/progress").await;
     assert_eq!((s, code(&b).as_str()), (StatusCode::BAD_REQUEST, "bad_request"));
 
+    // Without a token, every /api/v1 path answers 401, known or not.
+    let resp = server.http().get(format!("{}/api/v1/no/such/thing", server.url)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
     // None of that queued anything.
     assert!(server.client.history(&app.name, 10).await.unwrap().deploys.is_empty());
 
