@@ -232,14 +232,19 @@ fn stop_requested(ctx: &DeployCtx) -> bool {
     ctx.cancel.is_cancelled() || ctx.control.lock().unwrap_or_else(|e| e.into_inner()).cancel_requested
 }
 
-/// Ends the deploy before `step` starts: cancelled by a user, or interrupted by shutdown.
-fn stop_before(ctx: &DeployCtx, step: StepName) -> rusqlite::Result<RunEnd> {
-    let by_user = ctx.control.lock().unwrap_or_else(|e| e.into_inner()).cancel_requested;
-    let (phase, msg) = if by_user {
-        (Phase::Cancelled, format!("cancelled before {step}; nothing was recreated"))
+/// A stop is a user's cancel (→ `cancelled`, possible only before recreate) or a shutdown
+/// (→ `interrupted`); `when` says where in the deploy it happened.
+fn stopped(ctx: &DeployCtx, when: &str) -> (Phase, String) {
+    if ctx.control.lock().unwrap_or_else(|e| e.into_inner()).cancel_requested {
+        (Phase::Cancelled, format!("cancelled {when}; nothing was recreated"))
     } else {
-        (Phase::Interrupted, format!("interrupted: kua-deploy stopped before step {step}"))
-    };
+        (Phase::Interrupted, format!("interrupted: kua-deploy stopped {when}"))
+    }
+}
+
+/// Ends the deploy before `step` starts.
+fn stop_before(ctx: &DeployCtx, step: StepName) -> rusqlite::Result<RunEnd> {
+    let (phase, msg) = stopped(ctx, &format!("before step {step}"));
     finish(ctx, phase, Some(msg), "not run")
 }
 
@@ -261,14 +266,9 @@ fn finish(ctx: &DeployCtx, phase: Phase, error: Option<String>, skip_detail: &st
     Ok(RunEnd::Finished(phase))
 }
 
-/// A command was killed: by a user's cancel (→ cancelled) or by shutdown (→ interrupted).
+/// Ends the deploy after `step`'s command was killed, or a cancel came while it ran.
 fn finish_stopped(ctx: &DeployCtx, step: StepName) -> rusqlite::Result<RunEnd> {
-    let by_user = ctx.control.lock().unwrap_or_else(|e| e.into_inner()).cancel_requested;
-    let (phase, msg) = if by_user {
-        (Phase::Cancelled, format!("cancelled during {step}; nothing was recreated"))
-    } else {
-        (Phase::Interrupted, format!("interrupted: kua-deploy stopped while the deploy was in step {step}"))
-    };
+    let (phase, msg) = stopped(ctx, &format!("during step {step}"));
     ctx.store.step_finish(&ctx.id, step, StepStatus::Failed, &msg)?;
     finish(ctx, phase, Some(msg), "not run")
 }
