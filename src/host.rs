@@ -320,10 +320,18 @@ fn ssh_command(h: &SshHost, cmd: &Cmd) -> Command {
         c.arg("-o").arg(format!("UserKnownHostsFile={}", kh.display()));
     }
     c.arg("--").arg(format!("{}@{}", h.user, h.host));
+    c.arg(remote_command(cmd));
+    c
+}
+
+/// The one string OpenSSH hands to the remote shell: `cd DIR && exec env K=V argv…`, every word
+/// quoted, so the argv arrives as it was.
+fn remote_command(cmd: &Cmd) -> String {
     let mut remote = String::new();
     if let Some(dir) = &cmd.cwd {
         remote.push_str(&format!("cd {} && ", shell_quote(&dir.to_string_lossy())));
     }
+    remote.push_str("exec ");
     if !cmd.env.is_empty() {
         remote.push_str("env ");
         for (k, v) in &cmd.env {
@@ -331,10 +339,8 @@ fn ssh_command(h: &SshHost, cmd: &Cmd) -> Command {
             remote.push(' ');
         }
     }
-    remote.push_str("exec ");
     remote.push_str(&cmd.display());
-    c.arg(remote);
-    c
+    remote
 }
 
 /// Single-quotes a word for a POSIX shell unless it is plainly safe.
@@ -365,6 +371,24 @@ mod tests {
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote("$(rm -rf /)"), "'$(rm -rf /)'");
         assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn the_remote_command_changes_directory_sets_the_environment_and_quotes_every_word() {
+        let cmd = Cmd::new(["git", "log", "--format=%H x"]).cwd("/srv/my app").env("LC_ALL", "C");
+        assert_eq!(remote_command(&cmd), "cd '/srv/my app' && exec env LC_ALL=C git log '--format=%H x'");
+        assert_eq!(remote_command(&Cmd::new(["docker", "ps"])), "exec docker ps");
+    }
+
+    #[tokio::test]
+    async fn the_remote_command_runs_in_a_real_shell_as_the_same_argv() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmd = Cmd::new(["sh", "-c", "printf '%s|' \"$PWD\" \"$KV\" \"$0\"", "it's $(here)"])
+            .cwd(dir.path())
+            .env("KV", "a b");
+        let out = Host::local().query(&Cmd::new(["sh", "-c", &remote_command(&cmd)])).await.unwrap();
+        let pwd = std::fs::canonicalize(dir.path()).unwrap();
+        assert_eq!(out.stdout.trim_end(), format!("{}|a b|it's $(here)|", pwd.display()));
     }
 
     #[test]
