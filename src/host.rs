@@ -159,6 +159,9 @@ pub enum RunError {
     Cancelled { program: String },
     #[error("{what} failed: {detail}")]
     Failed { what: String, detail: String },
+    /// OpenSSH itself failed (exit 255): no connection, or a host key that is not the known one.
+    #[error("cannot reach host {host} over ssh: {detail}")]
+    Unreachable { host: String, detail: String },
 }
 
 /// Where commands run. Cheap to clone.
@@ -239,7 +242,13 @@ impl Host {
         tokio::select! {
             (stdout, stderr, status) = collect => {
                 let code = status.ok().and_then(|s| s.code());
-                Ok(Output { code, stdout, stderr })
+                let out = Output { code, stdout, stderr };
+                match &*self.kind {
+                    HostSpec::Ssh(h) if code == Some(255) => {
+                        Err(RunError::Unreachable { host: h.name.clone(), detail: out.last_line() })
+                    }
+                    _ => Ok(out),
+                }
             }
             _ = tokio::time::sleep(cmd.timeout) => {
                 kill_group(pgid);

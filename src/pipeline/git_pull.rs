@@ -3,11 +3,15 @@
 //! the target out.
 
 use super::{DeployCtx, StepOutcome};
+use crate::git::GitError;
+use crate::host::RunError;
 
 pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     let branch = ctx.app.branch.clone();
     let before = match ctx.git.head().await {
         Ok(c) => c,
+        // Cannot run git there at all (host unreachable, no such directory): say that instead.
+        Err(e) if matches!(&e, GitError::Run(run) if !matches!(run, RunError::Failed { .. })) => return e.into(),
         Err(e) => {
             return StepOutcome::Failed(format!(
                 "{} is not a usable git checkout: {e}; clone the app's repository there",

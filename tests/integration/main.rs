@@ -5,5 +5,6 @@ mod api;
 mod cli;
 mod deploy;
 mod recovery;
+mod ssh;
 mod support;
 mod webhook;

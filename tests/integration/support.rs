@@ -380,3 +380,67 @@ impl Drop for Server {
         }
     }
 }
+
+/// A real OpenSSH server on a loopback port, with its own host key and one authorized client key,
+/// for apps on an `ssh://` host. Stopped when dropped.
+pub struct SshServer {
+    pub port: u16,
+    pub identity: PathBuf,
+    pub known_hosts: PathBuf,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl SshServer {
+    pub fn start() -> SshServer {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |name: &str| dir.path().join(name);
+        for key in ["host_key", "id"] {
+            sh(dir.path(), &["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", p(key).to_str().unwrap()]);
+        }
+        std::fs::copy(p("id.pub"), p("authorized_keys")).unwrap();
+        std::fs::create_dir_all("/run/sshd").expect("create /run/sshd (sshd's privilege separation dir)");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nStrictModes no\n\
+             PermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\nPidFile {}\n\
+             SetEnv PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin\n",
+            p("host_key").display(),
+            p("authorized_keys").display(),
+            p("sshd.pid").display()
+        );
+        std::fs::write(p("sshd_config"), config).unwrap();
+        let host_pub = std::fs::read_to_string(p("host_key.pub")).unwrap();
+        std::fs::write(p("known_hosts"), format!("[127.0.0.1]:{port} {host_pub}")).unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-f", p("sshd_config").to_str().unwrap(), "-E", p("sshd.log").to_str().unwrap()])
+            .spawn()
+            .expect("start /usr/sbin/sshd (apt-get install openssh-server)");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(10), "sshd did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        SshServer { port, identity: p("id"), known_hosts: p("known_hosts"), dir, child }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for SshServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TestApp {
+    /// Rewrites the registry through `edit`.
+    pub fn edit_registry(&self, edit: impl FnOnce(&mut Value)) {
+        let mut reg: Value = serde_json::from_str(&std::fs::read_to_string(&self.registry).unwrap()).unwrap();
+        edit(&mut reg);
+        std::fs::write(&self.registry, serde_json::to_string_pretty(&reg).unwrap()).unwrap();
+    }
+}

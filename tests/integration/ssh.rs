@@ -1,0 +1,67 @@
+//! Apps on a host reached over OpenSSH: a real `sshd` on loopback, host keys always checked.
+
+use kua_deploy::api::types::DeployRequest;
+use kua_deploy::model::{Phase, StepName, StepStatus};
+use serde_json::json;
+
+use crate::support::{AppOptions, Behaviour, SshServer, TestApp};
+
+fn on_ssh_host(app: &TestApp, sshd: &SshServer, known_hosts: &std::path::Path) {
+    app.edit_registry(|reg| {
+        reg["hosts"] = json!({"loop": {
+            "ssh": format!("root@127.0.0.1:{}", sshd.port),
+            "identity_file": sshd.identity,
+            "known_hosts_file": known_hosts,
+        }});
+        reg["apps"]["hello"]["host"] = json!("loop");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_on_an_ssh_host_is_deployed_and_verified_over_openssh() {
+    let sshd = SshServer::start();
+    let app = TestApp::new(AppOptions::default());
+    on_ssh_host(&app, &sshd, &sshd.known_hosts);
+    let server = app.start();
+
+    let first = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    let d1 = server.wait_end(&first.deploy_id).await;
+    assert_eq!(d1.phase, Phase::Succeeded, "{d1:#?}\nsshd log:\n{}", sshd.log());
+    assert_eq!(app.fetch().as_deref(), Some("v1"));
+
+    app.push("v2", Behaviour::Serve);
+    let second = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    let d2 = server.wait_end(&second.deploy_id).await;
+    assert_eq!(d2.phase, Phase::Succeeded, "{d2:#?}");
+    assert_eq!(app.fetch().as_deref(), Some("v2"));
+    assert_eq!(app.web_containers()[0].1, d2.images.values().next().unwrap().as_str());
+    assert!(sshd.log().contains("Accepted publickey"), "the commands went through sshd");
+
+    let rs = server.client.runtime_status(&app.name).await.unwrap();
+    assert_eq!(rs.host, "loop");
+    assert!(!rs.drift, "{rs:#?}");
+    assert_eq!(rs.git_head, d2.commit.map(|c| c.to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_whose_key_is_not_the_known_one_is_refused_and_nothing_changes() {
+    let sshd = SshServer::start();
+    let app = TestApp::new(AppOptions::default());
+    let wrong = app.dir.path().join("wrong_known_hosts");
+    let other = tempfile::tempdir().unwrap();
+    let key = other.path().join("k");
+    crate::support::sh(other.path(), &["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()]);
+    let other_pub = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    std::fs::write(&wrong, format!("[127.0.0.1]:{} {other_pub}", sshd.port)).unwrap();
+    on_ssh_host(&app, &sshd, &wrong);
+    let server = app.start();
+
+    let acc = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    let d = server.wait_end(&acc.deploy_id).await;
+    assert_eq!(d.phase, Phase::Failed);
+    assert_eq!(d.step(StepName::GitPull).unwrap().status, StepStatus::Failed);
+    let error = d.error.unwrap_or_default();
+    assert!(error.contains("cannot reach host loop over ssh"), "{error}");
+    assert!(error.to_lowercase().contains("host key"), "{error}");
+    assert!(app.web_containers().is_empty());
+}
