@@ -12,8 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
 use crate::config::{Registry, SecretSource};
-use crate::host::Redactor;
+use crate::docker::Docker;
+use crate::host::{Host, Redactor};
 use crate::pipeline::queue::Queue;
+use crate::selfupdate;
 use crate::store::Store;
 
 /// `kua-deploy serve` options.
@@ -95,7 +97,18 @@ pub async fn serve(
     let secret_env = secret_env.chain(["KUA_ADMIN_TOKEN".to_owned()]).collect::<Vec<_>>();
     let redactor = Redactor::new(secrets).with_secret_env(secret_env);
     let stop = CancellationToken::new();
-    let queue = Queue::new(store, settings.registry.clone(), redactor.clone(), stop.clone());
+    let self_target = selfupdate::discover(&settings.registry, &Docker::new(Host::local())).await;
+    match &self_target {
+        Some(t) => tracing::info!(app = %t.app, service = %t.service, "running as the self app's container"),
+        None => tracing::debug!("not running in a self app's container"),
+    }
+    // A self-recreate this process is the result of is ended in the background: the server must
+    // answer (its healthcheck, the client riding through the restart) while it is judged.
+    {
+        let (store, target, registry) = (store.clone(), self_target.clone(), settings.registry.clone());
+        tokio::spawn(async move { selfupdate::complete_self_recreate(&store, target.as_ref(), &registry).await });
+    }
+    let queue = Queue::new(store, settings.registry.clone(), redactor.clone(), stop.clone(), self_target);
     queue.resume_queued()?;
     let state = ApiState {
         queue: queue.clone(),

@@ -12,6 +12,8 @@
 //! - [`docker`]: typed wrappers over `docker` and `docker compose`.
 //! - [`store`]: SQLite state: deploys, steps, logs, webhook deliveries; schema migrations run on open.
 //! - [`pipeline`]: the steps, one file each, the runner that orders them, and the per-app queue.
+//! - [`selfupdate`]: deploying kua-deploy itself: the handoff to a transient container, and
+//!   `complete_self_recreate` at start.
 //! - [`api`]: the axum router: admin API, push webhooks, auth, errors.
 //! - [`app`]: `serve`: opens the store, recovers, starts the queue and the router.
 //! - [`cli`]: the client commands (`status`, `history`, `logs`, `approve`, `cancel`, `release`, `demo`)
@@ -26,4 +28,5 @@ pub mod git;
 pub mod host;
 pub mod model;
 pub mod pipeline;
+pub mod selfupdate;
 pub mod store;

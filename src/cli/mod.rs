@@ -61,6 +61,10 @@ pub enum Command {
     Release(release::ReleaseArgs),
     /// Deploy a small example app on the local Docker engine, end to end.
     Demo(demo::DemoArgs),
+    /// (Run by kua-deploy itself, in a transient container of its new image: recreate kua-deploy's
+    /// own service, verify it, and bring the previous image back if it does not hold.)
+    #[command(hide = true)]
+    SelfRecreate(crate::selfupdate::TransientArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -109,6 +113,7 @@ pub async fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Serve(args) => report(crate::app::run(args).await),
         Command::Demo(args) => report(demo::run(args).await),
+        Command::SelfRecreate(args) => crate::selfupdate::run_transient(args).await,
         Command::CheckConfig(args) => check_config(&args),
         Command::Status(args) => show::status(args).await,
         Command::History(args) => show::history(args).await,

@@ -62,6 +62,45 @@ struct InspectHealth {
     status: String,
 }
 
+/// What kua-deploy needs to know of the container it runs in, to hand its own recreate over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnContainer {
+    pub id: String,
+    pub image: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The program the container runs (its entrypoint), also in the new image.
+    pub path: String,
+    /// `(source on the engine's host, destination inside)` of each bind mount.
+    pub mounts: Vec<(String, String)>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectOwn {
+    id: String,
+    image: String,
+    path: String,
+    config: InspectConfig,
+    #[serde(default)]
+    mounts: Vec<InspectMount>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectConfig {
+    #[serde(default)]
+    labels: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectMount {
+    #[serde(default)]
+    source: String,
+    #[serde(default)]
+    destination: String,
+}
+
 /// The engine a host's `docker` CLI talks to.
 #[derive(Clone)]
 pub struct Docker {
@@ -164,6 +203,38 @@ impl Docker {
                 Some((f.next()?.to_owned(), f.next()?.to_owned(), f.next()?.to_owned()))
             })
             .collect())
+    }
+
+    /// The container `id` as [`OwnContainer`].
+    pub async fn own_container(&self, id: &str) -> Result<OwnContainer, DockerError> {
+        let what = format!("inspecting container {id}");
+        let out = self.query(&what, argv(["docker", "container", "inspect", id])).await?;
+        let mut parsed: Vec<InspectOwn> = serde_json::from_str(out.trim())
+            .map_err(|e| DockerError::BadOutput { what: what.clone(), detail: e.to_string() })?;
+        let c = parsed.pop().ok_or(DockerError::BadOutput { what, detail: "no container".into() })?;
+        Ok(OwnContainer {
+            id: c.id,
+            image: c.image,
+            labels: c.config.labels.unwrap_or_default(),
+            path: c.path,
+            mounts: c.mounts.into_iter().map(|m| (m.source, m.destination)).collect(),
+        })
+    }
+
+    /// The output a container printed (stdout and stderr), at most its last `tail` lines.
+    pub async fn container_logs(&self, id: &str, tail: usize) -> Result<String, DockerError> {
+        let cmd = Cmd::new(argv(["docker", "logs", "--tail", &tail.to_string(), id])).timeout(QUERY_TIMEOUT);
+        let out = self.host.run(&cmd, &CancellationToken::new(), &NoLog).await?;
+        Ok(format!("{}{}", out.stdout, out.stderr))
+    }
+
+    /// Starts a detached container; `argv` is everything after `docker run -d`.
+    pub async fn run_detached(&self, args: Vec<String>, log: &dyn crate::host::LogSink) -> Result<String, DockerError> {
+        let mut full = argv(["docker", "run", "--detach"]);
+        full.extend(args);
+        let cmd = Cmd::new(full).timeout(QUERY_TIMEOUT);
+        let out = self.host.run_ok("starting the transient container", &cmd, &CancellationToken::new(), log).await?;
+        Ok(out.stdout.trim().to_owned())
     }
 
     pub async fn remove_container(&self, id: &str) -> Result<(), DockerError> {

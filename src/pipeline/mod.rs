@@ -23,6 +23,7 @@ use crate::docker::DockerError;
 use crate::git::{Git, GitError};
 use crate::host::{Host, LogSink, RunError};
 use crate::model::{CommitSha, Deploy, DeployId, Images, Phase, StepName, StepStatus};
+use crate::selfupdate::SelfTarget;
 use crate::store::{LogWriter, Store};
 
 /// The steps a deploy of `app` plans when it is queued; `rollback` is added only if needed.
@@ -55,6 +56,9 @@ pub enum StepOutcome {
     AwaitApproval(String),
     /// A command was killed because of cancel or shutdown.
     Stopped,
+    /// kua-deploy's own recreate was handed to a transient container; the process that comes
+    /// back ends the deploy.
+    HandedOff,
 }
 
 impl From<GitError> for StepOutcome {
@@ -92,6 +96,8 @@ pub struct DeployCtx {
     pub images: Images,
     pub previous_images: Images,
     pub recreate_started_at: Option<String>,
+    /// Set when this deploy's app is kua-deploy's own: recreate hands over instead.
+    pub self_target: Option<SelfTarget>,
 }
 
 impl DeployCtx {
@@ -120,6 +126,7 @@ impl DeployCtx {
             images: deploy.images.clone(),
             previous_images: deploy.previous_images.clone(),
             recreate_started_at: deploy.verify.as_ref().map(|v| v.recreate_started_at.clone()),
+            self_target: None,
             app,
         }
     }
@@ -210,10 +217,13 @@ async fn drive(ctx: &mut DeployCtx) -> rusqlite::Result<RunEnd> {
                 return Ok(RunEnd::Paused);
             }
             StepOutcome::Stopped => return finish_stopped(ctx, step),
+            StepOutcome::HandedOff => return Ok(RunEnd::Paused),
             StepOutcome::Failed(detail) => {
                 ctx.log.info(&format!("step {step} failed: {detail}"));
                 store.step_finish(&id, step, StepStatus::Failed, &detail)?;
-                if matches!(step, StepName::Recreate | StepName::Verify) {
+                // kua-deploy's own recreate that failed never replaced this process: nothing to undo,
+                // and recreating the previous image would only restart it.
+                if matches!(step, StepName::Recreate | StepName::Verify) && ctx.self_target.is_none() {
                     return roll_back(ctx, step, detail).await;
                 }
                 return finish(
@@ -293,6 +303,6 @@ async fn roll_back(ctx: &mut DeployCtx, failed: StepName, why: String) -> rusqli
             ctx.store.step_finish(&ctx.id, StepName::Rollback, StepStatus::Failed, &detail)?;
             finish(ctx, Phase::Failed, Some(format!("{error}; rollback failed too: {detail}")), "not run")
         }
-        StepOutcome::Stopped => finish_stopped(ctx, StepName::Rollback),
+        StepOutcome::Stopped | StepOutcome::HandedOff => finish_stopped(ctx, StepName::Rollback),
     }
 }

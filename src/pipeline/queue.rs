@@ -14,6 +14,7 @@ use super::{planned_steps, run_deploy, Control, DeployCtx, SharedControl};
 use crate::config::Registry;
 use crate::host::{Host, Redactor};
 use crate::model::{AppName, Delivery, Deploy, DeployId, Phase, StepName, StepStatus, Trigger};
+use crate::selfupdate::SelfTarget;
 use crate::store::{NewDeploy, PushRecord, Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +62,7 @@ struct Inner {
     registry: Arc<Registry>,
     redactor: Redactor,
     shutdown: CancellationToken,
+    self_target: Option<SelfTarget>,
     tracker: TaskTracker,
     slots: Mutex<HashMap<AppName, AppSlot>>,
 }
@@ -72,13 +74,20 @@ pub struct Queue {
 }
 
 impl Queue {
-    pub fn new(store: Store, registry: Arc<Registry>, redactor: Redactor, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        store: Store,
+        registry: Arc<Registry>,
+        redactor: Redactor,
+        shutdown: CancellationToken,
+        self_target: Option<SelfTarget>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
                 registry,
                 redactor,
                 shutdown,
+                self_target,
                 tracker: TaskTracker::new(),
                 slots: Mutex::new(HashMap::new()),
             }),
@@ -203,7 +212,8 @@ impl Queue {
             return;
         };
         let host = Host::new(config.host.clone(), self.inner.redactor.clone());
-        let ctx = DeployCtx::new(store, config, &deploy, host, cancel, control);
+        let mut ctx = DeployCtx::new(store, config, &deploy, host, cancel, control);
+        ctx.self_target = self.inner.self_target.clone().filter(|t| &t.app == app);
         let end = run_deploy(ctx).await;
         tracing::info!(app = %app, deploy = %deploy.deploy_id, "deploy ended: {end:?}");
     }

@@ -1,10 +1,12 @@
 //! `recreate`: records what runs now (for rollback) and when the recreate began (for verify),
-//! then recreates exactly the app's services with exactly the image IDs this deploy built.
+//! then recreates exactly the app's services with exactly the image IDs this deploy built. For
+//! kua-deploy's own app it hands the recreate over to a transient container instead.
 
 use tokio_util::sync::CancellationToken;
 
 use super::{DeployCtx, StepOutcome};
 use crate::model::{now_rfc3339, ImageId, Images};
+use crate::selfupdate::{hand_off, Handoff, HandoffEnd};
 
 pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     if ctx.images.len() != ctx.app.services.len() {
@@ -30,7 +32,26 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
         return StepOutcome::Failed(format!("cannot record the previous images: {e}"));
     }
     ctx.previous_images = previous;
-    ctx.recreate_started_at = Some(at);
+    ctx.recreate_started_at = Some(at.clone());
+    if let Some(target) = ctx.self_target.clone() {
+        let Some(image) = ctx.images.get(&target.service).cloned() else {
+            return StepOutcome::Failed("the build did not record an image for kua-deploy's own service".into());
+        };
+        let handoff = Handoff {
+            store: &ctx.store,
+            id: &ctx.id,
+            app: &ctx.app,
+            image,
+            previous: ctx.previous_images.get(&target.service).cloned(),
+            recreate_started_at: at,
+            cancel: &ctx.cancel,
+            log: &ctx.log,
+        };
+        return match hand_off(handoff, &target).await {
+            HandoffEnd::Replaced => StepOutcome::HandedOff,
+            HandoffEnd::Failed(why) => StepOutcome::Failed(why),
+        };
+    }
     let images = ctx.images.clone();
     // Cancel is refused from here on, and shutdown waits: `compose up` stopped halfway could leave
     // the app without a container.

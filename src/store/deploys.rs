@@ -125,6 +125,11 @@ impl Store {
         self.deploys_where(&format!("app = ?1 AND phase IN {ACTIVE} ORDER BY seq"), [app.as_str()])
     }
 
+    /// Every deploy in `phase`, oldest first.
+    pub fn in_phase(&self, phase: Phase) -> rusqlite::Result<Vec<Deploy>> {
+        self.deploys_where("phase = ?1 ORDER BY seq", [phase.as_str()])
+    }
+
     /// The oldest queued deploy of the app: what its worker runs next.
     pub fn next_queued(&self, app: &AppName) -> rusqlite::Result<Option<Deploy>> {
         Ok(self.deploys_where("app = ?1 AND phase = 'queued' ORDER BY seq LIMIT 1", [app.as_str()])?.pop())

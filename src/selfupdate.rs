@@ -1,0 +1,424 @@
+//! Deploying kua-deploy itself. Recreating its own container kills the process doing it, so the
+//! recreate is handed to a transient container of the new image, and the process that comes back
+//! (new, or old after a rollback) writes the deploy's end:
+//!
+//! 1. [`hand_off`] pre-marks the deploy `self_recreate_pending` (with images, previous images and
+//!    `recreate_started_at` already recorded), starts the transient container (`kua-deploy
+//!    self-recreate`, engine socket and checkout mounted, Compose labels overridden so nothing
+//!    takes it for a service container) and waits, at most 90 s, to be killed. Still alive after
+//!    that: the deploy fails with what the transient container reported. A SIGTERM meanwhile
+//!    leaves the marker as it is.
+//! 2. [`run_transient`] (inside the transient container) recreates the service pinned to the new
+//!    image ID and verifies it; if it does not verify, it brings the previous image back.
+//! 3. [`complete_self_recreate`] runs at every start: for a pending deploy it waits for the
+//!    transient container to finish, inspects its own container and ends the deploy `succeeded`,
+//!    `rolled_back` or `failed`, with the verify object. No marker: nothing to do; a second start
+//!    changes nothing.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AppConfig, HostSpec, Registry};
+use crate::docker::compose::Compose;
+use crate::docker::watch::{verify_services, Limits};
+use crate::docker::{Docker, OwnContainer};
+use crate::host::{Host, LogSink, Stream};
+use crate::model::{
+    now_rfc3339, parse_time, AppName, Deploy, DeployId, ImageId, Images, Phase, ProjectName, ServiceCheck, ServiceName,
+    StepName, StepStatus, VerifyReport,
+};
+use crate::store::{LogWriter, Store};
+
+/// How long the old process waits to be replaced before it calls the handoff failed.
+pub const HANDOFF_CEILING: Duration = Duration::from_secs(90);
+const SOCKET: &str = "/var/run/docker.sock";
+
+/// The self app as this process found it at start: the app, its service, and this container.
+#[derive(Debug, Clone)]
+pub struct SelfTarget {
+    pub app: AppName,
+    pub service: ServiceName,
+    pub container: OwnContainer,
+}
+
+/// The id of the container this process runs in, from the engine's bind mounts of
+/// `/etc/hostname` and friends (`…/containers/<id>/…`); None outside a container.
+fn own_container_id() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let rest = &line[line.find("/containers/")? + "/containers/".len()..];
+        let id: String = rest.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+        (id.len() == 64).then_some(id)
+    })
+}
+
+/// Finds the self app: the registry's `self`, or the app whose Compose project and service are
+/// this container's labels. Only an app on the local host can be this process's own.
+pub async fn discover(registry: &Registry, docker: &Docker) -> Option<SelfTarget> {
+    let own = docker.own_container(&own_container_id()?).await.ok()?;
+    let project = own.labels.get("com.docker.compose.project")?;
+    let service = ServiceName::parse(own.labels.get("com.docker.compose.service")?).ok()?;
+    let app = match &registry.self_app {
+        Some(name) => registry.app(name)?,
+        None => registry.apps.values().find(|a| a.project.as_str() == project && a.services.contains(&service))?,
+    };
+    (app.host == HostSpec::Local && app.services.contains(&service)).then(|| SelfTarget {
+        app: app.name.clone(),
+        service,
+        container: own,
+    })
+}
+
+/// The transient container's name: found again by the process that comes back.
+pub fn transient_name(deploy: &DeployId) -> String {
+    format!("kua-self-recreate-{}", deploy.as_str().replace('-', ""))
+}
+
+/// Where `inside` (a path in this container) is on the engine's host, through the bind mounts.
+fn host_path(own: &OwnContainer, inside: &str) -> Option<String> {
+    own.mounts
+        .iter()
+        .filter(|(_, dest)| inside == dest || inside.starts_with(&format!("{}/", dest.trim_end_matches('/'))))
+        .max_by_key(|(_, dest)| dest.len())
+        .map(|(src, dest)| format!("{src}{}", &inside[dest.len()..]))
+}
+
+/// What the handoff needs of the deploy.
+pub struct Handoff<'a> {
+    pub store: &'a Store,
+    pub id: &'a DeployId,
+    pub app: &'a AppConfig,
+    pub image: ImageId,
+    pub previous: Option<ImageId>,
+    pub recreate_started_at: String,
+    pub cancel: &'a CancellationToken,
+    pub log: &'a dyn LogSink,
+}
+
+/// How step 1 ended for the old process.
+#[derive(Debug)]
+pub enum HandoffEnd {
+    /// The engine is stopping this process: the transient container has taken over.
+    Replaced,
+    /// The handoff did not happen; the deploy is `running` again, with this reason.
+    Failed(String),
+}
+
+/// Step 1: pre-mark, start the transient container, wait to be replaced.
+pub async fn hand_off(h: Handoff<'_>, target: &SelfTarget) -> HandoffEnd {
+    let repo = h.app.repo.to_string_lossy().into_owned();
+    let (Some(socket), Some(repo_on_host)) =
+        (host_path(&target.container, SOCKET), host_path(&target.container, &repo))
+    else {
+        return HandoffEnd::Failed(format!(
+            "kua-deploy's container must have the engine socket ({SOCKET}) and the checkout ({repo}) bind-mounted to hand its recreate over"
+        ));
+    };
+    if repo_on_host != repo {
+        return HandoffEnd::Failed(format!(
+            "the checkout is mounted from {repo_on_host} at {repo}: mount it at the same path as on the host, since Compose resolves the project's paths from it"
+        ));
+    }
+    let name = transient_name(h.id);
+    let mut args: Vec<String> = vec![
+        "--name".into(),
+        name.clone(),
+        // The new image carries Compose's labels; these make the transient container nobody's service.
+        "--label".into(),
+        "com.docker.compose.project=kua-deploy-transient".into(),
+        "--label".into(),
+        "com.docker.compose.service=self-recreate".into(),
+        "--label".into(),
+        "com.docker.compose.oneoff=True".into(),
+        "--volume".into(),
+        format!("{socket}:{SOCKET}"),
+        "--volume".into(),
+        format!("{repo}:{repo}"),
+        "--workdir".into(),
+        repo.clone(),
+        "--entrypoint".into(),
+        target.container.path.clone(),
+        h.image.to_string(),
+        "self-recreate".into(),
+        "--project".into(),
+        h.app.project.to_string(),
+        "--service".into(),
+        target.service.to_string(),
+        "--image".into(),
+        h.image.to_string(),
+        "--since".into(),
+        h.recreate_started_at.clone(),
+        "--timeout".into(),
+        h.app.verify.timeout_s.to_string(),
+        "--stable".into(),
+        h.app.verify.stable_s.to_string(),
+    ];
+    if let Some(prev) = &h.previous {
+        args.extend(["--previous".into(), prev.to_string()]);
+    }
+    for f in &h.app.compose_files {
+        args.extend(["--file".into(), f.clone()]);
+    }
+    match h.store.transition(h.id, &[Phase::Running], Phase::SelfRecreatePending, None) {
+        Ok(true) => {}
+        other => return HandoffEnd::Failed(format!("cannot pre-mark the deploy self_recreate_pending: {other:?}")),
+    }
+    let _ = h.store.step_detail(h.id, StepName::Recreate, &format!("handed over to transient container {name}"));
+    let docker = Docker::new(Host::local());
+    if let Err(e) = docker.run_detached(args, h.log).await {
+        let _ = h.store.transition(h.id, &[Phase::SelfRecreatePending], Phase::Running, None);
+        return HandoffEnd::Failed(format!("could not start the transient container: {e}"));
+    }
+    h.log.line(
+        Stream::Info,
+        &format!("handed the recreate of {} over to {name}; waiting to be replaced", target.service),
+    );
+    tokio::select! {
+        _ = tokio::time::sleep(HANDOFF_CEILING) => {}
+        // The engine stopping this container is the handoff working: leave the marker as it is.
+        _ = h.cancel.cancelled() => return HandoffEnd::Replaced,
+    }
+    let report = docker.container_logs(&name, 20).await.unwrap_or_default();
+    let _ = h.store.transition(h.id, &[Phase::SelfRecreatePending], Phase::Running, None);
+    HandoffEnd::Failed(format!(
+        "kua-deploy was still running {}s after the handoff; the transient container reported: {}",
+        HANDOFF_CEILING.as_secs(),
+        last_lines(&report, 5)
+    ))
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+/// `kua-deploy self-recreate` options: what the transient container does.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TransientArgs {
+    #[arg(long)]
+    pub project: ProjectName,
+    #[arg(long)]
+    pub service: ServiceName,
+    #[arg(long)]
+    pub image: ImageId,
+    #[arg(long)]
+    pub previous: Option<ImageId>,
+    /// When the deploy recorded the recreate as begun (RFC 3339).
+    #[arg(long)]
+    pub since: String,
+    #[arg(long = "file", required = true)]
+    pub files: Vec<String>,
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+    #[arg(long, default_value_t = 5)]
+    pub stable: u64,
+}
+
+/// Prints every line, for `docker logs` of the transient container.
+struct Print;
+
+impl LogSink for Print {
+    fn line(&self, _: Stream, text: &str) {
+        println!("{text}");
+    }
+}
+
+/// Step 2, inside the transient container: recreate, verify, and roll back if it does not hold.
+/// Exit status: 0 the new image runs; 1 rolled back to the previous one; 2 neither.
+pub async fn run_transient(args: TransientArgs) -> i32 {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let compose = Compose::new(Host::local(), cwd, args.project.clone(), args.files.clone());
+    let limits = Limits { timeout: Duration::from_secs(args.timeout), stable: Duration::from_secs(args.stable) };
+    let never = CancellationToken::new();
+    let attempt = |image: ImageId, since: String| {
+        let compose = compose.clone();
+        let never = never.clone();
+        let service = args.service.clone();
+        async move {
+            let images: Images = [(service, image)].into();
+            compose.up_pinned(&images, &never, &Print).await.map_err(|e| e.to_string())?;
+            let outcome = verify_services(&compose.docker(), compose.project(), &images, &since, limits, &never)
+                .await
+                .map_err(|e| e.to_string())?;
+            outcome.failure.map_or(Ok(()), Err)
+        }
+    };
+    println!("recreating {} with {}", args.service, args.image);
+    match attempt(args.image.clone(), args.since.clone()).await {
+        Ok(()) => {
+            println!("verified: {} runs {}", args.service, args.image);
+            0
+        }
+        Err(why) => {
+            println!("the new image did not verify: {why}");
+            let Some(previous) = args.previous else {
+                println!("nothing ran before; nothing to bring back");
+                return 2;
+            };
+            println!("bringing back {previous}");
+            match attempt(previous.clone(), now_rfc3339()).await {
+                Ok(()) => {
+                    println!("rolled back: {} runs {previous} again", args.service);
+                    1
+                }
+                Err(why) => {
+                    println!("the previous image did not verify either: {why}");
+                    2
+                }
+            }
+        }
+    }
+}
+
+/// Step 3, at every start: ends each `self_recreate_pending` deploy from what runs now.
+pub async fn complete_self_recreate(store: &Store, target: Option<&SelfTarget>, registry: &Registry) {
+    let pending = match store.in_phase(Phase::SelfRecreatePending) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("cannot read self-recreate markers: {e}");
+            return;
+        }
+    };
+    for deploy in pending {
+        let log = LogWriter::new(store.clone(), deploy.deploy_id.clone());
+        let (phase, error, report) = judge(&deploy, target, registry, &log).await;
+        log.info(&format!(
+            "self-recreate ended: {phase}{}",
+            error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+        ));
+        if let Some(report) = &report {
+            let _ = store.set_verify(&deploy.deploy_id, report);
+        }
+        let ok = phase == Phase::Succeeded;
+        let recreate_detail =
+            if ok || phase == Phase::RolledBack { "recreated by the transient container" } else { "see the error" };
+        let _ = store.step_finish(
+            &deploy.deploy_id,
+            StepName::Recreate,
+            if ok || phase == Phase::RolledBack { StepStatus::Succeeded } else { StepStatus::Failed },
+            recreate_detail,
+        );
+        let verify_detail = error.clone().unwrap_or_else(|| "kua-deploy came back on the new image".into());
+        let _ = store.step_finish(
+            &deploy.deploy_id,
+            StepName::Verify,
+            if ok { StepStatus::Succeeded } else { StepStatus::Failed },
+            &verify_detail,
+        );
+        if phase == Phase::RolledBack {
+            let _ = store.step_finish(
+                &deploy.deploy_id,
+                StepName::Rollback,
+                StepStatus::Succeeded,
+                "the transient container brought the previous image back",
+            );
+        }
+        let _ = store.close_open_steps(&deploy.deploy_id, "not run");
+        let _ = store.transition(&deploy.deploy_id, &[Phase::SelfRecreatePending], phase, error.as_deref());
+    }
+}
+
+async fn judge(
+    deploy: &Deploy,
+    target: Option<&SelfTarget>,
+    registry: &Registry,
+    log: &LogWriter,
+) -> (Phase, Option<String>, Option<VerifyReport>) {
+    let docker = Docker::new(Host::local());
+    let name = transient_name(&deploy.deploy_id);
+    // The transient container may still be watching this process or rolling back: its verdict
+    // comes first. It is removed once its report is in the deploy's log.
+    let limit = registry.app(&deploy.app).map_or(120, |a| a.verify.timeout_s) * 2 + 60;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(limit) {
+        match docker.inspect_containers(&[&name]).await {
+            Ok(c) if c.first().is_some_and(|c| c.state == "running" || c.state == "created") => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            _ => break,
+        }
+    }
+    if let Ok(report) = docker.container_logs(&name, 200).await {
+        for line in report.lines() {
+            log.line(Stream::Info, &format!("[transient] {line}"));
+        }
+    }
+    let _ = docker.remove_container(&name).await;
+
+    let Some(target) = target.filter(|t| t.app == deploy.app) else {
+        return (
+            Phase::Failed,
+            Some("kua-deploy came back outside the self app's container, so it cannot check what runs".into()),
+            None,
+        );
+    };
+    let Some(expected) = deploy.images.get(&target.service) else {
+        return (Phase::Failed, Some("the deploy recorded no image for kua-deploy's service".into()), None);
+    };
+    let since = deploy.verify.as_ref().map(|v| v.recreate_started_at.clone());
+    let since = since.or_else(|| deploy.started_at.clone()).unwrap_or_default();
+    let me = match docker.inspect_containers(&[&target.container.id]).await.ok().and_then(|mut c| c.pop()) {
+        Some(c) => c,
+        None => return (Phase::Failed, Some("cannot inspect kua-deploy's own container".into()), None),
+    };
+    let started_after = match (parse_time(&me.started_at), parse_time(&since)) {
+        (Some(a), Some(b)) => a > b,
+        _ => false,
+    };
+    let ok = me.image == expected.as_str() && started_after && me.state == "running";
+    let report = VerifyReport {
+        ok,
+        recreate_started_at: since,
+        services: vec![ServiceCheck {
+            service: target.service.clone(),
+            container_id: Some(me.id.clone()),
+            expected_image: expected.clone(),
+            running_image: Some(me.image.clone()),
+            state: me.state.clone(),
+            health: me.health.clone(),
+            started_at: Some(me.started_at.clone()),
+        }],
+    };
+    if ok {
+        (Phase::Succeeded, None, Some(report))
+    } else if deploy.previous_images.get(&target.service).is_some_and(|p| p.as_str() == me.image) {
+        let why = "the new image did not verify; the transient container brought the previous image back";
+        (Phase::RolledBack, Some(why.into()), Some(report))
+    } else {
+        let why =
+            format!("kua-deploy came back on image {} (expected {expected}), started at {}", me.image, me.started_at);
+        (Phase::Failed, Some(why), Some(report))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn own(mounts: &[(&str, &str)]) -> OwnContainer {
+        OwnContainer {
+            id: "c".into(),
+            image: "i".into(),
+            labels: Default::default(),
+            path: "/kua-deploy".into(),
+            mounts: mounts.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn paths_inside_the_container_map_to_the_host_through_the_longest_mount() {
+        let c = own(&[("/srv", "/srv"), ("/data/kua", "/srv/kua"), ("/run/docker.sock", "/var/run/docker.sock")]);
+        assert_eq!(host_path(&c, "/srv/kua/app").as_deref(), Some("/data/kua/app"));
+        assert_eq!(host_path(&c, "/srv/other").as_deref(), Some("/srv/other"));
+        assert_eq!(host_path(&c, "/var/run/docker.sock").as_deref(), Some("/run/docker.sock"));
+        assert_eq!(host_path(&c, "/srvx"), None);
+        assert_eq!(host_path(&c, "/etc"), None);
+    }
+
+    #[test]
+    fn the_transient_name_is_derived_from_the_deploy() {
+        let id = DeployId::parse("0190a0b0-0000-7000-8000-000000000001").unwrap();
+        assert_eq!(transient_name(&id), "kua-self-recreate-0190a0b0000070008000000000000001");
+    }
+}
