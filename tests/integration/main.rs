@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod deploy;
 mod recovery;
+mod selfdeploy;
 mod ssh;
 mod support;
 mod webhook;
