@@ -224,9 +224,17 @@ async fn kua_deploy_releases_itself_through_the_handoff_and_reports_the_outcome_
     let kua = AppName::parse("kua").unwrap();
     let before = app.running_image().expect("the first version runs");
 
-    // A new version that starts: succeeded, reported by the new process, running the built image.
+    // A new version that starts, released with `release-app` as a user would: it rides through the
+    // restart and exits 0; the new process reported the end, and runs the built image.
     let v2 = app.push("v2", true);
-    let acc = app.client().deploy(&kua, &DeployRequest::default()).await.unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_release-app"))
+        .args(["kua", "--url", &format!("http://127.0.0.1:{}", app.port), "--timeout", "3m"])
+        .env("KUA_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", app.logs());
+    let acc = app.client().progress(&kua).await.unwrap();
     let d = app.wait_end(&acc.deploy_id).await;
     assert_eq!(d.phase, Phase::Succeeded, "{d:#?}\n{}", app.logs());
     assert_eq!(d.commit.as_ref().map(|c| c.as_str()), Some(v2.as_str()));
