@@ -282,7 +282,7 @@ pub async fn complete_self_recreate(store: &Store, target: Option<&SelfTarget>, 
     };
     for deploy in pending {
         let log = LogWriter::new(store.clone(), deploy.deploy_id.clone());
-        let (phase, error, report) = judge(&deploy, target, registry, &log).await;
+        let (phase, error, report) = judge(store, &deploy, target, registry, &log).await;
         log.info(&format!(
             "self-recreate ended: {phase}{}",
             error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
@@ -320,6 +320,7 @@ pub async fn complete_self_recreate(store: &Store, target: Option<&SelfTarget>, 
 }
 
 async fn judge(
+    store: &Store,
     deploy: &Deploy,
     target: Option<&SelfTarget>,
     registry: &Registry,
@@ -356,8 +357,9 @@ async fn judge(
     let Some(expected) = deploy.images.get(&target.service) else {
         return (Phase::Failed, Some("the deploy recorded no image for kua-deploy's service".into()), None);
     };
-    let since = deploy.verify.as_ref().map(|v| v.recreate_started_at.clone());
-    let since = since.or_else(|| deploy.started_at.clone()).unwrap_or_default();
+    let Some(since) = store.recreate_started_at(&deploy.deploy_id).ok().flatten() else {
+        return (Phase::Failed, Some("the deploy recorded no recreate_started_at".into()), None);
+    };
     let me = match docker.inspect_containers(&[&target.container.id]).await.ok().and_then(|mut c| c.pop()) {
         Some(c) => c,
         None => return (Phase::Failed, Some("cannot inspect kua-deploy's own container".into()), None),

@@ -199,6 +199,11 @@ impl Store {
         Ok(())
     }
 
+    /// When the deploy's recreate began, as recorded before it did.
+    pub fn recreate_started_at(&self, id: &DeployId) -> rusqlite::Result<Option<String>> {
+        self.conn().query_row("SELECT recreate_started_at FROM deploys WHERE id = ?1", [id.as_str()], |r| r.get(0))
+    }
+
     /// Whether some deploy of the app checked `commit` out.
     pub fn was_deployed(&self, app: &AppName, commit: &CommitSha) -> rusqlite::Result<bool> {
         self.conn().query_row(
