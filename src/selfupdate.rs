@@ -290,22 +290,14 @@ pub async fn complete_self_recreate(store: &Store, target: Option<&SelfTarget>, 
         if let Some(report) = &report {
             let _ = store.set_verify(&deploy.deploy_id, report);
         }
-        let ok = phase == Phase::Succeeded;
-        let recreate_detail =
-            if ok || phase == Phase::RolledBack { "recreated by the transient container" } else { "see the error" };
-        let _ = store.step_finish(
-            &deploy.deploy_id,
-            StepName::Recreate,
-            if ok || phase == Phase::RolledBack { StepStatus::Succeeded } else { StepStatus::Failed },
-            recreate_detail,
-        );
+        let status = |ok: bool| if ok { StepStatus::Succeeded } else { StepStatus::Failed };
+        // The transient container did recreate, unless the deploy failed outright.
+        let recreated = phase != Phase::Failed;
+        let recreate_detail = if recreated { "recreated by the transient container" } else { "see the error" };
+        let _ = store.step_finish(&deploy.deploy_id, StepName::Recreate, status(recreated), recreate_detail);
         let verify_detail = error.clone().unwrap_or_else(|| "kua-deploy came back on the new image".into());
-        let _ = store.step_finish(
-            &deploy.deploy_id,
-            StepName::Verify,
-            if ok { StepStatus::Succeeded } else { StepStatus::Failed },
-            &verify_detail,
-        );
+        let _ =
+            store.step_finish(&deploy.deploy_id, StepName::Verify, status(phase == Phase::Succeeded), &verify_detail);
         if phase == Phase::RolledBack {
             let _ = store.step_finish(
                 &deploy.deploy_id,
