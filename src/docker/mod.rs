@@ -124,29 +124,26 @@ impl Docker {
         project: &ProjectName,
         service: &ServiceName,
     ) -> Result<Vec<ContainerInfo>, DockerError> {
-        let ids = self
-            .query(
-                "listing containers",
-                argv([
-                    "docker",
-                    "ps",
-                    "--all",
-                    "--quiet",
-                    "--no-trunc",
-                    "--filter",
-                    &format!("label=com.docker.compose.project={project}"),
-                    "--filter",
-                    &format!("label=com.docker.compose.service={service}"),
-                    "--filter",
-                    "label=com.docker.compose.oneoff=False",
-                ]),
-            )
-            .await?;
+        let filters = [
+            format!("label=com.docker.compose.project={project}"),
+            format!("label=com.docker.compose.service={service}"),
+            "label=com.docker.compose.oneoff=False".to_owned(),
+        ];
+        let ids = self.ps(&filters, "{{.ID}}").await?;
         let ids: Vec<&str> = ids.split_whitespace().collect();
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         self.inspect_containers(&ids).await
+    }
+
+    /// `docker ps --all` with these filters, each container printed with `format`.
+    async fn ps(&self, filters: &[String], format: &str) -> Result<String, DockerError> {
+        let mut args = argv(["docker", "ps", "--all", "--no-trunc", "--format", format]);
+        for f in filters {
+            args.extend(["--filter".to_owned(), f.clone()]);
+        }
+        self.query("listing containers", args).await
     }
 
     pub async fn inspect_containers(&self, ids: &[&str]) -> Result<Vec<ContainerInfo>, DockerError> {
@@ -179,23 +176,8 @@ impl Docker {
         &self,
         project: &ProjectName,
     ) -> Result<Vec<(String, String, String)>, DockerError> {
-        let out = self
-            .query(
-                "listing containers",
-                argv([
-                    "docker",
-                    "ps",
-                    "--all",
-                    "--no-trunc",
-                    "--filter",
-                    &format!("label=com.docker.compose.project={project}"),
-                    "--filter",
-                    "status=created",
-                    "--format",
-                    "{{.ID}}\t{{.Names}}\t{{.Label \"com.docker.compose.service\"}}",
-                ]),
-            )
-            .await?;
+        let filters = [format!("label=com.docker.compose.project={project}"), "status=created".to_owned()];
+        let out = self.ps(&filters, "{{.ID}}\t{{.Names}}\t{{.Label \"com.docker.compose.service\"}}").await?;
         Ok(out
             .lines()
             .filter_map(|l| {
