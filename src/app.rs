@@ -102,14 +102,21 @@ pub async fn serve(
         Some(t) => tracing::info!(app = %t.app, service = %t.service, "running as the self app's container"),
         None => tracing::debug!("not running in a self app's container"),
     }
-    // A self-recreate this process is the result of is ended in the background: the server must
-    // answer (its healthcheck, the client riding through the restart) while it is judged.
-    {
-        let (store, target, registry) = (store.clone(), self_target.clone(), settings.registry.clone());
-        tokio::spawn(async move { selfupdate::complete_self_recreate(&store, target.as_ref(), &registry).await });
-    }
-    let queue = Queue::new(store, settings.registry.clone(), redactor.clone(), stop.clone(), self_target);
+    let queue =
+        Queue::new(store.clone(), settings.registry.clone(), redactor.clone(), stop.clone(), self_target.clone());
     queue.resume_queued()?;
+    // A self-recreate this process is the result of is ended in the background: the server must
+    // answer (its healthcheck, the client riding through the restart) while it is judged. What
+    // was queued behind it runs once it has ended.
+    {
+        let (queue, registry) = (queue.clone(), settings.registry.clone());
+        tokio::spawn(async move {
+            selfupdate::complete_self_recreate(&store, self_target.as_ref(), &registry).await;
+            if let Err(e) = queue.resume_queued() {
+                tracing::error!("cannot resume the queue after a self-recreate: {e}");
+            }
+        });
+    }
     let state = ApiState {
         queue: queue.clone(),
         admin_token: Arc::new(settings.admin_token),

@@ -155,6 +155,10 @@ impl Queue {
         Ok(())
     }
 
+    fn handing_over(&self, app: &AppName) -> bool {
+        self.inner.store.in_phase(Phase::SelfRecreatePending).is_ok_and(|p| p.iter().any(|d| &d.app == app))
+    }
+
     fn ensure_worker(&self, slots: &mut HashMap<AppName, AppSlot>, app: &AppName) {
         let slot = slots.entry(app.clone()).or_default();
         if slot.worker || self.inner.shutdown.is_cancelled() {
@@ -173,8 +177,10 @@ impl Queue {
             let next = {
                 let mut slots = self.slots();
                 let slot = slots.entry(app.clone()).or_default();
-                let next =
-                    if self.inner.shutdown.is_cancelled() { Ok(None) } else { self.inner.store.next_queued(&app) };
+                // A self-recreate still being judged holds the app: what is queued behind it waits
+                // until complete_self_recreate has ended it and calls resume_queued.
+                let held = self.inner.shutdown.is_cancelled() || self.handing_over(&app);
+                let next = if held { Ok(None) } else { self.inner.store.next_queued(&app) };
                 match next {
                     Ok(Some(deploy)) => {
                         let control: SharedControl = Arc::new(Mutex::new(Control::default()));
