@@ -244,7 +244,9 @@ impl Host {
                 let code = status.ok().and_then(|s| s.code());
                 let out = Output { code, stdout, stderr };
                 match &*self.kind {
-                    HostSpec::Ssh(h) if code == Some(255) => {
+                    // 255 is also what ssh passes on from a remote command that exits 255; its
+                    // own failures are the ones it explains on stderr.
+                    HostSpec::Ssh(h) if code == Some(255) && is_ssh_failure(&out.stderr) => {
                         Err(RunError::Unreachable { host: h.name.clone(), detail: out.last_line() })
                     }
                     _ => Ok(out),
@@ -320,17 +322,32 @@ fn kill_group(pgid: Option<u32>) {
 fn ssh_command(h: &SshHost, cmd: &Cmd) -> Command {
     let mut c = Command::new("ssh");
     c.args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10"]);
+    // One connection per command, owned by this process: a shared master from the user's config
+    // would outlive kua-deploy and escape its kill.
+    c.args(["-o", "ControlMaster=no", "-o", "ControlPath=none"]);
     c.args(["-p", &h.port.to_string()]);
     if let Some(id) = &h.identity_file {
         c.arg("-i").arg(id);
         c.args(["-o", "IdentitiesOnly=yes"]);
     }
     if let Some(kh) = &h.known_hosts_file {
+        // Only this file vouches for the host: not the machine-wide known hosts too.
         c.arg("-o").arg(format!("UserKnownHostsFile={}", kh.display()));
+        c.args(["-o", "GlobalKnownHostsFile=/dev/null"]);
     }
     c.arg("--").arg(format!("{}@{}", h.user, h.host));
     c.arg(remote_command(cmd));
     c
+}
+
+fn is_ssh_failure(stderr: &str) -> bool {
+    stderr.lines().any(|l| {
+        l.starts_with("ssh:")
+            || l.contains("Host key verification failed")
+            || l.contains("Permission denied (")
+            || l.contains("Connection closed by")
+            || l.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+    })
 }
 
 /// The one string OpenSSH hands to the remote shell: `cd DIR && exec env K=V argv…`, every word
@@ -398,6 +415,14 @@ mod tests {
         let out = Host::local().query(&Cmd::new(["sh", "-c", &remote_command(&cmd)])).await.unwrap();
         let pwd = std::fs::canonicalize(dir.path()).unwrap();
         assert_eq!(out.stdout.trim_end(), format!("{}|a b|it's $(here)|", pwd.display()));
+    }
+
+    #[test]
+    fn only_ssh_s_own_complaints_count_as_an_unreachable_host() {
+        assert!(is_ssh_failure("Host key verification failed.\r\n"));
+        assert!(is_ssh_failure("ssh: connect to host 127.0.0.1 port 2: Connection refused"));
+        assert!(is_ssh_failure("root@h: Permission denied (publickey)."));
+        assert!(!is_ssh_failure("migration 0042 failed"));
     }
 
     #[test]

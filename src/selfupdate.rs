@@ -57,17 +57,18 @@ fn own_container_id() -> Option<String> {
 /// this container's labels. Only an app on the local host can be this process's own.
 pub async fn discover(registry: &Registry, docker: &Docker) -> Option<SelfTarget> {
     let own = docker.own_container(&own_container_id()?).await.ok()?;
+    // A one-off (`compose run`) or transient container of the image is not the service.
+    if own.labels.get("com.docker.compose.oneoff").map(String::as_str) != Some("False") {
+        return None;
+    }
     let project = own.labels.get("com.docker.compose.project")?;
     let service = ServiceName::parse(own.labels.get("com.docker.compose.service")?).ok()?;
     let app = match &registry.self_app {
         Some(name) => registry.app(name)?,
         None => registry.apps.values().find(|a| a.project.as_str() == project && a.services.contains(&service))?,
     };
-    (app.host == HostSpec::Local && app.services.contains(&service)).then(|| SelfTarget {
-        app: app.name.clone(),
-        service,
-        container: own,
-    })
+    let ours = app.host == HostSpec::Local && app.project.as_str() == project && app.services.contains(&service);
+    ours.then(|| SelfTarget { app: app.name.clone(), service, container: own })
 }
 
 /// The transient container's name: found again by the process that comes back.
@@ -120,6 +121,19 @@ pub async fn hand_off(h: Handoff<'_>, target: &SelfTarget) -> HandoffEnd {
             "the checkout is mounted from {repo_on_host} at {repo}: mount it at the same path as on the host, since Compose resolves the project's paths from it"
         ));
     }
+    if h.app.services.len() > 1 {
+        return HandoffEnd::Failed(format!(
+            "the self app lists {} services; it must list only kua-deploy's own ({}), since the handoff recreates and judges that one alone",
+            h.app.services.len(),
+            target.service
+        ));
+    }
+    // The binary running now is where the new image has it too; the container's entrypoint may be
+    // a wrapper (tini) that would not know `self-recreate`.
+    let entrypoint = match std::env::current_exe() {
+        Ok(p) => p.to_string_lossy().into_owned(),
+        Err(_) => target.container.path.clone(),
+    };
     let name = transient_name(h.id);
     let mut args: Vec<String> = vec![
         "--name".into(),
@@ -138,7 +152,7 @@ pub async fn hand_off(h: Handoff<'_>, target: &SelfTarget) -> HandoffEnd {
         "--workdir".into(),
         repo.clone(),
         "--entrypoint".into(),
-        target.container.path.clone(),
+        entrypoint,
         h.image.to_string(),
         "self-recreate".into(),
         "--project".into(),
@@ -167,6 +181,8 @@ pub async fn hand_off(h: Handoff<'_>, target: &SelfTarget) -> HandoffEnd {
     let _ = h.store.step_detail(h.id, StepName::Recreate, &format!("handed over to transient container {name}"));
     let docker = Docker::new(Host::local());
     if let Err(e) = docker.run_detached(args, h.log).await {
+        // `docker run` may have timed out after the container started: make sure it is gone.
+        let _ = docker.remove_container(&name).await;
         let _ = h.store.transition(h.id, &[Phase::SelfRecreatePending], Phase::Running, None);
         return HandoffEnd::Failed(format!("could not start the transient container: {e}"));
     }
@@ -180,6 +196,12 @@ pub async fn hand_off(h: Handoff<'_>, target: &SelfTarget) -> HandoffEnd {
         _ = h.cancel.cancelled() => return HandoffEnd::Replaced,
     }
     let report = docker.container_logs(&name, 20).await.unwrap_or_default();
+    // Still here: stop the transient container before it replaces this process after all, then
+    // end the deploy — unless the engine began stopping this process meanwhile.
+    let _ = docker.remove_container(&name).await;
+    if h.cancel.is_cancelled() {
+        return HandoffEnd::Replaced;
+    }
     let _ = h.store.transition(h.id, &[Phase::SelfRecreatePending], Phase::Running, None);
     HandoffEnd::Failed(format!(
         "kua-deploy was still running {}s after the handoff; the transient container reported: {}",
@@ -321,17 +343,28 @@ async fn judge(
     let docker = Docker::new(Host::local());
     let name = transient_name(&deploy.deploy_id);
     // The transient container may still be watching this process or rolling back: its verdict
-    // comes first. It is removed once its report is in the deploy's log.
-    let limit = registry.app(&deploy.app).map_or(120, |a| a.verify.timeout_s) * 2 + 60;
+    // comes first. Its worst case is two `compose up` and two verifies; engine errors are retried.
+    let verify_s = registry.app(&deploy.app).map_or(120, |a| a.verify.timeout_s);
+    let limit = Duration::from_secs(2 * (verify_s + 5 * 60) + 60);
     let started = std::time::Instant::now();
-    while started.elapsed() < Duration::from_secs(limit) {
+    let verdict = loop {
         match docker.inspect_containers(&[&name]).await {
-            Ok(c) if c.first().is_some_and(|c| c.state == "running" || c.state == "created") => {
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
-            _ => break,
+            Ok(c) => match c.first() {
+                Some(c) if c.state == "running" || c.state == "created" || c.state == "restarting" => {}
+                Some(c) => break Some(c.exit_code),
+                None => break None,
+            },
+            Err(e) => tracing::warn!("inspecting {name} (retrying): {e}"),
         }
-    }
+        if started.elapsed() > limit {
+            let why = format!(
+                "the transient container {name} gave no verdict within {}s; it was left running",
+                limit.as_secs()
+            );
+            return (Phase::Failed, Some(why), None);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     if let Ok(report) = docker.container_logs(&name, 200).await {
         for line in report.lines() {
             log.line(Stream::Info, &format!("[transient] {line}"));
@@ -360,7 +393,10 @@ async fn judge(
         (Some(a), Some(b)) => a > b,
         _ => false,
     };
-    let ok = me.image == expected.as_str() && started_after && me.state == "running";
+    let runs_new = me.image == expected.as_str() && started_after && me.state == "running";
+    // Succeeded needs both: the transient container verified the new image (health, stable_s),
+    // and this process runs it. Exit status 1 is its "rolled back", anything else a failure.
+    let ok = runs_new && verdict == Some(0);
     let report = VerifyReport {
         ok,
         recreate_started_at: since,
@@ -374,9 +410,16 @@ async fn judge(
             started_at: Some(me.started_at.clone()),
         }],
     };
+    let back_on_previous = deploy.previous_images.get(&target.service).is_some_and(|p| p.as_str() == me.image);
     if ok {
         (Phase::Succeeded, None, Some(report))
-    } else if deploy.previous_images.get(&target.service).is_some_and(|p| p.as_str() == me.image) {
+    } else if runs_new {
+        let why = match verdict {
+            None => "the transient container left no verdict (it was removed)".to_owned(),
+            Some(code) => format!("the transient container did not verify the new image (exit status {code})"),
+        };
+        (Phase::Failed, Some(why), Some(report))
+    } else if back_on_previous && verdict == Some(1) {
         let why = "the new image did not verify; the transient container brought the previous image back";
         (Phase::RolledBack, Some(why.into()), Some(report))
     } else {

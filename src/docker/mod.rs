@@ -36,6 +36,8 @@ pub struct ContainerInfo {
     pub health: String,
     pub started_at: String,
     pub restart_count: i64,
+    /// The exit status of a container that has exited (0 while it runs).
+    pub exit_code: i64,
 }
 
 #[derive(Deserialize)]
@@ -54,6 +56,8 @@ struct InspectState {
     status: String,
     started_at: String,
     health: Option<InspectHealth>,
+    #[serde(default)]
+    exit_code: i64,
 }
 
 #[derive(Deserialize)]
@@ -167,6 +171,7 @@ impl Docker {
                 health: c.state.health.map(|h| h.status).unwrap_or_else(|| "none".to_owned()),
                 started_at: c.state.started_at,
                 restart_count: c.restart_count,
+                exit_code: c.state.exit_code,
             })
             .collect())
     }

@@ -185,6 +185,7 @@ mod tests {
             health: health.into(),
             started_at: started.into(),
             restart_count: restarts,
+            exit_code: 0,
         }
     }
 

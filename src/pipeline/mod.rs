@@ -98,6 +98,8 @@ pub struct DeployCtx {
     pub recreate_started_at: Option<String>,
     /// Set when this deploy's app is kua-deploy's own: recreate hands over instead.
     pub self_target: Option<SelfTarget>,
+    /// The registry's `self` names this app (even if its container was not found).
+    pub declared_self: bool,
 }
 
 impl DeployCtx {
@@ -127,12 +129,18 @@ impl DeployCtx {
             previous_images: deploy.previous_images.clone(),
             recreate_started_at: deploy.verify.as_ref().map(|v| v.recreate_started_at.clone()),
             self_target: None,
+            declared_self: false,
             app,
         }
     }
 
     fn sink(&self) -> &dyn LogSink {
         &self.log
+    }
+
+    /// Whether this deploy recreates kua-deploy itself.
+    pub fn is_self(&self) -> bool {
+        self.self_target.is_some() || self.declared_self
     }
 }
 
@@ -223,7 +231,7 @@ async fn drive(ctx: &mut DeployCtx) -> rusqlite::Result<RunEnd> {
                 store.step_finish(&id, step, StepStatus::Failed, &detail)?;
                 // kua-deploy's own recreate that failed never replaced this process: nothing to undo,
                 // and recreating the previous image would only restart it.
-                if matches!(step, StepName::Recreate | StepName::Verify) && ctx.self_target.is_none() {
+                if matches!(step, StepName::Recreate | StepName::Verify) && !ctx.is_self() {
                     return roll_back(ctx, step, detail).await;
                 }
                 return finish(

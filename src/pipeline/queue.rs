@@ -12,9 +12,10 @@ use tokio_util::task::TaskTracker;
 
 use super::{planned_steps, run_deploy, Control, DeployCtx, SharedControl};
 use crate::config::Registry;
+use crate::docker::Docker;
 use crate::host::{Host, Redactor};
 use crate::model::{AppName, Delivery, Deploy, DeployId, Phase, StepName, StepStatus, Trigger};
-use crate::selfupdate::SelfTarget;
+use crate::selfupdate::{self, SelfTarget};
 use crate::store::{NewDeploy, PushRecord, Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -219,7 +220,15 @@ impl Queue {
         };
         let host = Host::new(config.host.clone(), self.inner.redactor.clone());
         let mut ctx = DeployCtx::new(store, config, &deploy, host, cancel, control);
-        ctx.self_target = self.inner.self_target.clone().filter(|t| &t.app == app);
+        ctx.declared_self = self.inner.registry.self_app.as_ref() == Some(app);
+        ctx.self_target = match self.inner.self_target.clone().filter(|t| &t.app == app) {
+            Some(t) => Some(t),
+            // Not found at start (the engine may not have answered yet): look again.
+            None if ctx.declared_self => {
+                selfupdate::discover(&self.inner.registry, &Docker::new(Host::local())).await.filter(|t| &t.app == app)
+            }
+            None => None,
+        };
         let end = run_deploy(ctx).await;
         tracing::info!(app = %app, deploy = %deploy.deploy_id, "deploy ended: {end:?}");
     }

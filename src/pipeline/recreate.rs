@@ -9,6 +9,14 @@ use crate::model::{now_rfc3339, ImageId, Images};
 use crate::selfupdate::{hand_off, Handoff, HandoffEnd};
 
 pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
+    if ctx.declared_self && ctx.self_target.is_none() {
+        return StepOutcome::Failed(
+            "the registry's `self` names this app, but kua-deploy did not find itself in one of its containers \
+             (is it running in the app's Compose service, with the engine reachable?); recreating it the ordinary \
+             way would stop kua-deploy halfway, so nothing was recreated"
+                .into(),
+        );
+    }
     if ctx.images.len() != ctx.app.services.len() {
         return StepOutcome::Failed("the build step did not record an image for every service".into());
     }
