@@ -394,11 +394,10 @@ async fn judge(
         _ => false,
     };
     let runs_new = me.image == expected.as_str() && started_after && me.state == "running";
-    // Succeeded needs both: the transient container verified the new image (health, stable_s),
-    // and this process runs it. Exit status 1 is its "rolled back", anything else a failure.
-    let ok = runs_new && verdict == Some(0);
+    let back_on_previous = deploy.previous_images.get(&target.service).is_some_and(|p| p.as_str() == me.image);
+    let (phase, why) = outcome(runs_new, back_on_previous, verdict);
     let report = VerifyReport {
-        ok,
+        ok: phase == Phase::Succeeded,
         recreate_started_at: since,
         services: vec![ServiceCheck {
             service: target.service.clone(),
@@ -410,22 +409,34 @@ async fn judge(
             started_at: Some(me.started_at.clone()),
         }],
     };
-    let back_on_previous = deploy.previous_images.get(&target.service).is_some_and(|p| p.as_str() == me.image);
-    if ok {
-        (Phase::Succeeded, None, Some(report))
-    } else if runs_new {
-        let why = match verdict {
-            None => "the transient container left no verdict (it was removed)".to_owned(),
-            Some(code) => format!("the transient container did not verify the new image (exit status {code})"),
-        };
-        (Phase::Failed, Some(why), Some(report))
-    } else if back_on_previous && verdict == Some(1) {
-        let why = "the new image did not verify; the transient container brought the previous image back";
-        (Phase::RolledBack, Some(why.into()), Some(report))
-    } else {
-        let why =
-            format!("kua-deploy came back on image {} (expected {expected}), started at {}", me.image, me.started_at);
-        (Phase::Failed, Some(why), Some(report))
+    let why = why.map(|w| match phase {
+        Phase::Failed if !runs_new && !back_on_previous => {
+            format!(
+                "{w}: kua-deploy came back on image {} (expected {expected}), started at {}",
+                me.image, me.started_at
+            )
+        }
+        _ => w,
+    });
+    (phase, why, Some(report))
+}
+
+/// How a self-recreate ended. Succeeded needs both: the transient container verified the new image
+/// (health, stable_s) and this process runs it. Judged from what the process that came back sees (`runs_new`: its container
+/// runs the expected image, started after the recreate began; `back_on_previous`: it runs the
+/// previous image) and the transient container's exit status (0 verified, 1 rolled back).
+fn outcome(runs_new: bool, back_on_previous: bool, verdict: Option<i64>) -> (Phase, Option<String>) {
+    match (runs_new, back_on_previous, verdict) {
+        (true, _, Some(0)) => (Phase::Succeeded, None),
+        (true, _, None) => (Phase::Failed, Some("the transient container left no verdict (it was removed)".into())),
+        (true, _, Some(code)) => {
+            (Phase::Failed, Some(format!("the transient container did not verify the new image (exit status {code})")))
+        }
+        (false, true, Some(1)) => (
+            Phase::RolledBack,
+            Some("the new image did not verify; the transient container brought the previous image back".into()),
+        ),
+        _ => (Phase::Failed, Some("the self-recreate did not end on the new image".into())),
     }
 }
 
@@ -451,6 +462,16 @@ mod tests {
         assert_eq!(host_path(&c, "/var/run/docker.sock").as_deref(), Some("/run/docker.sock"));
         assert_eq!(host_path(&c, "/srvx"), None);
         assert_eq!(host_path(&c, "/etc"), None);
+    }
+
+    #[test]
+    fn succeeded_needs_the_new_image_running_and_the_transient_verdict() {
+        assert_eq!(outcome(true, false, Some(0)).0, Phase::Succeeded);
+        assert_eq!(outcome(true, false, Some(2)).0, Phase::Failed, "running but never verified healthy");
+        assert_eq!(outcome(true, false, None).0, Phase::Failed, "no verdict is no success");
+        assert_eq!(outcome(false, true, Some(1)).0, Phase::RolledBack);
+        assert_eq!(outcome(false, true, Some(2)).0, Phase::Failed, "back on the old image, but not by a rollback");
+        assert_eq!(outcome(false, false, Some(0)).0, Phase::Failed, "some third image runs");
     }
 
     #[test]
