@@ -363,7 +363,17 @@ impl<'t> Checker<'t> {
                 let start = value_start(&p.value);
                 match AppName::parse(s) {
                     Err(e) => self.error(&at, start, format!("{e}")),
-                    Ok(name) if app_names.contains(name.as_str()) => self_app = Some(name),
+                    Ok(name) if app_names.contains(name.as_str()) => {
+                        // The handoff recreates and judges kua-deploy's own service alone.
+                        if let Some(app) = apps.get(&name) {
+                            if app.host != HostSpec::Local {
+                                self.error(&at, start, format!("app {s:?} is on host {:?}: the self app runs where kua-deploy runs, on \"local\"", host_label(&app.host)));
+                            } else if app.services.len() > 1 {
+                                self.error(&at, start, format!("app {s:?} lists {} services: the self app must list only kua-deploy's own service; put the others in an app of their own", app.services.len()));
+                            }
+                        }
+                        self_app = Some(name)
+                    }
                     Ok(_) => {
                         let known: Vec<_> = app_names.iter().map(String::as_str).collect();
                         self.error(
@@ -1113,6 +1123,13 @@ fn parse_ssh_target(s: &str) -> Result<(String, String, u16), String> {
         },
     };
     Ok((user.to_owned(), host.to_owned(), port))
+}
+
+fn host_label(h: &HostSpec) -> String {
+    match h {
+        HostSpec::Local => "local".to_owned(),
+        HostSpec::Ssh(s) => s.name.clone(),
+    }
 }
 
 fn check_host_name(name: &str) -> Result<(), String> {

@@ -710,3 +710,15 @@ fn config_errors_print_one_per_line_in_the_documented_form() {
     let as_error: &dyn std::error::Error = &err;
     assert_eq!(as_error.to_string(), shown);
 }
+
+#[test]
+fn the_self_app_must_be_local_and_list_only_its_own_service() {
+    let text = r#"{"self": "kua", "apps": {"kua": {"repo": "/srv/kua", "services": ["kua", "worker"]}}}"#;
+    let errors = Registry::parse(text, Path::new("r.json")).unwrap_err().to_string();
+    assert!(errors.contains("only kua-deploy's own service"), "{errors}");
+    let text = r#"{"self": "kua", "apps": {"kua": {"repo": "/srv/kua", "host": "ssh://d@h", "services": ["kua"]}}}"#;
+    let errors = Registry::parse(text, Path::new("r.json")).unwrap_err().to_string();
+    assert!(errors.contains("\"local\""), "{errors}");
+    let ok = r#"{"self": "kua", "apps": {"kua": {"repo": "/srv/kua", "services": ["kua"]}}}"#;
+    assert!(Registry::parse(ok, Path::new("r.json")).is_ok());
+}
