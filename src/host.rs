@@ -184,10 +184,7 @@ impl Host {
     }
 
     pub fn label(&self) -> String {
-        match &*self.kind {
-            HostSpec::Local => "local".to_owned(),
-            HostSpec::Ssh(h) => h.name.clone(),
-        }
+        self.kind.label()
     }
 
     /// Runs `cmd` to completion, or kills its process group on timeout or cancel.

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::error::ApiError;
 use super::types::{AppList, AppSummary, DeliveryList, DeployAccepted, DeployList, DeployRequest, FollowItem, LogPage};
 use super::ApiState;
-use crate::config::{AppConfig, HostSpec};
+use crate::config::AppConfig;
 use crate::model::{AppName, Deploy, DeployId, Phase, Trigger, TriggerSource};
 use crate::pipeline::queue::Request;
 use crate::pipeline::runtime;
@@ -51,7 +51,7 @@ pub async fn list_apps(State(state): State<ApiState>) -> Result<Json<AppList>, A
         let last = state.queue.store().latest(name)?;
         apps.push(AppSummary {
             app: name.clone(),
-            host: host_label(app),
+            host: app.host.label(),
             branch: app.branch.to_string(),
             services: app.services.iter().map(|s| s.to_string()).collect(),
             last_deploy_id: last.as_ref().map(|d| d.deploy_id.clone()),
@@ -120,15 +120,8 @@ pub async fn runtime_status(State(state): State<ApiState>, Path(app): Path<Strin
         Err(e) => Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
             "engine_unavailable",
-            format!("cannot read the containers of {} on host {}: {e}", app.name, host_label(app)),
+            format!("cannot read the containers of {} on host {}: {e}", app.name, app.host.label()),
         )),
-    }
-}
-
-fn host_label(app: &AppConfig) -> String {
-    match &app.host {
-        HostSpec::Local => "local".into(),
-        HostSpec::Ssh(h) => h.name.clone(),
     }
 }
 

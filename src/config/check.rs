@@ -367,7 +367,7 @@ impl<'t> Checker<'t> {
                         // The handoff recreates and judges kua-deploy's own service alone.
                         if let Some(app) = apps.get(&name) {
                             if app.host != HostSpec::Local {
-                                self.error(&at, start, format!("app {s:?} is on host {:?}: the self app runs where kua-deploy runs, on \"local\"", host_label(&app.host)));
+                                self.error(&at, start, format!("app {s:?} is on host {:?}: the self app runs where kua-deploy runs, on \"local\"", app.host.label()));
                             } else if app.services.len() > 1 {
                                 self.error(&at, start, format!("app {s:?} lists {} services: the self app must list only kua-deploy's own service; put the others in an app of their own", app.services.len()));
                             }
@@ -1123,13 +1123,6 @@ fn parse_ssh_target(s: &str) -> Result<(String, String, u16), String> {
         },
     };
     Ok((user.to_owned(), host.to_owned(), port))
-}
-
-fn host_label(h: &HostSpec) -> String {
-    match h {
-        HostSpec::Local => "local".to_owned(),
-        HostSpec::Ssh(s) => s.name.clone(),
-    }
 }
 
 fn check_host_name(name: &str) -> Result<(), String> {

@@ -57,6 +57,16 @@ pub enum HostSpec {
     Ssh(SshHost),
 }
 
+impl HostSpec {
+    /// How logs and answers name the host: `local`, or the `hosts` key (or URL) it came from.
+    pub fn label(&self) -> String {
+        match self {
+            HostSpec::Local => "local".to_owned(),
+            HostSpec::Ssh(h) => h.name.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshHost {
     /// The key in the `hosts` map, or the `ssh://` URL as written in the app.

@@ -8,7 +8,7 @@ mod deploys;
 mod logs;
 mod schema;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context;
@@ -23,7 +23,6 @@ pub use logs::{LogLine, LogWriter, MAX_LOG_LINES};
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
-    path: PathBuf,
 }
 
 impl Store {
@@ -43,11 +42,7 @@ impl Store {
         migrate(&conn).with_context(|| format!("cannot migrate {}", path.display()))?;
         let conn = Arc::new(Mutex::new(conn));
         spawn_checkpointer(&path, Arc::downgrade(&conn))?;
-        Ok(Self { conn, path })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Self { conn })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
