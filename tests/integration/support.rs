@@ -80,7 +80,11 @@ pub fn preflight() {
         assert!(c.starts_with('2') || c.starts_with("v2"), "docker compose is not v2 ({c}); .ci/run installs it");
         sh(Path::new("/"), &["git", "--version"]);
         assert!(Path::new(BUSYBOX).exists(), "{BUSYBOX} is missing: apt-get install busybox-static");
-        remove_labelled(&format!("label={TEST_LABEL}"));
+        // Several suites may share one engine while the project is worked on; they say so, and then
+        // each leaves the others' objects alone (every test still removes its own).
+        if std::env::var_os("KUA_TEST_SHARED_ENGINE").is_none() {
+            remove_labelled(&format!("label={TEST_LABEL}"));
+        }
     });
 }
 
