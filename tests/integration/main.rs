@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod deploy;
+mod faults;
 mod recovery;
 mod selfdeploy;
 mod ssh;
