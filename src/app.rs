@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
-use crate::config::{Registry, SecretSource};
+use crate::config::{HostSpec, Registry, SecretSource};
 use crate::docker::Docker;
 use crate::host::{Host, Redactor};
 use crate::pipeline::queue::Queue;
@@ -84,8 +84,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let store = Store::open(&settings.state_dir)?;
-    for d in store.interrupt_orphans()? {
-        tracing::warn!(deploy = %d.deploy_id, app = %d.app, "a deploy was left running by a previous process: now interrupted");
+    let orphans = store.recover_orphans()?;
+    for d in &orphans.interrupted {
+        tracing::warn!(deploy = %d.deploy_id, app = %d.app, "a deploy was left running by a previous process before its recreate: now interrupted");
+    }
+    for d in &orphans.resume {
+        tracing::warn!(deploy = %d.deploy_id, app = %d.app, "a deploy was left in recreate, verify or rollback by a previous process: resuming it");
     }
     let mut secrets: Vec<String> =
         settings.registry.apps.values().filter_map(|a| a.webhook.as_ref()?.secret.read()).collect();
@@ -97,13 +101,22 @@ pub async fn serve(
     let secret_env = secret_env.chain(["KUA_ADMIN_TOKEN".to_owned()]).collect::<Vec<_>>();
     let redactor = Redactor::new(secrets).with_secret_env(secret_env);
     let stop = CancellationToken::new();
-    let self_target = selfupdate::discover(&settings.registry, &Docker::new(Host::local())).await;
+    let local = Host::new(HostSpec::Local, redactor.clone());
+    let self_target = selfupdate::discover(&settings.registry, &Docker::new(local.clone())).await;
     match &self_target {
         Some(t) => tracing::info!(app = %t.app, service = %t.service, "running as the self app's container"),
         None => tracing::debug!("not running in a self app's container"),
     }
-    let queue =
-        Queue::new(store.clone(), settings.registry.clone(), redactor.clone(), stop.clone(), self_target.clone());
+    let runs_dir = settings.state_dir.join("runs");
+    let queue = Queue::new(
+        store.clone(),
+        settings.registry.clone(),
+        redactor.clone(),
+        stop.clone(),
+        self_target.clone(),
+        runs_dir,
+    );
+    queue.resume(orphans.resume);
     queue.resume_queued()?;
     // A self-recreate this process is the result of is ended in the background: the server must
     // answer (its healthcheck, the client riding through the restart) while it is judged. What
@@ -111,7 +124,7 @@ pub async fn serve(
     {
         let (queue, registry) = (queue.clone(), settings.registry.clone());
         tokio::spawn(async move {
-            selfupdate::complete_self_recreate(&store, self_target.as_ref(), &registry).await;
+            selfupdate::complete_self_recreate(&store, self_target.as_ref(), &registry, &local).await;
             if let Err(e) = queue.resume_queued() {
                 tracing::error!("cannot resume the queue after a self-recreate: {e}");
             }

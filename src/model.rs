@@ -364,6 +364,16 @@ pub struct Deploy {
     /// Set when a newer trigger replaced this queued deploy.
     #[serde(default)]
     pub superseded_by: Option<DeployId>,
+    /// The Compose project this deploy used, as resolved in the checkout (the registry's
+    /// `project`, or what Compose makes of `name:`, `.env` and the directory).
+    #[serde(default)]
+    pub project: Option<ProjectName>,
+    /// The Compose files it used, relative to the checkout, override file included.
+    #[serde(default)]
+    pub compose_files: Vec<String>,
+    /// The commit whose Compose configuration ran before the recreate: rollback returns to it.
+    #[serde(default)]
+    pub previous_commit: Option<CommitSha>,
 }
 
 impl Deploy {

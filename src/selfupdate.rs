@@ -23,7 +23,7 @@ use crate::config::{AppConfig, HostSpec, Registry};
 use crate::docker::compose::Compose;
 use crate::docker::watch::{verify_services, Limits};
 use crate::docker::{Docker, OwnContainer};
-use crate::host::{Host, LogSink, Stream};
+use crate::host::{Host, LogSink, Redactor, Stream};
 use crate::model::{
     now_rfc3339, parse_time, AppName, Deploy, DeployId, ImageId, Images, Phase, ProjectName, ServiceCheck, ServiceName,
     StepName, StepStatus, VerifyReport,
@@ -62,12 +62,19 @@ pub async fn discover(registry: &Registry, docker: &Docker) -> Option<SelfTarget
         return None;
     }
     let project = own.labels.get("com.docker.compose.project")?;
+    let working_dir = own.labels.get("com.docker.compose.project.working_dir");
     let service = ServiceName::parse(own.labels.get("com.docker.compose.service")?).ok()?;
+    // An app without a `project` is the one Compose resolved in its checkout: the container's
+    // working-dir label names that checkout.
+    let same_project = |a: &AppConfig| match &a.project {
+        Some(p) => p.as_str() == project,
+        None => working_dir.is_some_and(|w| std::path::Path::new(w) == a.repo),
+    };
     let app = match &registry.self_app {
         Some(name) => registry.app(name)?,
-        None => registry.apps.values().find(|a| a.project.as_str() == project && a.services.contains(&service))?,
+        None => registry.apps.values().find(|a| same_project(a) && a.services.contains(&service))?,
     };
-    let ours = app.host == HostSpec::Local && app.project.as_str() == project && app.services.contains(&service);
+    let ours = app.host == HostSpec::Local && same_project(app) && app.services.contains(&service);
     ours.then(|| SelfTarget { app: app.name.clone(), service, container: own })
 }
 
@@ -90,6 +97,10 @@ pub struct Handoff<'a> {
     pub store: &'a Store,
     pub id: &'a DeployId,
     pub app: &'a AppConfig,
+    /// The Compose project the deploy resolved.
+    pub project: ProjectName,
+    /// The local host, with the server's redaction and secret variables kept out.
+    pub host: Host,
     pub image: ImageId,
     pub previous: Option<ImageId>,
     pub recreate_started_at: String,
@@ -156,7 +167,7 @@ pub async fn hand_off(h: Handoff<'_>, target: &SelfTarget) -> HandoffEnd {
         h.image.to_string(),
         "self-recreate".into(),
         "--project".into(),
-        h.app.project.to_string(),
+        h.project.to_string(),
         "--service".into(),
         target.service.to_string(),
         "--image".into(),
@@ -171,7 +182,7 @@ pub async fn hand_off(h: Handoff<'_>, target: &SelfTarget) -> HandoffEnd {
     if let Some(prev) = &h.previous {
         args.extend(["--previous".into(), prev.to_string()]);
     }
-    for f in &h.app.compose_files {
+    for f in h.app.compose_files.iter().flatten() {
         args.extend(["--file".into(), f.clone()]);
     }
     match h.store.transition(h.id, &[Phase::Running], Phase::SelfRecreatePending, None) {
@@ -179,7 +190,7 @@ pub async fn hand_off(h: Handoff<'_>, target: &SelfTarget) -> HandoffEnd {
         other => return HandoffEnd::Failed(format!("cannot pre-mark the deploy self_recreate_pending: {other:?}")),
     }
     let _ = h.store.step_detail(h.id, StepName::Recreate, &format!("handed over to transient container {name}"));
-    let docker = Docker::new(Host::local());
+    let docker = Docker::new(h.host.clone());
     if let Err(e) = docker.run_detached(args, h.log).await {
         // `docker run` may have timed out after the container started: make sure it is gone.
         let _ = docker.remove_container(&name).await;
@@ -229,7 +240,8 @@ pub struct TransientArgs {
     /// When the deploy recorded the recreate as begun (RFC 3339).
     #[arg(long)]
     pub since: String,
-    #[arg(long = "file", required = true)]
+    /// The Compose files; none: Compose discovers them in the checkout.
+    #[arg(long = "file")]
     pub files: Vec<String>,
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
@@ -250,7 +262,8 @@ impl LogSink for Print {
 /// Exit status: 0 the new image runs; 1 rolled back to the previous one; 2 neither.
 pub async fn run_transient(args: TransientArgs) -> i32 {
     let cwd = std::env::current_dir().unwrap_or_default();
-    let compose = Compose::new(Host::local(), cwd, args.project.clone(), args.files.clone());
+    let files = (!args.files.is_empty()).then(|| args.files.clone());
+    let compose = Compose::new(Host::local(), cwd, Some(args.project.clone()), files);
     let limits = Limits { timeout: Duration::from_secs(args.timeout), stable: Duration::from_secs(args.stable) };
     let never = CancellationToken::new();
     let attempt = |image: ImageId, since: String| {
@@ -258,8 +271,22 @@ pub async fn run_transient(args: TransientArgs) -> i32 {
         let never = never.clone();
         let service = args.service.clone();
         async move {
+            let resolved = compose.resolve(&never, &Print).await.map_err(|e| e.to_string())?;
+            let names = Compose::image_names(&resolved, std::slice::from_ref(&service)).map_err(|e| e.to_string())?;
+            compose.docker().tag(&image, &names[&service]).await.map_err(|e| e.to_string())?;
+            let output = std::env::temp_dir().join("kua-self-recreate.log");
+            let up = compose
+                .start_recreate(std::slice::from_ref(&service), &output, &Print)
+                .await
+                .map_err(|e| e.to_string())?;
+            let out = up
+                .wait(&Redactor::default(), Duration::from_secs(5 * 60), &never, &Print)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !out.success() {
+                return Err(format!("docker compose up failed: {}", out.last_line()));
+            }
             let images: Images = [(service, image)].into();
-            compose.up_pinned(&images, &never, &Print).await.map_err(|e| e.to_string())?;
             let outcome = verify_services(&compose.docker(), compose.project(), &images, &since, limits, &never)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -294,7 +321,7 @@ pub async fn run_transient(args: TransientArgs) -> i32 {
 }
 
 /// Step 3, at every start: ends each `self_recreate_pending` deploy from what runs now.
-pub async fn complete_self_recreate(store: &Store, target: Option<&SelfTarget>, registry: &Registry) {
+pub async fn complete_self_recreate(store: &Store, target: Option<&SelfTarget>, registry: &Registry, host: &Host) {
     let pending = match store.in_phase(Phase::SelfRecreatePending) {
         Ok(p) => p,
         Err(e) => {
@@ -304,7 +331,7 @@ pub async fn complete_self_recreate(store: &Store, target: Option<&SelfTarget>, 
     };
     for deploy in pending {
         let log = LogWriter::new(store.clone(), deploy.deploy_id.clone());
-        let (phase, error, report) = judge(store, &deploy, target, registry, &log).await;
+        let (phase, error, report) = judge(store, &deploy, target, registry, host, &log).await;
         log.info(&format!(
             "self-recreate ended: {phase}{}",
             error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
@@ -338,9 +365,10 @@ async fn judge(
     deploy: &Deploy,
     target: Option<&SelfTarget>,
     registry: &Registry,
+    host: &Host,
     log: &LogWriter,
 ) -> (Phase, Option<String>, Option<VerifyReport>) {
-    let docker = Docker::new(Host::local());
+    let docker = Docker::new(host.clone());
     let name = transient_name(&deploy.deploy_id);
     // The transient container may still be watching this process or rolling back: its verdict
     // comes first. Its worst case is two `compose up` and two verifies; engine errors are retried.

@@ -513,7 +513,7 @@ impl<'t> Checker<'t> {
                     None
                 }
             };
-            let Some((config, project_at)) = self.app(name.as_ref(), key, p, &aat, hosts, host_names) else {
+            let Some((config, project_at)) = self.app(name.as_ref(), p, &aat, hosts, host_names) else {
                 continue;
             };
             let Some(name) = name else { continue };
@@ -521,15 +521,23 @@ impl<'t> Checker<'t> {
                 HostSpec::Local => "local".to_owned(),
                 HostSpec::Ssh(h) => format!("{}:{}", h.host.to_ascii_lowercase(), h.port),
             };
-            let slot = (host_id, config.project.as_str().to_owned());
+            // Two apps without a project but on one checkout resolve to the same project too.
+            let project_key = match &config.project {
+                Some(p) => p.as_str().to_owned(),
+                None => format!("repo:{}", config.repo.display()),
+            };
+            let slot = (host_id, project_key);
             if let Some(other) = claimed.get(&slot) {
                 self.error(
                     &aat.child("project"),
                     project_at,
                     format!(
-                        "Compose project {:?} on this host is already used by app {other:?}; the two would \
+                        "Compose project {} on this host is already used by app {other:?}; the two would \
                          replace each other's containers: give one of them another \"project\"",
-                        config.project.as_str()
+                        config.project.as_ref().map_or_else(
+                            || format!("of the checkout {}", config.repo.display()),
+                            |p| format!("{:?}", p.as_str())
+                        )
                     ),
                 );
             } else {
@@ -543,7 +551,6 @@ impl<'t> Checker<'t> {
     fn app(
         &mut self,
         name: Option<&AppName>,
-        key: &str,
         p: &ObjectProp<'_>,
         at: &At,
         hosts: &BTreeMap<String, SshHost>,
@@ -597,47 +604,29 @@ impl<'t> Checker<'t> {
         };
 
         let compose_files = match f.get("compose_files") {
-            None => Some(vec![DEFAULT_COMPOSE_FILE.to_owned()]),
-            Some(cp) => self.relative_paths(
-                &cp.value,
-                &at.child("compose_files"),
-                "a list of Compose files relative to repo, e.g. [\"docker-compose.yml\"]",
-                "a Compose file path",
-            ),
+            // Without it, Compose discovers the files itself, override file included.
+            None => Some(None),
+            Some(cp) => self
+                .relative_paths(
+                    &cp.value,
+                    &at.child("compose_files"),
+                    "a list of Compose files relative to repo, e.g. [\"docker-compose.yml\"]",
+                    "a Compose file path",
+                )
+                .map(Some),
         };
 
+        // Without a project, Compose resolves it in the checkout (top-level `name:`,
+        // COMPOSE_PROJECT_NAME in `.env`, the directory) at each deploy.
         let (project, project_at) = match f.get("project") {
-            None => {
-                let at_name = prop_name_start(p);
-                match ProjectName::parse(key) {
-                    Ok(pn) => (Some(pn), at_name),
-                    // An invalid app name was already reported; its project would only repeat it.
-                    Err(_) if name.is_none() => (None, at_name),
-                    Err(_) => {
-                        let hint = match ProjectName::parse(&suggest_project(key)) {
-                            Ok(s) => format!(", e.g. \"project\": {:?}", s.as_str()),
-                            Err(_) => String::new(),
-                        };
-                        self.error(
-                            &at.child("project"),
-                            at_name,
-                            format!(
-                                "the app name {key:?} is not a valid Compose project name (lowercase letters, \
-                                 digits, '-' and '_', starting with a letter or digit), so the default \
-                                 project cannot be used: set \"project\"{hint}"
-                            ),
-                        );
-                        (None, at_name)
-                    }
-                }
-            }
+            None => (Some(None), prop_name_start(p)),
             Some(pp) => {
                 let pat = at.child("project");
                 let start = value_start(&pp.value);
                 let project = self
                     .string(&pp.value, &pat, "a string: the Compose project name")
                     .and_then(|s| ProjectName::parse(s).map_err(|e| self.error(&pat, start, format!("{e}"))).ok());
-                (project, start)
+                (project.map(Some), start)
             }
         };
 
@@ -1182,18 +1171,6 @@ fn is_owner_slash_name(s: &str) -> bool {
 fn is_env_name(s: &str) -> bool {
     s.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-/// A project name close to an app name, offered in the error that asks for one.
-fn suggest_project(app: &str) -> String {
-    let mapped: String = app
-        .chars()
-        .map(|c| match c.to_ascii_lowercase() {
-            c @ ('a'..='z' | '0'..='9' | '-' | '_') => c,
-            _ => '-',
-        })
-        .collect();
-    mapped.trim_start_matches(['-', '_']).to_owned()
 }
 
 /// The allowed key a typo most likely meant: within two edits, and not a mere two-letter match.

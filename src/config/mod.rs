@@ -10,7 +10,6 @@ use crate::model::{AppName, BranchName, ProjectName, ServiceName};
 pub const DEFAULT_PATH: &str = "deploy-registry.json";
 
 const DEFAULT_BRANCH: &str = "main";
-const DEFAULT_COMPOSE_FILE: &str = "docker-compose.yml";
 const DEFAULT_TIMEOUT_S: u64 = 120;
 const DEFAULT_STABLE_S: u64 = 5;
 const MAX_TIMEOUT_S: u64 = 3600;
@@ -40,9 +39,11 @@ pub struct AppConfig {
     /// Absolute path of the checkout on the host.
     pub repo: PathBuf,
     pub branch: BranchName,
-    /// Relative to `repo`; never absolute and never with a `..` component.
-    pub compose_files: Vec<String>,
-    pub project: ProjectName,
+    /// Relative to `repo`; never absolute and never with a `..` component. None: Compose
+    /// discovers the files in the checkout as `docker compose` run there would.
+    pub compose_files: Option<Vec<String>>,
+    /// None: the project Compose resolves in the checkout (`name:`, `.env`, the directory).
+    pub project: Option<ProjectName>,
     /// Not empty, no duplicates.
     pub services: Vec<ServiceName>,
     pub migrations: Option<MigrationsConfig>,

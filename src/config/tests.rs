@@ -56,8 +56,8 @@ fn the_spec_example_registry_parses() {
     assert_eq!(a.host, HostSpec::Local);
     assert_eq!(a.repo, PathBuf::from("/srv/apps/hello"));
     assert_eq!(a.branch.as_str(), "main");
-    assert_eq!(a.compose_files, vec!["docker-compose.yml"]);
-    assert_eq!(a.project.as_str(), "hello");
+    assert_eq!(a.compose_files.as_deref(), Some(&["docker-compose.yml".to_owned()][..]));
+    assert_eq!(a.project.as_ref().unwrap().as_str(), "hello");
     assert_eq!(a.services, vec![ServiceName::parse("web").unwrap()]);
     let m = a.migrations.as_ref().unwrap();
     assert_eq!(m.paths, vec!["migrations/"]);
@@ -98,8 +98,8 @@ fn defaults_fill_in_host_branch_compose_files_project_verify_rollback() {
     let a = hello(&r);
     assert_eq!(a.host, HostSpec::Local);
     assert_eq!(a.branch.as_str(), "main");
-    assert_eq!(a.compose_files, vec!["docker-compose.yml"]);
-    assert_eq!(a.project.as_str(), "hello");
+    assert_eq!(a.compose_files, None, "Compose discovers the files itself");
+    assert_eq!(a.project, None, "Compose resolves the project itself");
     assert_eq!(a.verify, VerifyConfig { timeout_s: 120, stable_s: 5 });
     assert!(a.rollback);
     assert!(a.migrations.is_none());
@@ -337,13 +337,11 @@ fn app_names_must_be_valid() {
 }
 
 #[test]
-fn an_app_name_that_is_not_a_project_name_needs_an_explicit_project() {
-    let e = only_error(r#"{"apps": {"Hello.World": {"repo": "/a", "services": ["web"]}}}"#);
-    assert_eq!(e.key, "apps.Hello.World.project");
-    assert_eq!(e.key_in_app(), "project");
-    assert!(e.message.contains("set \"project\", e.g. \"project\": \"hello-world\""), "{}", e.message);
+fn an_app_name_that_is_not_a_project_name_is_fine_and_a_bad_project_is_refused() {
+    let r = parse(r#"{"apps": {"Hello.World": {"repo": "/a", "services": ["web"]}}}"#).unwrap();
+    assert_eq!(r.apps.values().next().unwrap().project, None);
     let r = parse(r#"{"apps": {"Hello.World": {"repo": "/a", "services": ["web"], "project": "hw"}}}"#).unwrap();
-    assert_eq!(r.apps.values().next().unwrap().project.as_str(), "hw");
+    assert_eq!(r.apps.values().next().unwrap().project.as_ref().unwrap().as_str(), "hw");
     let e = only_error(&one_app(r#""project": "Hello""#));
     assert_eq!(e.key, "apps.hello.project");
     assert!(e.message.contains("Compose project name"));
@@ -516,7 +514,7 @@ fn paths_inside_the_repo_must_be_relative_without_dotdot() {
     let e = only_error(&one_app(r#""compose_files": ["a.yml", "a.yml"]"#));
     assert!(e.message.contains("listed twice"));
     let r = parse(&one_app(r#""compose_files": ["compose.yml", "./deploy/prod.yml"]"#)).unwrap();
-    assert_eq!(hello(&r).compose_files, vec!["compose.yml", "./deploy/prod.yml"]);
+    assert_eq!(hello(&r).compose_files.as_deref().unwrap(), ["compose.yml", "./deploy/prod.yml"]);
 }
 
 #[test]
@@ -625,11 +623,12 @@ fn two_apps_with_the_same_project_on_the_same_host_conflict() {
 }
 
 #[test]
-fn the_default_project_counts_for_conflicts() {
+fn two_apps_without_a_project_on_one_checkout_conflict() {
     let e = only_error(
-        r#"{"apps": {"shop": {"repo": "/a", "services": ["web"]}, "shop2": {"repo": "/b", "services": ["web"], "project": "shop"}}}"#,
+        r#"{"apps": {"shop": {"repo": "/a", "services": ["web"]}, "shop2": {"repo": "/a", "services": ["api"]}}}"#,
     );
     assert_eq!(e.app.as_deref(), Some("shop2"));
+    assert!(e.message.contains("of the checkout /a"), "{}", e.message);
 }
 
 #[test]

@@ -228,6 +228,13 @@ impl Docker {
         self.query(&format!("removing container {id}"), argv(["docker", "rm", "--force", id])).await.map(drop)
     }
 
+    /// Points the tag `name` at the image `id`.
+    pub async fn tag(&self, id: &ImageId, name: &str) -> Result<(), DockerError> {
+        self.query(&format!("tagging {} as {name}", id.short()), argv(["docker", "tag", id.as_str(), name]))
+            .await
+            .map(drop)
+    }
+
     /// The ID of the image a name (or ID) refers to now.
     pub async fn image_id(&self, image: &str) -> Result<ImageId, DockerError> {
         let what = format!("inspecting image {image}");

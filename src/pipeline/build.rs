@@ -3,19 +3,23 @@
 use std::time::Instant;
 
 use super::{DeployCtx, StepOutcome};
+use crate::docker::compose::Compose;
 use crate::model::Images;
 
 pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     let started = Instant::now();
     // Reading the Compose configuration (for the image names) does not depend on the build, so
     // both run at once; a configuration error is the clearer of the two when both fail.
-    let (names, built) = tokio::join!(
-        ctx.compose.image_names(&ctx.app.services, &ctx.cancel, ctx.sink()),
+    let (resolved, built) = tokio::join!(
+        ctx.compose.resolve(&ctx.cancel, ctx.sink()),
         ctx.compose.build(&ctx.app.services, &ctx.cancel, ctx.sink())
     );
-    let names = match (names, built) {
+    let names = match (resolved, built) {
         (Err(e), _) | (Ok(_), Err(e)) => return e.into(),
-        (Ok(names), Ok(())) => names,
+        (Ok(resolved), Ok(())) => match Compose::image_names(&resolved, &ctx.app.services) {
+            Ok(names) => names,
+            Err(e) => return e.into(),
+        },
     };
     // Read each tag right after the build, so the ID is this build's; from here on only the ID is used.
     let docker = ctx.compose.docker();

@@ -54,7 +54,7 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     ctx.commit_before = Some(before.clone());
     ctx.commit = Some(target.clone());
     if before == target {
-        return StepOutcome::Succeeded(format!("{branch} already at {}", target.short()));
+        return resolve_compose(ctx, format!("{branch} already at {}", target.short())).await;
     }
     // Moving the branch would hide commits made in the checkout itself (they would live on only
     // in the reflog). HEAD is safe to move when origin has it, or when a deploy put it there.
@@ -73,5 +73,20 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     if let Err(e) = ctx.git.checkout(&branch, &target, &ctx.cancel, ctx.sink()).await {
         return e.into();
     }
-    StepOutcome::Succeeded(format!("{branch}: {} → {}", before.short(), target.short()))
+    resolve_compose(ctx, format!("{branch}: {} → {}", before.short(), target.short())).await
+}
+
+/// Says, and records, which Compose project and files the checked-out commit gives: what every
+/// later step (and a rollback, and a restarted server) works on.
+async fn resolve_compose(ctx: &mut DeployCtx, pulled: String) -> StepOutcome {
+    let resolved = match ctx.compose.resolve(&ctx.cancel, ctx.sink()).await {
+        Ok(r) => r,
+        Err(e) => return e.into(),
+    };
+    if let Err(e) = ctx.store.set_compose(&ctx.id, &resolved.project, &resolved.files) {
+        return StepOutcome::Failed(format!("cannot record the Compose project: {e}"));
+    }
+    ctx.compose = ctx.compose.clone().with_project(resolved.project.clone());
+    let files = if resolved.files.is_empty() { "as Compose finds them".to_owned() } else { resolved.files.join(", ") };
+    StepOutcome::Succeeded(format!("{pulled}; Compose project {}, files {files}", resolved.project))
 }

@@ -12,10 +12,10 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     let Some(MigrationPolicy::Run { service, command }) = ctx.app.migrations.as_ref().map(|m| m.policy.clone()) else {
         return StepOutcome::Skipped("the migration policy is not run".into());
     };
-    let Some(image) = ctx.images.get(&service).cloned() else {
+    if !ctx.images.contains_key(&service) {
         return StepOutcome::Failed(format!("service {service} has no image from the build step"));
-    };
-    match ctx.compose.run_oneoff(&service, &image, &command, MIGRATE_TIMEOUT, &ctx.cancel, ctx.sink()).await {
+    }
+    match ctx.compose.run_oneoff(&service, &command, MIGRATE_TIMEOUT, &ctx.cancel, ctx.sink()).await {
         Ok(()) => StepOutcome::Succeeded(format!("ran {} in a one-off {service} container", command.join(" "))),
         Err(e) => e.into(),
     }

@@ -13,7 +13,9 @@ mod rollback;
 pub mod runtime;
 mod verify;
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -21,8 +23,8 @@ use crate::config::{AppConfig, MigrationPolicy};
 use crate::docker::compose::Compose;
 use crate::docker::DockerError;
 use crate::git::{Git, GitError};
-use crate::host::{Host, LogSink, RunError};
-use crate::model::{CommitSha, Deploy, DeployId, Images, Phase, StepName, StepStatus};
+use crate::host::{Host, LogSink, ProcessRef, RunError};
+use crate::model::{parse_time, CommitSha, Deploy, DeployId, Images, Phase, ServiceName, StepName, StepStatus};
 use crate::selfupdate::SelfTarget;
 use crate::store::{LogWriter, Store};
 
@@ -95,7 +97,13 @@ pub struct DeployCtx {
     pub commit: Option<CommitSha>,
     pub images: Images,
     pub previous_images: Images,
+    /// The commit whose Compose configuration ran before the recreate.
+    pub previous_commit: Option<CommitSha>,
     pub recreate_started_at: Option<String>,
+    /// Where detached commands (the recreate) write their output: the state dir's `runs/`.
+    pub runs_dir: PathBuf,
+    /// This process took the deploy over from one that died in recreate, verify or rollback.
+    pub resuming: bool,
     /// Set when this deploy's app is kua-deploy's own: recreate hands over instead.
     pub self_target: Option<SelfTarget>,
     /// The registry's `self` names this app (even if its container was not found).
@@ -110,9 +118,12 @@ impl DeployCtx {
         host: Host,
         cancel: CancellationToken,
         control: SharedControl,
+        runs_dir: PathBuf,
     ) -> Self {
         let git = Git::new(host.clone(), app.repo.clone());
-        let compose = Compose::new(host.clone(), app.repo.clone(), app.project.clone(), app.compose_files.clone());
+        // A deploy that already resolved its project (resumed, or approved) keeps it.
+        let project = deploy.project.clone().or_else(|| app.project.clone());
+        let compose = Compose::new(host.clone(), app.repo.clone(), project, app.compose_files.clone());
         Self {
             log: LogWriter::new(store.clone(), deploy.deploy_id.clone()),
             store,
@@ -127,7 +138,10 @@ impl DeployCtx {
             commit: deploy.commit.clone(),
             images: deploy.images.clone(),
             previous_images: deploy.previous_images.clone(),
-            recreate_started_at: deploy.verify.as_ref().map(|v| v.recreate_started_at.clone()),
+            previous_commit: deploy.previous_commit.clone(),
+            recreate_started_at: None,
+            runs_dir,
+            resuming: false,
             self_target: None,
             declared_self: false,
             app,
@@ -161,11 +175,95 @@ async fn run_step(step: StepName, ctx: &mut DeployCtx) -> StepOutcome {
 pub enum RunEnd {
     Finished(Phase),
     Paused,
+    /// kua-deploy is stopping after the recreate began: the deploy stays `running`, and the next
+    /// start resumes it (only verify can say what the app runs now).
+    LeftForResume,
+}
+
+/// Points each service's tag at its image ID and recreates the services with the checkout's own
+/// Compose configuration, detached (it finishes even if kua-deploy dies meanwhile); the process
+/// is recorded so a restarted server can wait for it. `Err` is the step's outcome.
+async fn apply_images(ctx: &DeployCtx, images: &Images) -> Result<(), StepOutcome> {
+    // Short commands, not stopped by shutdown: the recreate they prepare must be all or nothing.
+    let never = CancellationToken::new();
+    let resolved = ctx.compose.resolve(&never, ctx.sink()).await?;
+    let services: Vec<ServiceName> = images.keys().cloned().collect();
+    let names = Compose::image_names(&resolved, &services)?;
+    let docker = ctx.compose.docker();
+    for (service, id) in images {
+        docker.tag(id, &names[service]).await?;
+    }
+    let output = ctx.runs_dir.join(format!("{}.log", ctx.id));
+    let detached = ctx.compose.start_recreate(&services, &output, ctx.sink()).await?;
+    let process = detached.process().to_string();
+    if let Err(e) = ctx.store.set_recreate_process(&ctx.id, Some(&process)) {
+        ctx.log.info(&format!("cannot record the recreate process {process}: {e}"));
+    }
+    let out = detached.wait(ctx.host.redactor(), RECREATE_TIMEOUT, &ctx.cancel, ctx.sink()).await;
+    match out {
+        Ok(out) => {
+            let _ = ctx.store.set_recreate_process(&ctx.id, None);
+            let _ = std::fs::remove_file(&output);
+            if out.success() {
+                Ok(())
+            } else {
+                Err(StepOutcome::Failed(format!("docker compose up failed: {}", out.last_line())))
+            }
+        }
+        // Shutdown: the recreate goes on without this process.
+        Err(RunError::Cancelled { .. }) => Err(StepOutcome::Stopped),
+        Err(e) => Err(StepOutcome::Failed(e.to_string())),
+    }
+}
+
+const RECREATE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// Waits for a recreate a previous process started and left running, if any.
+async fn wait_for_recorded_recreate(ctx: &DeployCtx) {
+    let recorded = ctx.store.recreate_process(&ctx.id).ok().flatten();
+    if let Some(p) = recorded.as_deref().and_then(ProcessRef::parse).filter(ProcessRef::is_alive) {
+        ctx.log.info(&format!("waiting for the recreate started before the restart (process {})", p.pid));
+        if !p.wait_gone(RECREATE_TIMEOUT).await {
+            ctx.log.info(&format!("the recreate process {} still runs after {}s", p.pid, RECREATE_TIMEOUT.as_secs()));
+        }
+    }
+}
+
+/// Whether every one of `images`' services has containers, all running their image and started
+/// after `since`.
+async fn runs_images(ctx: &DeployCtx, images: &Images, since: &str) -> Result<bool, DockerError> {
+    let docker = ctx.compose.docker();
+    let since = parse_time(since);
+    for (service, id) in images {
+        let containers = docker.service_containers(ctx.compose.project(), service).await?;
+        let ok = !containers.is_empty()
+            && containers.iter().all(|c| {
+                c.image == id.as_str()
+                    && c.state == "running"
+                    && since.is_some_and(|s| parse_time(&c.started_at) > Some(s))
+            });
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Runs the deploy's pending steps and records the end. Store errors end the deploy as failed
 /// where they can still be written; a deploy is never left `running` by a live process.
 pub async fn run_deploy(mut ctx: DeployCtx) -> RunEnd {
+    if ctx.resuming {
+        return match resume(&mut ctx).await {
+            Ok(end) => end,
+            Err(e) => {
+                let msg = format!("kua-deploy could not record the deploy's state: {e}");
+                tracing::error!(deploy = %ctx.id, "{msg}");
+                let _ = ctx.store.close_open_steps(&ctx.id, &msg);
+                let _ = ctx.store.transition(&ctx.id, &[Phase::Running], Phase::Failed, Some(&msg));
+                RunEnd::Finished(Phase::Failed)
+            }
+        };
+    }
     let id = ctx.id.clone();
     let store = ctx.store.clone();
     match drive(&mut ctx).await {
@@ -196,7 +294,54 @@ async fn drive(ctx: &mut DeployCtx) -> rusqlite::Result<RunEnd> {
         .filter(|s| matches!(s.status, StepStatus::Pending | StepStatus::Running))
         .map(|s| s.name)
         .collect();
+    run_steps(ctx, pending).await
+}
 
+/// Where a deploy left `running` by a process that died in recreate, verify or rollback goes on.
+#[derive(Debug, PartialEq, Eq)]
+enum ResumeAt {
+    Steps(Vec<StepName>),
+    /// Recreate or verify had failed (or the rollback had begun): roll back, saying why.
+    Rollback(StepName, String),
+}
+
+fn resume_point(deploy: &Deploy) -> ResumeAt {
+    let failed = [StepName::Recreate, StepName::Verify]
+        .into_iter()
+        .find_map(|n| deploy.step(n).filter(|s| s.status == StepStatus::Failed).map(|s| (n, s.detail.clone())));
+    let rollback_begun = deploy.step(StepName::Rollback).is_some_and(|s| s.status != StepStatus::Succeeded);
+    match failed {
+        Some((step, why)) => ResumeAt::Rollback(step, why),
+        None if rollback_begun => {
+            ResumeAt::Rollback(StepName::Verify, "the deploy was rolling back when kua-deploy stopped".into())
+        }
+        None => ResumeAt::Steps(
+            deploy
+                .steps
+                .iter()
+                .filter(|s| matches!(s.status, StepStatus::Pending | StepStatus::Running))
+                .map(|s| s.name)
+                .collect(),
+        ),
+    }
+}
+
+/// Takes over a deploy a previous process left in recreate, verify or rollback.
+async fn resume(ctx: &mut DeployCtx) -> rusqlite::Result<RunEnd> {
+    let deploy = ctx.store.deploy(&ctx.id)?.expect("a deploy being resumed exists");
+    ctx.recreate_started_at = ctx.store.recreate_started_at(&ctx.id)?;
+    ctx.control.lock().unwrap_or_else(|e| e.into_inner()).recreate_began = true;
+    let at = resume_point(&deploy);
+    ctx.log.info(&format!("kua-deploy restarted: resuming this deploy ({at:?})"));
+    match at {
+        ResumeAt::Steps(steps) => run_steps(ctx, steps).await,
+        ResumeAt::Rollback(step, why) => roll_back(ctx, step, why).await,
+    }
+}
+
+async fn run_steps(ctx: &mut DeployCtx, pending: Vec<StepName>) -> rusqlite::Result<RunEnd> {
+    let store = ctx.store.clone();
+    let id = ctx.id.clone();
     for step in pending {
         // A cancel (or shutdown) that arrived while the last step ran without a command to kill
         // takes effect here, between steps; recreate checks it under the same lock as cancel.
@@ -224,6 +369,7 @@ async fn drive(ctx: &mut DeployCtx) -> rusqlite::Result<RunEnd> {
                 store.transition(&id, &[Phase::Running], Phase::AwaitingApproval, None)?;
                 return Ok(RunEnd::Paused);
             }
+            StepOutcome::Stopped if left_for_resume(ctx, step) => return Ok(RunEnd::LeftForResume),
             StepOutcome::Stopped => return finish_stopped(ctx, step),
             StepOutcome::HandedOff => return Ok(RunEnd::Paused),
             StepOutcome::Failed(detail) => {
@@ -248,6 +394,17 @@ async fn drive(ctx: &mut DeployCtx) -> rusqlite::Result<RunEnd> {
 
 fn stop_requested(ctx: &DeployCtx) -> bool {
     ctx.cancel.is_cancelled() || ctx.control.lock().unwrap_or_else(|e| e.into_inner()).cancel_requested
+}
+
+/// A shutdown after the recreate began leaves the deploy `running`, for the next start to resume:
+/// the recreate goes on detached, and only a verify can tell what the app runs.
+fn left_for_resume(ctx: &DeployCtx, step: StepName) -> bool {
+    let c = ctx.control.lock().unwrap_or_else(|e| e.into_inner());
+    if !c.recreate_began || c.cancel_requested {
+        return false;
+    }
+    ctx.log.info(&format!("kua-deploy is stopping during step {step}: its next start resumes this deploy"));
+    true
 }
 
 /// A stop is a user's cancel (→ `cancelled`, possible only before recreate) or a shutdown
@@ -311,6 +468,7 @@ async fn roll_back(ctx: &mut DeployCtx, failed: StepName, why: String) -> rusqli
             ctx.store.step_finish(&ctx.id, StepName::Rollback, StepStatus::Failed, &detail)?;
             finish(ctx, Phase::Failed, Some(format!("{error}; rollback failed too: {detail}")), "not run")
         }
+        StepOutcome::Stopped if left_for_resume(ctx, StepName::Rollback) => Ok(RunEnd::LeftForResume),
         StepOutcome::Stopped | StepOutcome::HandedOff => finish_stopped(ctx, StepName::Rollback),
     }
 }

@@ -4,6 +4,7 @@
 //! they must agree with the worker about what is running.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,6 +57,8 @@ struct Running {
 struct AppSlot {
     worker: bool,
     running: Option<Running>,
+    /// Deploys a previous process left in recreate, verify or rollback: run before anything queued.
+    resume: Vec<Deploy>,
 }
 
 struct Inner {
@@ -64,6 +67,7 @@ struct Inner {
     redactor: Redactor,
     shutdown: CancellationToken,
     self_target: Option<SelfTarget>,
+    runs_dir: PathBuf,
     tracker: TaskTracker,
     slots: Mutex<HashMap<AppName, AppSlot>>,
 }
@@ -81,6 +85,7 @@ impl Queue {
         redactor: Redactor,
         shutdown: CancellationToken,
         self_target: Option<SelfTarget>,
+        runs_dir: PathBuf,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -89,6 +94,7 @@ impl Queue {
                 redactor,
                 shutdown,
                 self_target,
+                runs_dir,
                 tracker: TaskTracker::new(),
                 slots: Mutex::new(HashMap::new()),
             }),
@@ -156,6 +162,17 @@ impl Queue {
         Ok(())
     }
 
+    /// Takes over deploys a previous process left `running` after their recreate began (startup
+    /// recovery): each app's worker finishes them first.
+    pub fn resume(&self, deploys: Vec<Deploy>) {
+        let mut slots = self.slots();
+        for d in deploys {
+            let app = d.app.clone();
+            slots.entry(app.clone()).or_default().resume.push(d);
+            self.ensure_worker(&mut slots, &app);
+        }
+    }
+
     fn handing_over(&self, app: &AppName) -> bool {
         self.inner.store.in_phase(Phase::SelfRecreatePending).is_ok_and(|p| p.iter().any(|d| &d.app == app))
     }
@@ -181,7 +198,13 @@ impl Queue {
                 // A self-recreate still being judged holds the app: what is queued behind it waits
                 // until complete_self_recreate has ended it and calls resume_queued.
                 let held = self.inner.shutdown.is_cancelled() || self.handing_over(&app);
-                let next = if held { Ok(None) } else { self.inner.store.next_queued(&app) };
+                let resumed = if held || slot.resume.is_empty() { None } else { Some(slot.resume.remove(0)) };
+                let resuming = resumed.is_some();
+                let next = match resumed {
+                    Some(d) => Ok(Some(d)),
+                    None if held => Ok(None),
+                    None => self.inner.store.next_queued(&app),
+                };
                 match next {
                     Ok(Some(deploy)) => {
                         let control: SharedControl = Arc::new(Mutex::new(Control::default()));
@@ -191,7 +214,7 @@ impl Queue {
                             control: control.clone(),
                             cancel: cancel.clone(),
                         });
-                        (deploy, control, cancel)
+                        (deploy, control, cancel, resuming)
                     }
                     Ok(None) => {
                         slot.worker = false;
@@ -204,28 +227,37 @@ impl Queue {
                     }
                 }
             };
-            let (deploy, control, cancel) = next;
-            self.run_one(&app, deploy, control, cancel).await;
+            let (deploy, control, cancel, resuming) = next;
+            self.run_one(&app, deploy, control, cancel, resuming).await;
             self.slots().entry(app.clone()).or_default().running = None;
         }
     }
 
-    async fn run_one(&self, app: &AppName, deploy: Deploy, control: SharedControl, cancel: CancellationToken) {
+    async fn run_one(
+        &self,
+        app: &AppName,
+        deploy: Deploy,
+        control: SharedControl,
+        cancel: CancellationToken,
+        resuming: bool,
+    ) {
         let store = self.inner.store.clone();
         let Some(config) = self.inner.registry.app(app).cloned() else {
             let msg = format!("app {app} is no longer in the registry");
             let _ = store.close_open_steps(&deploy.deploy_id, "not run");
-            let _ = store.transition(&deploy.deploy_id, &[Phase::Queued], Phase::Failed, Some(&msg));
+            let _ = store.transition(&deploy.deploy_id, &[Phase::Queued, Phase::Running], Phase::Failed, Some(&msg));
             return;
         };
         let host = Host::new(config.host.clone(), self.inner.redactor.clone());
-        let mut ctx = DeployCtx::new(store, config, &deploy, host, cancel, control);
+        let mut ctx = DeployCtx::new(store, config, &deploy, host, cancel, control, self.inner.runs_dir.clone());
+        ctx.resuming = resuming;
         ctx.declared_self = self.inner.registry.self_app.as_ref() == Some(app);
         ctx.self_target = match self.inner.self_target.clone().filter(|t| &t.app == app) {
             Some(t) => Some(t),
             // Not found at start (the engine may not have answered yet): look again.
             None if ctx.declared_self => {
-                selfupdate::discover(&self.inner.registry, &Docker::new(Host::local())).await.filter(|t| &t.app == app)
+                let local = Host::new(crate::config::HostSpec::Local, self.inner.redactor.clone());
+                selfupdate::discover(&self.inner.registry, &Docker::new(local)).await.filter(|t| &t.app == app)
             }
             None => None,
         };

@@ -1,10 +1,10 @@
-//! `recreate`: records what runs now (for rollback) and when the recreate began (for verify),
-//! then recreates exactly the app's services with exactly the image IDs this deploy built. For
-//! kua-deploy's own app it hands the recreate over to a transient container instead.
+//! `recreate`: records what runs now (images, and the commit whose Compose configuration they run
+//! with, for rollback) and when the recreate began (for verify), then recreates exactly the app's
+//! services with exactly the image IDs this deploy built. For kua-deploy's own app it hands the
+//! recreate over to a transient container instead. Resumed after a restart, it waits for the
+//! recreate the previous process started and redoes it only if it did not complete.
 
-use tokio_util::sync::CancellationToken;
-
-use super::{DeployCtx, StepOutcome};
+use super::{apply_images, runs_images, DeployCtx, StepOutcome};
 use crate::model::{now_rfc3339, ImageId, Images};
 use crate::selfupdate::{hand_off, Handoff, HandoffEnd};
 
@@ -20,6 +20,9 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     if ctx.images.len() != ctx.app.services.len() {
         return StepOutcome::Failed("the build step did not record an image for every service".into());
     }
+    if ctx.resuming {
+        return resume(ctx).await;
+    }
     let docker = ctx.compose.docker();
     let mut previous = Images::new();
     for service in &ctx.app.services {
@@ -33,13 +36,17 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
             Err(e) => return e.into(),
         }
     }
+    // What runs came from the last deploy that ended well; without one, from what was checked out.
+    let previous_commit = match ctx.store.running_commit(&ctx.app.name) {
+        Ok(c) => c.or_else(|| ctx.commit_before.clone()),
+        Err(e) => return StepOutcome::Failed(format!("cannot read the app's last deploy: {e}")),
+    };
     let at = now_rfc3339();
-    if let Err(e) =
-        ctx.store.set_previous_images(&ctx.id, &previous).and_then(|()| ctx.store.set_recreate_started_at(&ctx.id, &at))
-    {
+    if let Err(e) = ctx.store.set_recreate_begun(&ctx.id, &previous, previous_commit.as_ref(), &at) {
         return StepOutcome::Failed(format!("cannot record the previous images: {e}"));
     }
     ctx.previous_images = previous;
+    ctx.previous_commit = previous_commit;
     ctx.recreate_started_at = Some(at.clone());
     if let Some(target) = ctx.self_target.clone() {
         let Some(image) = ctx.images.get(&target.service).cloned() else {
@@ -49,6 +56,8 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
             store: &ctx.store,
             id: &ctx.id,
             app: &ctx.app,
+            project: ctx.compose.project().clone(),
+            host: ctx.host.clone(),
             image,
             previous: ctx.previous_images.get(&target.service).cloned(),
             recreate_started_at: at,
@@ -61,11 +70,27 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
         };
     }
     let images = ctx.images.clone();
-    // Cancel is refused from here on, and shutdown waits: `compose up` stopped halfway could leave
-    // the app without a container.
-    if let Err(e) = ctx.compose.up_pinned(&images, &CancellationToken::new(), ctx.sink()).await {
-        return e.into();
+    if let Err(stop) = apply_images(ctx, &images).await {
+        return stop;
     }
     let names: Vec<&str> = images.keys().map(|s| s.as_str()).collect();
     StepOutcome::Succeeded(format!("recreated {} with the built image IDs", names.join(", ")))
+}
+
+/// After a restart: the recreate may have finished on its own (it runs detached), or not.
+async fn resume(ctx: &mut DeployCtx) -> StepOutcome {
+    let images = ctx.images.clone();
+    let Some(since) = ctx.recreate_started_at.clone() else {
+        return StepOutcome::Failed("recreate did not record when it began".into());
+    };
+    super::wait_for_recorded_recreate(ctx).await;
+    match runs_images(ctx, &images, &since).await {
+        Ok(true) => return StepOutcome::Succeeded("the recreate begun before the restart completed".into()),
+        Ok(false) => ctx.log.info("the recreate begun before the restart did not complete: recreating again"),
+        Err(e) => return e.into(),
+    }
+    if let Err(stop) = apply_images(ctx, &images).await {
+        return stop;
+    }
+    StepOutcome::Succeeded("recreated again after a restart, with the built image IDs".into())
 }

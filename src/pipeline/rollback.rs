@@ -1,12 +1,12 @@
-//! `rollback`: after a failed recreate or verify, recreates the image IDs that ran before and
-//! verifies them the same way. The deploy's own `verify` object keeps what failed. A rollback that
+//! `rollback`: after a failed recreate or verify, brings back what ran before: the checkout
+//! returns to the commit whose Compose configuration ran, the services' tags to the image IDs that
+//! ran, and those are recreated and verified the same way — so a plain `docker compose up -d`
+//! afterwards changes nothing. The deploy's own `verify` object keeps what failed. A rollback that
 //! cannot restore every service (one added by this deploy had nothing before) fails.
 
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
-use super::{DeployCtx, StepOutcome};
+use super::{apply_images, DeployCtx, StepOutcome};
 use crate::docker::watch::{verify_services, Limits};
 use crate::model::now_rfc3339;
 
@@ -15,10 +15,22 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
         return StepOutcome::Skipped("nothing ran before this deploy, so there is nothing to go back to".into());
     }
     let previous = ctx.previous_images.clone();
+    super::wait_for_recorded_recreate(ctx).await;
+    let mut back_to = String::new();
+    if let Some(commit) = ctx.previous_commit.clone() {
+        let head = ctx.git.head().await.ok();
+        if head.as_ref() != Some(&commit) {
+            // Not stopped by shutdown: a checkout is quick, and half a rollback is worse.
+            let never = tokio_util::sync::CancellationToken::new();
+            if let Err(e) = ctx.git.checkout(&ctx.app.branch, &commit, &never, ctx.sink()).await {
+                return StepOutcome::Failed(format!("cannot return the checkout to {}: {e}", commit.short()));
+            }
+        }
+        back_to = format!(" with the Compose configuration of {}", commit.short());
+    }
     let since = now_rfc3339();
-    // Not cancelled by shutdown: stopping `compose up` halfway could leave the app without a container.
-    if let Err(e) = ctx.compose.up_pinned(&previous, &CancellationToken::new(), ctx.sink()).await {
-        return e.into();
+    if let Err(stop) = apply_images(ctx, &previous).await {
+        return stop;
     }
     let limits = Limits {
         timeout: Duration::from_secs(ctx.app.verify.timeout_s),
@@ -27,7 +39,7 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     match verify_services(&ctx.compose.docker(), ctx.compose.project(), &previous, &since, limits, &ctx.cancel).await {
         Ok(o) if o.failure.is_none() => {
             let list: Vec<String> = previous.iter().map(|(s, id)| format!("{s}={}", id.short())).collect();
-            let back = format!("the previous images run again: {}", list.join(" "));
+            let back = format!("the previous images run again{back_to}: {}", list.join(" "));
             // A service added by this deploy had nothing before it: it still runs the new image
             // that failed, so the rollback is not whole and the deploy must not say rolled_back.
             let new_ones: Vec<&str> =

@@ -5,7 +5,7 @@ use rusqlite::{params, OptionalExtension, Row};
 
 use super::Store;
 use crate::model::{
-    now_rfc3339, AppName, CommitSha, Deploy, DeployId, Images, Phase, Step, StepName, StepStatus, Trigger,
+    now_rfc3339, AppName, CommitSha, Deploy, DeployId, Images, Phase, ProjectName, Step, StepName, StepStatus, Trigger,
     TriggerSource, VerifyReport,
 };
 
@@ -20,7 +20,8 @@ pub struct NewDeploy {
 }
 
 const COLUMNS: &str = "id, app, phase, trigger_source, trigger_delivery, trigger_ref, requested_commit, reason, \
-     commit_before, commit_sha, created_at, started_at, finished_at, images, previous_images, verify, error, superseded_by";
+     commit_before, commit_sha, created_at, started_at, finished_at, images, previous_images, verify, error, superseded_by, \
+     project, compose_files, previous_commit";
 
 /// Phases in which a deploy holds its app: another trigger must wait or coalesce.
 pub const ACTIVE: &str = "('queued','running','awaiting_approval','self_recreate_pending')";
@@ -64,6 +65,9 @@ fn row_to_deploy(r: &Row<'_>) -> rusqlite::Result<Deploy> {
         verify,
         error: text(16)?,
         superseded_by: text(17)?.and_then(|s| DeployId::parse(&s).ok()),
+        project: text(18)?.map(|s| ProjectName::parse(&s).map_err(|_| bad(18, "project"))).transpose()?,
+        compose_files: serde_json::from_str(&r.get::<_, String>(19)?).map_err(|_| bad(19, "compose files"))?,
+        previous_commit: commit(20)?,
         steps: Vec::new(),
     })
 }
@@ -176,21 +180,65 @@ impl Store {
         Ok(())
     }
 
+    /// Records the Compose project and files the deploy resolved in its checkout.
+    pub fn set_compose(&self, id: &DeployId, project: &ProjectName, files: &[String]) -> rusqlite::Result<()> {
+        let files = serde_json::to_string(files).expect("strings serialize");
+        self.conn().execute(
+            "UPDATE deploys SET project = ?1, compose_files = ?2 WHERE id = ?3",
+            params![project.as_str(), files, id.as_str()],
+        )?;
+        Ok(())
+    }
+
+    /// Records what ran before the recreate, in one write: the images, the commit whose Compose
+    /// configuration they ran with, and when the recreate began. A deploy with
+    /// `recreate_started_at` set has (maybe) touched the app: a restart resumes it.
+    pub fn set_recreate_begun(
+        &self,
+        id: &DeployId,
+        previous: &Images,
+        previous_commit: Option<&CommitSha>,
+        at: &str,
+    ) -> rusqlite::Result<()> {
+        let images = serde_json::to_string(previous).expect("plain data serializes");
+        self.conn().execute(
+            "UPDATE deploys SET previous_images = ?1, previous_commit = ?2, recreate_started_at = ?3 WHERE id = ?4",
+            params![images, previous_commit.map(|c| c.as_str()), at, id.as_str()],
+        )?;
+        Ok(())
+    }
+
+    /// The detached `compose up` a deploy started (`pid:start-ticks`), or None once it ended.
+    pub fn set_recreate_process(&self, id: &DeployId, process: Option<&str>) -> rusqlite::Result<()> {
+        self.conn().execute("UPDATE deploys SET recreate_process = ?1 WHERE id = ?2", params![process, id.as_str()])?;
+        Ok(())
+    }
+
+    pub fn recreate_process(&self, id: &DeployId) -> rusqlite::Result<Option<String>> {
+        self.conn().query_row("SELECT recreate_process FROM deploys WHERE id = ?1", [id.as_str()], |r| r.get(0))
+    }
+
+    /// The commit the app's containers were last made from by a deploy that ended well: the commit
+    /// of a succeeded deploy, or the one a rolled-back deploy returned to.
+    pub fn running_commit(&self, app: &AppName) -> rusqlite::Result<Option<CommitSha>> {
+        let found: Option<Option<String>> = self
+            .conn()
+            .query_row(
+                "SELECT CASE phase WHEN 'succeeded' THEN commit_sha ELSE previous_commit END FROM deploys
+                 WHERE app = ?1 AND phase IN ('succeeded', 'rolled_back') ORDER BY seq DESC LIMIT 1",
+                [app.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(found.flatten().and_then(|s| CommitSha::parse(&s).ok()))
+    }
+
     pub fn set_images(&self, id: &DeployId, images: &Images) -> rusqlite::Result<()> {
         self.set_json(id, "images", images)
     }
 
-    pub fn set_previous_images(&self, id: &DeployId, images: &Images) -> rusqlite::Result<()> {
-        self.set_json(id, "previous_images", images)
-    }
-
     pub fn set_verify(&self, id: &DeployId, report: &VerifyReport) -> rusqlite::Result<()> {
         self.set_json(id, "verify", report)
-    }
-
-    pub fn set_recreate_started_at(&self, id: &DeployId, at: &str) -> rusqlite::Result<()> {
-        self.conn().execute("UPDATE deploys SET recreate_started_at = ?1 WHERE id = ?2", params![at, id.as_str()])?;
-        Ok(())
     }
 
     fn set_json<T: serde::Serialize>(&self, id: &DeployId, column: &'static str, value: &T) -> rusqlite::Result<()> {
@@ -218,11 +266,14 @@ impl Store {
         self.conn().query_row("SELECT approve_migrations FROM deploys WHERE id = ?1", [id.as_str()], |r| r.get(0))
     }
 
+    /// Starts a step; a step the deploy did not plan (rollback) is added at the end.
     pub fn step_start(&self, id: &DeployId, step: StepName, detail: &str) -> rusqlite::Result<()> {
         self.conn().execute(
-            "UPDATE steps SET status = 'running', started_at = ?1, finished_at = NULL, detail = ?2
-             WHERE deploy_id = ?3 AND name = ?4",
-            params![now_rfc3339(), detail, id.as_str(), step.as_str()],
+            "INSERT INTO steps (deploy_id, idx, name, status, started_at, detail)
+             VALUES (?1, (SELECT COALESCE(MAX(idx), -1) + 1 FROM steps WHERE deploy_id = ?1), ?2, 'running', ?3, ?4)
+             ON CONFLICT (deploy_id, name) DO UPDATE SET status = 'running', started_at = excluded.started_at,
+                 finished_at = NULL, detail = excluded.detail",
+            params![id.as_str(), step.as_str(), now_rfc3339(), detail],
         )?;
         Ok(())
     }
@@ -264,15 +315,19 @@ impl Store {
         Ok(())
     }
 
-    /// Startup recovery: a deploy left `running` belongs to a process that no longer exists. It
-    /// becomes `interrupted`, and its running step `failed`, naming the step. Returns them.
-    pub fn interrupt_orphans(&self) -> rusqlite::Result<Vec<Deploy>> {
-        let orphans = self.deploys_where("phase = 'running' ORDER BY seq", [])?;
-        for d in &orphans {
+    /// Startup recovery: a deploy left `running` belongs to a process that no longer exists. One
+    /// stopped before its recreate began (the app untouched) becomes `interrupted`, and its running
+    /// step `failed`, naming the step. One whose recreate began is returned in `resume`: only
+    /// finishing it (verify, rollback) can say what the app runs.
+    pub fn recover_orphans(&self) -> rusqlite::Result<Orphans> {
+        let mut orphans = Orphans::default();
+        for d in self.deploys_where("phase = 'running' AND recreate_started_at IS NULL ORDER BY seq", [])? {
             let step = d.running_step().map(|s| s.name.as_str()).unwrap_or("before its first step");
             let msg = format!("interrupted: kua-deploy stopped while the deploy was in step {step}");
             self.finish_interrupted(&d.deploy_id, &msg)?;
+            orphans.interrupted.push(d);
         }
+        orphans.resume = self.deploys_where("phase = 'running' ORDER BY seq", [])?;
         Ok(orphans)
     }
 
@@ -281,6 +336,15 @@ impl Store {
         self.close_open_steps(id, msg)?;
         self.transition(id, &[Phase::Running, Phase::Queued], Phase::Interrupted, Some(msg))
     }
+}
+
+/// What startup recovery found left `running` by a process that no longer exists.
+#[derive(Debug, Default)]
+pub struct Orphans {
+    /// Stopped before recreate: now `interrupted`.
+    pub interrupted: Vec<Deploy>,
+    /// Stopped in recreate, verify or rollback: still `running`, to be resumed.
+    pub resume: Vec<Deploy>,
 }
 
 /// Inserts a deploy, `queued`, with its steps `pending`, inside the caller's transaction.
@@ -378,8 +442,9 @@ mod tests {
         store.transition(&id, &[Phase::Queued], Phase::Running, None).unwrap();
         store.step_finish(&id, StepName::GitPull, StepStatus::Succeeded, "ok").unwrap();
         store.step_start(&id, StepName::Build, "building").unwrap();
-        let orphans = Store::open(dir.path()).unwrap().interrupt_orphans().unwrap();
-        assert_eq!(orphans.len(), 1);
+        let orphans = Store::open(dir.path()).unwrap().recover_orphans().unwrap();
+        assert_eq!(orphans.interrupted.len(), 1);
+        assert!(orphans.resume.is_empty());
         let d = store.deploy(&id).unwrap().unwrap();
         assert_eq!(d.phase, Phase::Interrupted);
         assert!(d.error.as_deref().unwrap().contains("build"));

@@ -15,7 +15,7 @@ use anyhow::Context;
 use rusqlite::Connection;
 
 pub use deliveries::PushRecord;
-pub use deploys::NewDeploy;
+pub use deploys::{NewDeploy, Orphans};
 pub use logs::{LogLine, LogWriter, MAX_LOG_LINES};
 
 /// A handle on the state database. Cheap to clone; queries are short, so one connection behind a

@@ -69,4 +69,12 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX deploys_by_requested_commit ON deploys (app, requested_commit);
     CREATE INDEX deploys_by_app_phase ON deploys (app, phase);
     "#,
+    // 3: what a deploy resolved and what a restarted server needs to resume it: the Compose
+    // project and files, the commit that ran before, and the detached recreate process.
+    r#"
+    ALTER TABLE deploys ADD COLUMN project TEXT;
+    ALTER TABLE deploys ADD COLUMN compose_files TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE deploys ADD COLUMN previous_commit TEXT;
+    ALTER TABLE deploys ADD COLUMN recreate_process TEXT;
+    "#,
 ];

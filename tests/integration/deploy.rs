@@ -251,7 +251,7 @@ async fn a_second_trigger_during_a_deploy_gets_409_and_cancel_stops_the_build() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_missing_compose_file_fails_the_build_step_with_its_name() {
+async fn a_checkout_without_a_compose_file_fails_the_first_step_saying_what_compose_looks_for() {
     let app = TestApp::new(AppOptions::default());
     let server = app.start();
     let ok = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
@@ -263,8 +263,9 @@ async fn a_missing_compose_file_fails_the_build_step_with_its_name() {
     let acc = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
     let d = server.wait_end(&acc.deploy_id).await;
     assert_eq!(d.phase, Phase::Failed);
-    assert_eq!(status_of(&d, StepName::Build), StepStatus::Failed);
-    assert!(d.error.as_deref().unwrap().contains("docker-compose.yml"), "{:?}", d.error);
+    assert_eq!(status_of(&d, StepName::GitPull), StepStatus::Failed);
+    let error = d.error.as_deref().unwrap();
+    assert!(error.contains("no Compose file") && error.contains("docker-compose.yml"), "{error}");
     assert_eq!(app.web_containers(), before);
 }
 
