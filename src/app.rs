@@ -99,7 +99,11 @@ pub async fn serve(
         SecretSource::File(_) => None,
     });
     let secret_env = secret_env.chain(["KUA_ADMIN_TOKEN".to_owned()]).collect::<Vec<_>>();
-    let redactor = Redactor::new(secrets).with_secret_env(secret_env);
+    let mut redactor = Redactor::new(secrets).with_secret_env(secret_env);
+    match std::env::current_exe() {
+        Ok(exe) => redactor = redactor.with_child_guard(exe),
+        Err(e) => tracing::warn!("cannot find kua-deploy's own binary ({e}): commands will not die with the server"),
+    }
     let stop = CancellationToken::new();
     let local = Host::new(HostSpec::Local, redactor.clone());
     let self_target = selfupdate::discover(&settings.registry, &Docker::new(local.clone())).await;

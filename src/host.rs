@@ -43,7 +43,9 @@ impl LogSink for NoLog {
     fn line(&self, _: Stream, _: &str) {}
 }
 
-/// Replaces every known secret with `[REDACTED]`.
+/// What every command the server runs is subject to: every known secret replaced with
+/// `[REDACTED]` in its output, secret variables kept out of its environment, and (in the server)
+/// a guard that kills it if the server dies.
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
     secrets: Vec<String>,
@@ -51,6 +53,8 @@ pub struct Redactor {
     /// Compose hands the environment to `${VAR}` in an app's files, which anyone who can push to
     /// that app controls.
     secret_env: Vec<String>,
+    /// The kua-deploy binary, run as [`CHILD_GUARD`] in front of each command.
+    child_guard: Option<PathBuf>,
 }
 
 impl Redactor {
@@ -58,12 +62,18 @@ impl Redactor {
         // Short values would redact half of every line; a secret that short is not worth hiding.
         let mut secrets: Vec<String> = secrets.into_iter().filter(|s| s.len() >= 4).collect();
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        Self { secrets, secret_env: Vec::new() }
+        Self { secrets, secret_env: Vec::new(), child_guard: None }
     }
 
     /// Also keeps these environment variables away from the commands run.
     pub fn with_secret_env(mut self, names: impl IntoIterator<Item = String>) -> Self {
         self.secret_env.extend(names);
+        self
+    }
+
+    /// Runs every command behind `exe`'s child guard (see [`child_guard_main`]).
+    pub fn with_child_guard(mut self, exe: PathBuf) -> Self {
+        self.child_guard = Some(exe);
         self
     }
 
@@ -211,6 +221,9 @@ impl Host {
             }
             HostSpec::Ssh(h) => ssh_command(h, cmd),
         };
+        if let Some(guard) = &self.redactor.child_guard {
+            command = guarded(guard, command);
+        }
         command
             .stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
@@ -293,6 +306,63 @@ impl Host {
     /// Runs `cmd` and logs nothing but its failure; for quick queries (inspect, rev-parse).
     pub async fn query(&self, cmd: &Cmd) -> Result<Output, RunError> {
         self.run(cmd, &CancellationToken::new(), &NoLog).await
+    }
+}
+
+/// The argument that makes the kua-deploy binary a child guard instead of anything else.
+pub const CHILD_GUARD: &str = "__kua-child-guard";
+
+/// `command` run behind the child guard: `<exe> __kua-child-guard <program> <args…>`, with the
+/// same directory and environment.
+fn guarded(exe: &std::path::Path, command: Command) -> Command {
+    let std = command.as_std();
+    let mut c = Command::new(exe);
+    c.arg(CHILD_GUARD).arg(std.get_program()).args(std.get_args());
+    if let Some(dir) = std.get_current_dir() {
+        c.current_dir(dir);
+    }
+    for (k, v) in std.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c
+}
+
+extern "C" fn kill_own_group(_: libc::c_int) {
+    // SAFETY: kill is async-signal-safe; 0 is this process's own group.
+    unsafe {
+        libc::kill(0, libc::SIGKILL);
+    }
+}
+
+/// The child guard: stands between the server and one command, in the command's process group.
+/// A killed server (SIGKILL runs no handler) takes only its direct children with it
+/// (PR_SET_PDEATHSIG); `docker compose` is a grandchild (the CLI starts the plugin), which would
+/// build on alone. The guard is told of its parent's death with SIGTERM and kills its whole group.
+/// Returns the command's exit status (128 + the signal that ended it).
+pub fn child_guard_main(argv: &[std::ffi::OsString]) -> i32 {
+    // SAFETY: plain libc calls on this process; the handler only calls kill.
+    unsafe {
+        libc::signal(libc::SIGTERM, kill_own_group as *const () as libc::sighandler_t);
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        // The server died before prctl took effect: nobody is left to read the output.
+        if libc::getppid() == 1 {
+            return 137;
+        }
+    }
+    let Some((program, args)) = argv.split_first() else { return 2 };
+    let status = std::process::Command::new(program).args(args).status();
+    match status {
+        Ok(s) => {
+            use std::os::unix::process::ExitStatusExt;
+            s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
+        }
+        Err(e) => {
+            eprintln!("could not start {}: {e}", program.to_string_lossy());
+            127
+        }
     }
 }
 

@@ -183,6 +183,10 @@ pub fn block_on<F: std::future::Future<Output = i32>>(fut: F) -> i32 {
 
 /// The `kua-deploy` binary's whole main.
 pub fn main() -> i32 {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == crate::host::CHILD_GUARD) {
+        return crate::host::child_guard_main(&args[2..]);
+    }
     let cli = Cli::parse();
     // The server logs what it does; a client command's own output is what the user reads.
     init_tracing(if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" });

@@ -110,12 +110,30 @@ pub struct AppOptions {
     /// The app's `webhook` entry; `secret_file` may be given as the placeholder `SECRET_FILE`,
     /// replaced by a file holding [`WEBHOOK_SECRET`].
     pub webhook: Option<Value>,
+    /// Whether the registry names the Compose project; without it, Compose resolves it (the test
+    /// Compose file then carries the project as its top-level `name:`).
+    pub explicit_project: bool,
 }
 
 impl Default for AppOptions {
     fn default() -> Self {
-        Self { migrations: None, verify: json!({"timeout_s": 30, "stable_s": 1}), rollback: true, webhook: None }
+        Self {
+            migrations: None,
+            verify: json!({"timeout_s": 30, "stable_s": 1}),
+            rollback: true,
+            webhook: None,
+            explicit_project: true,
+        }
     }
+}
+
+/// The test app's Compose file: `web` built from the checkout, published on a loopback port, with
+/// `web_extra` added to the service and `top_extra` at the top level (both YAML, indented).
+pub fn compose_yaml(web_extra: &str, top_extra: &str) -> String {
+    format!(
+        "{top_extra}services:\n  web:\n    build: .\n    ports: [\"127.0.0.1::80\"]\n    labels: [\"{TEST_LABEL}=1\"]\n{web_extra}\
+         networks:\n  default:\n    labels: [\"{TEST_LABEL}=1\"]\n"
+    )
 }
 
 pub const WEBHOOK_SECRET: &str = "hook-secret-for-tests-5f1d";
@@ -144,13 +162,8 @@ impl TestApp {
         git(dir.path(), &["init", "--quiet", "--bare", remote.to_str().unwrap()]);
         git(dir.path(), &["init", "--quiet", work.to_str().unwrap()]);
         std::fs::copy(BUSYBOX, work.join("busybox")).expect("copy busybox");
-        std::fs::write(
-            work.join("docker-compose.yml"),
-            format!(
-                "services:\n  web:\n    build: .\n    ports: [\"127.0.0.1::80\"]\n    stop_grace_period: 1s\n    labels: [\"{TEST_LABEL}=1\"]\nnetworks:\n  default:\n    labels: [\"{TEST_LABEL}=1\"]\n"
-            ),
-        )
-        .unwrap();
+        let name = if opts.explicit_project { String::new() } else { format!("name: {project}\n") };
+        std::fs::write(work.join("docker-compose.yml"), compose_yaml("    stop_grace_period: 1s\n", &name)).unwrap();
         std::fs::create_dir_all(work.join("migrations")).unwrap();
         std::fs::write(work.join("migrations/.keep"), "").unwrap();
         let app = TestApp {
@@ -175,11 +188,13 @@ impl TestApp {
         );
         let mut entry = json!({
             "repo": app.checkout,
-            "project": app.project,
             "services": ["web"],
             "verify": opts.verify,
             "rollback": opts.rollback,
         });
+        if opts.explicit_project {
+            entry["project"] = json!(app.project);
+        }
         if let Some(m) = opts.migrations {
             entry["migrations"] = m;
         }
