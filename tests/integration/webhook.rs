@@ -453,6 +453,33 @@ async fn redeliveries_and_replays_deploy_nothing_new_until_the_deploy_failed() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_push_of_the_commit_an_api_deploy_already_made_running_is_a_duplicate() {
+    let app = hook_app();
+    let server = app.start();
+    let v2 = app.push("v2", Behaviour::Serve);
+    // No commit: the deploy resolves the branch tip itself.
+    let api = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap().deploy_id;
+    let d = server.wait_end(&api).await;
+    assert_eq!((d.phase, d.commit.as_ref().map(|c| c.as_str())), (Phase::Succeeded, Some(v2.as_str())), "{d:#?}");
+
+    let (status, v) = deliver_push(
+        &server,
+        Provider::Forgejo,
+        &uuid_hex(),
+        push_body("forgejo-push-branch-3-commits.json", "refs/heads/main", &v2),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let a = answer(&v);
+    assert_eq!((a.results[0].outcome.as_str(), a.results[0].deploy_id.as_ref()), ("duplicate", Some(&api)), "{v}");
+    assert!(a.results[0].reason.contains("already runs this commit"), "{v}");
+    let history = server.client.history(&app.name, 10).await.unwrap().deploys;
+    assert_eq!(history.len(), 1, "nothing queued: {history:#?}");
+    let deliveries = server.client.deliveries(&app.name, 10).await.unwrap().deliveries;
+    assert_eq!((deliveries[0].outcome.as_str(), deliveries[0].deploy_id.as_ref()), ("duplicate", Some(&api)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_burst_of_pushes_during_a_slow_build_coalesces_into_one_deploy_of_the_newest_commit() {
     let app = hook_app();
     let server = app.start();
