@@ -1168,9 +1168,8 @@ fn check_relative(s: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// A Compose file is handed to `docker compose --file`: there `-` is standard input (where the
-/// deploy sends its override pinning the built images) and anything else starting with `-` would
-/// be read as an option, not as the file meant.
+/// A Compose file is handed to `docker compose --file`: there `-` is standard input, not a file in
+/// the checkout, and anything else starting with `-` would be read as an option.
 fn check_compose_file(s: &str) -> Result<(), String> {
     check_relative(s).map_err(str::to_owned)?;
     if s.starts_with('-') {
