@@ -94,7 +94,9 @@ pub async fn trigger_deploy(
             requested_commit: req.commit,
         },
         approve_migrations: req.approve_migrations,
-        reason: req.reason,
+        // The reason is stored and shown in every answer about the deploy: a secret pasted into it
+        // must not come back out.
+        reason: req.reason.map(|r| state.redactor.redact(&r)),
     })?;
     let accepted = DeployAccepted { deploy_id: deploy.deploy_id, app: deploy.app, phase: deploy.phase };
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())

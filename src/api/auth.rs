@@ -10,12 +10,7 @@ use super::error::ApiError;
 use super::ApiState;
 
 pub async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Result<Response, ApiError> {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
     match given {
         Some(token) if bool::from(token.as_bytes().ct_eq(state.admin_token.as_bytes())) => Ok(next.run(req).await),
         Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the bearer token is wrong")),
@@ -24,5 +19,33 @@ pub async fn require_token(State(state): State<ApiState>, req: Request, next: Ne
             "unauthorized",
             "missing `Authorization: Bearer <token>` header (the admin token from KUA_ADMIN_TOKEN or the token file)",
         )),
+    }
+}
+
+/// The token of an `Authorization` value with the Bearer scheme. Auth schemes are case-insensitive
+/// (RFC 9110 §11.1), so `bearer` and `BEARER` count too; the scheme and token are separated by
+/// one or more spaces.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        for value in ["Bearer tok", "bearer tok", "BEARER tok", "bEaReR   tok ", " Bearer tok"] {
+            assert_eq!(bearer_token(value), Some("tok"), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn other_schemes_and_a_bare_token_are_not_a_bearer_token() {
+        for value in ["Basic dG9rCg==", "tok", "Bearer", "Bearer ", "Bearertok", "Bearer-x tok", ""] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
     }
 }

@@ -612,6 +612,7 @@ impl<'t> Checker<'t> {
                     &at.child("compose_files"),
                     "a list of Compose files relative to repo, e.g. [\"docker-compose.yml\"]",
                     "a Compose file path",
+                    check_compose_file,
                 )
                 .map(Some),
         };
@@ -765,7 +766,15 @@ impl<'t> Checker<'t> {
     }
 
     /// A non-empty list of paths that stay inside the checkout.
-    fn relative_paths(&mut self, v: &Value<'_>, at: &At, expected: &str, element: &str) -> Option<Vec<String>> {
+    /// A list of paths in the checkout, each checked by `check` (which says what is wrong with one).
+    fn relative_paths(
+        &mut self,
+        v: &Value<'_>,
+        at: &At,
+        expected: &str,
+        element: &str,
+        check: impl Fn(&str) -> Result<(), String>,
+    ) -> Option<Vec<String>> {
         let items = self.string_list(v, at, expected, &format!("a string: {element} relative to repo"))?;
         if items.is_empty() {
             self.error(at, value_start(v), format!("the list is empty: expected {expected}"));
@@ -774,7 +783,7 @@ impl<'t> Checker<'t> {
         let mut out: Vec<String> = Vec::new();
         let mut ok = true;
         for (s, iat, start) in items {
-            match check_relative(s) {
+            match check(s) {
                 Ok(()) if out.iter().any(|o| o == s) => {
                     self.error(&iat, start, format!("{s:?} is listed twice; list it once"));
                     ok = false;
@@ -811,6 +820,7 @@ impl<'t> Checker<'t> {
                 &at.child("paths"),
                 "a list of migration paths relative to repo, e.g. [\"migrations/\"]",
                 "a migration path",
+                |s| check_relative(s).map_err(str::to_owned),
             ),
         };
         let policy_word = match f.get("policy") {
@@ -1154,6 +1164,20 @@ fn check_relative(s: &str) -> Result<(), &'static str> {
     }
     if Path::new(s).components().any(|c| c == Component::ParentDir) {
         return Err("leaves the checkout through '..': give a path inside repo");
+    }
+    Ok(())
+}
+
+/// A Compose file is handed to `docker compose --file`: there `-` is standard input, not a file in
+/// the checkout, and anything else starting with `-` would be read as an option.
+fn check_compose_file(s: &str) -> Result<(), String> {
+    check_relative(s).map_err(str::to_owned)?;
+    if s.starts_with('-') {
+        let read_as = if s == "-" { "standard input" } else { "an option" };
+        return Err(format!(
+            "starts with '-', so Compose would read it as {read_as}, not as a file in repo: list the Compose \
+             files by path, e.g. \"docker-compose.yml\" (a file really named {s:?} is \"./{s}\")"
+        ));
     }
     Ok(())
 }

@@ -518,6 +518,27 @@ fn paths_inside_the_repo_must_be_relative_without_dotdot() {
 }
 
 #[test]
+fn a_compose_file_that_compose_would_read_as_stdin_or_an_option_is_refused() {
+    let text = one_app(r#""compose_files": ["-", "-f", "ok.yml", "--file=x.yml"]"#);
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+    for (e, (i, bad, read_as)) in
+        errs.iter().zip([(0, "-", "standard input"), (1, "-f", "an option"), (3, "--file=x.yml", "an option")])
+    {
+        assert_eq!(e.app.as_deref(), Some("hello"));
+        assert_eq!(e.key, format!("apps.hello.compose_files[{i}]"));
+        assert_eq!((e.line, e.column), (1, text.find(&format!("\"{bad}\"")).unwrap() + 1), "{e}");
+        assert!(e.message.contains(read_as), "{e}");
+        assert!(e.message.contains(&format!("\"./{bad}\"")), "says how to name such a file: {e}");
+    }
+    // Written as a path, a file whose name starts with '-' is fine.
+    let r = parse(&one_app(r#""compose_files": ["./-", "deploy/-f.yml"]"#)).unwrap();
+    assert_eq!(hello(&r).compose_files.as_deref().unwrap(), ["./-", "deploy/-f.yml"]);
+    // Migration paths never reach Compose: the rule is the Compose files' own.
+    assert!(parse(&one_app(r#""migrations": {"paths": ["-sql"], "policy": "block"}"#)).is_ok());
+}
+
+#[test]
 fn repo_must_be_an_absolute_path() {
     let e = only_error(r#"{"apps": {"hello": {"repo": "srv/hello", "services": ["web"]}}}"#);
     assert_eq!(e.key, "apps.hello.repo");

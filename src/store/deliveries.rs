@@ -1,5 +1,6 @@
 //! Webhook deliveries, one row per app a delivery concerned, and the lookups that recognise a
-//! redelivery: the same delivery id, or the same ref and commit as a live or succeeded deploy.
+//! redelivery: the same delivery id, or the same ref and commit (the one a deploy asked for, or
+//! the one it resolved) as a live deploy or the app's last success.
 
 use rusqlite::{params, OptionalExtension};
 
@@ -48,8 +49,9 @@ impl Store {
 
     /// Records a push in one transaction, so no reader ever sees it half done (two deploys queued)
     /// and a burst costs one commit per delivery: answers a redelivery (same delivery id, or the
-    /// same ref and commit as a deploy that is live or the app's last success) with its deploy; otherwise queues `new`,
-    /// supersedes the deploys still queued or awaiting approval, and records the delivery.
+    /// same ref and commit — asked for or resolved — as a deploy that is live or the app's last
+    /// success) with its deploy; otherwise queues `new`, supersedes the deploys still queued or
+    /// awaiting approval, and records the delivery.
     pub fn record_push(&self, new: &NewDeploy, mut delivery: Delivery) -> rusqlite::Result<PushRecord> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -74,16 +76,31 @@ impl Store {
                 .optional()?,
             None => None,
         };
+        // The commit a deploy asked for, or the one it resolved in git_pull (an API deploy without a
+        // commit takes the branch tip): a push of what the app already runs is not a new release.
+        // Only the live deploys and the last success are candidates, read through (app, phase).
         let earlier = match (earlier, &new.trigger.requested_commit) {
             (Some(e), _) => Some(e),
             (None, Some(commit)) => tx
                 .prepare_cached(&format!(
-                    "SELECT d.id, d.phase FROM deploys d WHERE d.app = ?2 AND d.trigger_ref = ?1 AND d.requested_commit = ?3
-                     AND {counts} ORDER BY d.seq DESC LIMIT 1"
+                    "SELECT d.id, d.phase, d.trigger_source FROM deploys d
+                     WHERE d.id IN (SELECT id FROM deploys WHERE app = ?2 AND phase IN {ACTIVE}
+                                    UNION ALL
+                                    SELECT id FROM (SELECT id FROM deploys WHERE app = ?2 AND phase = 'succeeded'
+                                                    ORDER BY seq DESC LIMIT 1))
+                       AND d.trigger_ref = ?1 AND (d.requested_commit = ?3 OR d.commit_sha = ?3)
+                     ORDER BY d.seq DESC LIMIT 1"
                 ))?
                 .query_row(params![new.trigger.git_ref, app, commit.as_str()], |r| {
-                    let phase: String = r.get(1)?;
-                    Ok((r.get(0)?, format!("a deploy of this ref and commit is already {phase}")))
+                    let (phase, source): (String, String) = (r.get(1)?, r.get(2)?);
+                    Ok((
+                        r.get(0)?,
+                        if phase == "succeeded" {
+                            format!("the app already runs this commit, from its last successful deploy (triggered by {source})")
+                        } else {
+                            format!("a deploy of this ref and commit (triggered by {source}) is already {phase}")
+                        },
+                    ))
                 })
                 .optional()?,
             (None, None) => None,
@@ -152,4 +169,97 @@ fn insert_delivery_in(conn: &rusqlite::Connection, app: &str, d: &Delivery) -> r
         d.received_at
     ])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{CommitSha, Phase, StepName, Trigger, TriggerSource};
+
+    const X: &str = "1111111111111111111111111111111111111111";
+    const Y: &str = "2222222222222222222222222222222222222222";
+
+    fn sha(s: &str) -> CommitSha {
+        CommitSha::parse(s).unwrap()
+    }
+
+    fn deploy(source: TriggerSource, requested: Option<&str>) -> NewDeploy {
+        NewDeploy {
+            app: AppName::parse("hello").unwrap(),
+            trigger: Trigger {
+                source,
+                delivery: None,
+                git_ref: "refs/heads/main".into(),
+                requested_commit: requested.map(sha),
+            },
+            approve_migrations: false,
+            reason: None,
+            steps: vec![StepName::GitPull],
+        }
+    }
+
+    /// A push of `after` under a fresh delivery id.
+    fn push(store: &Store, after: &str) -> PushRecord {
+        let delivery = Delivery {
+            id: Some(crate::model::DeployId::new().to_string()),
+            provider: "forgejo".into(),
+            event: "push".into(),
+            repository: "kua/hello".into(),
+            git_ref: Some("refs/heads/main".into()),
+            after: Some(after.into()),
+            outcome: String::new(),
+            reason: String::new(),
+            deploy_id: None,
+            received_at: now_rfc3339(),
+        };
+        store.record_push(&deploy(TriggerSource::Webhook, Some(after)), delivery).unwrap()
+    }
+
+    /// An API deploy without a commit that resolved `commit` in git_pull and is now `phase`.
+    fn api_deploy(store: &Store, commit: &str, phase: Phase) -> DeployId {
+        let id = store.insert_deploy(&deploy(TriggerSource::Api, None)).unwrap().deploy_id;
+        store.transition(&id, &[Phase::Queued], Phase::Running, None).unwrap();
+        store.set_commits(&id, None, &sha(commit)).unwrap();
+        if phase != Phase::Running {
+            store.transition(&id, &[Phase::Running], phase, None).unwrap();
+        }
+        id
+    }
+
+    #[test]
+    fn a_push_of_the_commit_an_api_deploy_resolved_is_a_duplicate_while_it_runs_and_once_it_succeeded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = api_deploy(&store, X, Phase::Running);
+        match push(&store, X) {
+            PushRecord::Duplicate { deploy_id, reason } => {
+                assert_eq!(deploy_id, id);
+                assert!(reason.contains("running") && reason.contains("api"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        store.transition(&id, &[Phase::Running], Phase::Succeeded, None).unwrap();
+        match push(&store, X) {
+            PushRecord::Duplicate { deploy_id, reason } => {
+                assert_eq!(deploy_id, id);
+                assert!(reason.contains("already runs this commit"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(push(&store, Y), PushRecord::Queued { .. }), "another commit deploys");
+    }
+
+    #[test]
+    fn a_push_of_that_commit_deploys_after_its_deploy_failed_or_a_later_one_succeeded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        api_deploy(&store, X, Phase::Failed);
+        assert!(matches!(push(&store, X), PushRecord::Queued { .. }), "after a failure, the push deploys");
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        api_deploy(&store, X, Phase::Succeeded);
+        api_deploy(&store, Y, Phase::Succeeded);
+        assert!(matches!(push(&store, X), PushRecord::Queued { .. }), "a push back to X is a revert");
+    }
 }

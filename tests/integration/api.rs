@@ -39,6 +39,13 @@ async fn bad_requests_get_clear_json_errors_and_queue_nothing() {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     let (s, _) = post(&server, deploy, Some(TOKEN), "").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "a token without the Bearer scheme is refused");
+    // The auth scheme is case-insensitive: past auth, the unknown app is what answers.
+    for scheme in ["bearer", "BEARER"] {
+        let (s, b) = post(&server, "/api/v1/apps/nope/deploy", Some(&format!("{scheme} {TOKEN}")), "").await;
+        assert_eq!((s, code(&b).as_str()), (StatusCode::NOT_FOUND, "unknown_app"), "{scheme}: {b}");
+    }
+    let (s, _) = post(&server, "/api/v1/apps/nope/deploy", Some(&format!("bearer {TOKEN}x")), "").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "a wrong token in lower case is still wrong");
 
     let (s, b) = post(&server, "/api/v1/apps/nope/deploy", Some(&auth), "").await;
     assert_eq!((s, code(&b).as_str()), (StatusCode::NOT_FOUND, "unknown_app"));
@@ -119,4 +126,36 @@ async fn check_config_reports_every_problem_and_exits_non_zero() {
     assert!(text.contains("repo"), "{text}");
     assert!(text.contains("services"), "{text}");
     assert!(text.contains(":1:"), "positions are given: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_in_a_deploys_reason_never_comes_back_in_an_answer() {
+    use crate::support::WEBHOOK_SECRET;
+    let app = TestApp::new(AppOptions {
+        webhook: Some(json!({"repository": crate::support::WEBHOOK_REPO, "secret_file": "SECRET_FILE"})),
+        ..AppOptions::default()
+    });
+    let server = app.start();
+    // A commit the remote does not have: the deploy ends at git_pull, in a second.
+    let body = json!({"commit": "1".repeat(40), "reason": format!("pasted {TOKEN} and {WEBHOOK_SECRET} by mistake")});
+    let (s, b) = post(&server, "/api/v1/apps/hello/deploy", Some(&server.auth()), &body.to_string()).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    assert!(!b.contains(TOKEN) && !b.contains(WEBHOOK_SECRET), "{b}");
+    let id = serde_json::from_str::<kua_deploy::api::types::DeployAccepted>(&b).unwrap().deploy_id;
+    let d = server.wait_end(&id).await;
+    assert_eq!(d.phase, Phase::Failed, "{d:#?}");
+    assert_eq!(d.reason.as_deref(), Some("pasted [REDACTED] and [REDACTED] by mistake"));
+
+    for path in [
+        format!("/api/v1/deploys/{id}"),
+        "/api/v1/apps/hello/progress".to_owned(),
+        "/api/v1/apps/hello/deploys".to_owned(),
+        format!("/api/v1/deploys/{id}/logs"),
+    ] {
+        let (s, b) = get(&server, &path).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {b}");
+        assert!(!b.contains(TOKEN) && !b.contains(WEBHOOK_SECRET), "{path}: {b}");
+    }
+    let (_, b) = get(&server, "/api/v1/apps/hello/deploys").await;
+    assert!(b.contains("pasted [REDACTED] and [REDACTED] by mistake"), "{b}");
 }

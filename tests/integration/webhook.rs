@@ -322,19 +322,16 @@ async fn tags_other_branches_deletions_and_other_events_are_answered_202_and_dep
     let server = app.start();
     let head = git(&app.work, &["rev-parse", "HEAD"]);
     let zeros = "0".repeat(40);
+    // A deletion moves the branch from a commit (`before`) to nothing; the new-branch push has
+    // `before` all zeros, so it cannot stand for one (both zeros is a test delivery).
     let cases = [
-        ("refs/tags/v1.0", head.as_str(), "tag"),
-        ("refs/heads/feature", head.as_str(), "not the app's branch"),
-        ("refs/heads/main", zeros.as_str(), "deleted"),
+        ("forgejo-push-new-branch-codeberg.json", "refs/tags/v1.0", head.as_str(), "tag"),
+        ("forgejo-push-new-branch-codeberg.json", "refs/heads/feature", head.as_str(), "not the app's branch"),
+        ("forgejo-push-branch-3-commits.json", "refs/heads/main", zeros.as_str(), "deleted"),
     ];
-    for (i, (git_ref, after, why)) in cases.iter().enumerate() {
-        let (status, v) = deliver_push(
-            &server,
-            Provider::Forgejo,
-            &format!("i{i}"),
-            push_body("forgejo-push-new-branch-codeberg.json", git_ref, after),
-        )
-        .await;
+    for (i, (fixture_name, git_ref, after, why)) in cases.iter().enumerate() {
+        let (status, v) =
+            deliver_push(&server, Provider::Forgejo, &format!("i{i}"), push_body(fixture_name, git_ref, after)).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{v}");
         let a = answer(&v);
         assert_eq!(a.results[0].outcome, "ignored", "{git_ref}: {v}");
@@ -359,6 +356,65 @@ async fn tags_other_branches_deletions_and_other_events_are_answered_202_and_dep
     assert_eq!(deliveries.len(), 5);
     assert!(deliveries.iter().all(|d| d.outcome == "ignored" && d.deploy_id.is_none()));
     assert_eq!(deliveries[0].event, "delete");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_test_delivery_from_an_empty_or_a_full_repository_is_ignored_as_a_test_not_a_deletion() {
+    let app = hook_app();
+    let server = app.start();
+    // Gitea's "Test Delivery" (routers/web/repo/setting/webhook.go, TestWebhook) on a repository
+    // without commits: a push to the default branch whose before, after and only commit are a
+    // made-up commit with the zero id, by the ghost user. Built on the recorded Gitea push.
+    let zero = "0".repeat(40);
+    let mut v: Value = serde_json::from_slice(&fixture("gitea-push-first-push-signed.json")).unwrap();
+    let fake = json!({
+        "id": zero,
+        "message": "This is a fake commit",
+        "url": format!("http://localhost:3000/{WEBHOOK_REPO}/commit/{zero}"),
+        "author": {"name": "Ghost", "email": "", "username": ""},
+        "committer": {"name": "Ghost", "email": "", "username": ""},
+        "verification": null,
+        "timestamp": "0001-01-01T00:00:00Z",
+        "added": null,
+        "removed": null,
+        "modified": null
+    });
+    v["repository"]["full_name"] = json!(WEBHOOK_REPO);
+    v["ref"] = json!("refs/heads/main");
+    v["before"] = json!(zero);
+    v["after"] = json!(zero);
+    v["compare_url"] = json!(format!("http://localhost:3000/{WEBHOOK_REPO}/compare/{zero}...{zero}"));
+    v["commits"] = json!([fake]);
+    v["total_commits"] = json!(1);
+    v["head_commit"] = fake;
+    let body = serde_json::to_vec(&v).unwrap();
+    let sig = sign(WEBHOOK_SECRET.as_bytes(), &body);
+    let (status, v) =
+        send(&server, Provider::Gitea, headers(Provider::Gitea, "push", "t1", &sig), "application/json", body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let a = answer(&v);
+    assert_eq!(a.results[0].outcome, "ignored", "{v}");
+    assert!(a.results[0].reason.contains("test delivery"), "{v}");
+    assert!(a.results[0].reason.contains("empty repository"), "{v}");
+    assert!(!a.results[0].reason.contains("delete"), "{v}");
+
+    // Forgejo's test delivery of a repository with commits sends its latest commit as both
+    // `before` and `after`: the branch did not move, nothing is deployed either.
+    let head = git(&app.work, &["rev-parse", "HEAD"]);
+    let mut v: Value =
+        serde_json::from_slice(&push_body("forgejo-push-branch-3-commits.json", "refs/heads/main", &head)).unwrap();
+    v["before"] = json!(head);
+    let (status, v) = deliver_push(&server, Provider::Forgejo, "t2", serde_json::to_vec(&v).unwrap()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let a = answer(&v);
+    assert_eq!(a.results[0].outcome, "ignored", "{v}");
+    assert!(a.results[0].reason.contains("test delivery") && a.results[0].reason.contains("did not move"), "{v}");
+
+    assert!(server.client.history(&app.name, 10).await.unwrap().deploys.is_empty());
+    let deliveries = server.client.deliveries(&app.name, 10).await.unwrap().deliveries;
+    assert_eq!(deliveries.len(), 2);
+    assert_eq!((deliveries[1].outcome.as_str(), deliveries[1].provider.as_str()), ("ignored", "gitea"));
+    assert!(deliveries.iter().all(|d| d.outcome == "ignored" && d.reason.contains("test delivery")), "{deliveries:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -450,6 +506,33 @@ async fn redeliveries_and_replays_deploy_nothing_new_until_the_deploy_failed() {
     assert_eq!(revert.results[0].outcome, "queued", "{v}");
     assert_eq!(server.wait_end(revert.results[0].deploy_id.as_ref().unwrap()).await.phase, Phase::Succeeded);
     assert_eq!(app.fetch().as_deref(), Some("v2"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_of_the_commit_an_api_deploy_already_made_running_is_a_duplicate() {
+    let app = hook_app();
+    let server = app.start();
+    let v2 = app.push("v2", Behaviour::Serve);
+    // No commit: the deploy resolves the branch tip itself.
+    let api = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap().deploy_id;
+    let d = server.wait_end(&api).await;
+    assert_eq!((d.phase, d.commit.as_ref().map(|c| c.as_str())), (Phase::Succeeded, Some(v2.as_str())), "{d:#?}");
+
+    let (status, v) = deliver_push(
+        &server,
+        Provider::Forgejo,
+        &uuid_hex(),
+        push_body("forgejo-push-branch-3-commits.json", "refs/heads/main", &v2),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let a = answer(&v);
+    assert_eq!((a.results[0].outcome.as_str(), a.results[0].deploy_id.as_ref()), ("duplicate", Some(&api)), "{v}");
+    assert!(a.results[0].reason.contains("already runs this commit"), "{v}");
+    let history = server.client.history(&app.name, 10).await.unwrap().deploys;
+    assert_eq!(history.len(), 1, "nothing queued: {history:#?}");
+    let deliveries = server.client.deliveries(&app.name, 10).await.unwrap().deliveries;
+    assert_eq!((deliveries[0].outcome.as_str(), deliveries[0].deploy_id.as_ref()), ("duplicate", Some(&api)));
 }
 
 #[tokio::test(flavor = "multi_thread")]

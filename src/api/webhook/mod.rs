@@ -155,6 +155,15 @@ async fn receive(state: &ApiState, provider: &Provider, req: Request) -> Result<
         };
         let result = match &push {
             None => ignore(format!("event {event:?} does not deploy; only pushes do"))?,
+            Some(p) if p.test_delivery => ignore(match &p.after {
+                None => "a test delivery from an empty repository (`before` and `after` are both the zero id, \
+                         as Gitea's \"Test Delivery\" sends): nothing to deploy"
+                    .to_owned(),
+                Some(c) => format!(
+                    "a test delivery (`before` and `after` are both {}: the branch did not move): nothing to deploy",
+                    c.short()
+                ),
+            })?,
             Some(p) => match (&p.target, &p.after) {
                 (PushRef::Tag(t), _) => {
                     ignore(format!("tag {t} does not deploy; only pushes to branch {}", app.branch))?

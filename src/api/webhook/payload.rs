@@ -53,6 +53,7 @@ struct RawDelivery {
     #[serde(rename = "ref")]
     git_ref: Option<serde_json::Value>,
     after: Option<serde_json::Value>,
+    before: Option<serde_json::Value>,
     repository: Option<RawRepository>,
 }
 
@@ -62,6 +63,7 @@ pub struct Delivery {
     pub repository: String,
     git_ref: Option<serde_json::Value>,
     after: Option<serde_json::Value>,
+    before: Option<serde_json::Value>,
 }
 
 pub fn parse(json: &[u8]) -> Result<Delivery, PayloadError> {
@@ -71,7 +73,7 @@ pub fn parse(json: &[u8]) -> Result<Delivery, PayloadError> {
         .and_then(|r| r.full_name)
         .filter(|n| !n.is_empty())
         .ok_or(PayloadError::Missing("repository.full_name"))?;
-    Ok(Delivery { repository, git_ref: raw.git_ref, after: raw.after })
+    Ok(Delivery { repository, git_ref: raw.git_ref, after: raw.after, before: raw.before })
 }
 
 /// What a push's ref names.
@@ -87,6 +89,11 @@ pub struct Push {
     pub git_ref: String,
     pub target: PushRef,
     pub after: Option<CommitSha>,
+    /// `before` equals `after`: no real push leaves its ref where it was. It is what the "Test
+    /// Delivery" of Forgejo and Gitea sends: the branch's latest commit as both, or for a
+    /// repository without commits (and in recent Gitea always) the zero id as both, with one
+    /// made-up commit of that id.
+    pub test_delivery: bool,
 }
 
 impl Delivery {
@@ -114,7 +121,13 @@ impl Delivery {
                 git_ref.chars().take(100).collect::<String>()
             )));
         };
-        Ok(Push { git_ref: git_ref.to_owned(), target, after: (!after.is_zero()).then_some(after) })
+        let before = self.before.as_ref().and_then(|v| v.as_str()).and_then(|b| CommitSha::parse(b).ok());
+        Ok(Push {
+            git_ref: git_ref.to_owned(),
+            target,
+            test_delivery: before.as_ref() == Some(&after),
+            after: (!after.is_zero()).then_some(after),
+        })
     }
 }
 
@@ -176,6 +189,31 @@ mod tests {
         assert_eq!(parse(b"{}").err(), Some(PayloadError::Missing("repository.full_name")));
         let no_after = parse(br#"{"ref":"refs/heads/main","repository":{"full_name":"a/b"}}"#).unwrap();
         assert_eq!(no_after.push(), Err(PayloadError::Missing("after")));
+    }
+
+    #[test]
+    fn a_push_that_leaves_its_ref_where_it_was_is_a_test_delivery_and_a_deletion_is_not() {
+        let body = |before: &str, after: &str, commits: &str| {
+            format!(
+                r#"{{"ref":"refs/heads/main","before":"{before}","after":"{after}","commits":{commits},"repository":{{"full_name":"a/b"}}}}"#
+            )
+        };
+        let (zero, zero64, sha) = ("0".repeat(40), "0".repeat(64), "a".repeat(40));
+        let fake = format!(r#"[{{"id":"{zero}","message":"This is a fake commit"}}]"#);
+        for text in [body(&zero, &zero, &fake), body(&zero, &zero, "[]"), body(&zero64, &zero64, "[]")] {
+            let p = parse(text.as_bytes()).unwrap().push().unwrap();
+            assert!(p.test_delivery && p.after.is_none(), "{text}");
+        }
+        // Forgejo's test delivery of a repository with commits: its latest commit as both.
+        let p = parse(body(&sha, &sha, "[]").as_bytes()).unwrap().push().unwrap();
+        assert!(p.test_delivery && p.after.is_some());
+        let other = "b".repeat(40);
+        for text in [body(&sha, &zero, "[]"), body(&zero, &sha, "[]"), body(&other, &sha, "[]")] {
+            assert!(!parse(text.as_bytes()).unwrap().push().unwrap().test_delivery, "{text}");
+        }
+        // A push without `before` (or with a malformed one) is judged by `after` alone.
+        let no_before = format!(r#"{{"ref":"refs/heads/main","after":"{zero}","repository":{{"full_name":"a/b"}}}}"#);
+        assert!(!parse(no_before.as_bytes()).unwrap().push().unwrap().test_delivery);
     }
 
     #[test]
