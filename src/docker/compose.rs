@@ -205,8 +205,8 @@ impl Compose {
         self.ok("docker compose build", self.cmd(&args).timeout(BUILD_TIMEOUT), cancel, log).await.map(drop)
     }
 
-    /// Starts the recreate of exactly `services` (`up --no-deps --force-recreate`, never building
-    /// or pulling: their tags already point at the wanted image IDs), detached: it finishes even if
+    /// Starts the recreate of exactly `services` (`up --no-deps --force-recreate`, never pulling:
+    /// their tags already point at the wanted image IDs), detached: it finishes even if
     /// kua-deploy dies meanwhile. Leftovers of an interrupted recreate are removed first.
     pub async fn start_recreate(
         &self,
@@ -215,7 +215,9 @@ impl Compose {
         log: &dyn LogSink,
     ) -> Result<Detached, DockerError> {
         self.remove_interrupted_recreates(services, log).await?;
-        let mut args = vec!["up", "--detach", "--no-deps", "--no-build", "--force-recreate", "--pull", "never"];
+        // No `--no-build`: the tags exist (so nothing is built), and Compose 2.x records a
+        // different config hash with it, which would make a later plain `up` recreate everything.
+        let mut args = vec!["up", "--detach", "--no-deps", "--force-recreate", "--pull", "never"];
         args.extend(services.iter().map(|s| s.as_str()));
         let cmd = self.cmd(&args);
         log.line(Stream::Info, &format!("$ {}", cmd.display()));

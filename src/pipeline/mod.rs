@@ -347,6 +347,7 @@ async fn run_steps(ctx: &mut DeployCtx, pending: Vec<StepName>) -> rusqlite::Res
         // takes effect here, between steps; recreate checks it under the same lock as cancel.
         let go_on = if step == StepName::Recreate { begin_recreate(ctx) } else { !stop_requested(ctx) };
         if !go_on {
+            put_back(ctx).await;
             return stop_before(ctx, step);
         }
         store.step_start(&id, step, "")?;
@@ -361,7 +362,10 @@ async fn run_steps(ctx: &mut DeployCtx, pending: Vec<StepName>) -> rusqlite::Res
                 ctx.log.info(&format!("step {step} skipped: {detail}"));
                 store.step_finish(&id, step, StepStatus::Skipped, &detail)?;
             }
-            StepOutcome::AwaitApproval(_) if stop_requested(ctx) => return finish_stopped(ctx, step),
+            StepOutcome::AwaitApproval(_) if stop_requested(ctx) => {
+                put_back(ctx).await;
+                return finish_stopped(ctx, step);
+            }
             StepOutcome::AwaitApproval(detail) => {
                 ctx.log.info(&format!("step {step} waits for approval: {detail}"));
                 // The gate stays `running` (it holds the deploy), its detail saying what to approve.
@@ -370,7 +374,10 @@ async fn run_steps(ctx: &mut DeployCtx, pending: Vec<StepName>) -> rusqlite::Res
                 return Ok(RunEnd::Paused);
             }
             StepOutcome::Stopped if left_for_resume(ctx, step) => return Ok(RunEnd::LeftForResume),
-            StepOutcome::Stopped => return finish_stopped(ctx, step),
+            StepOutcome::Stopped => {
+                put_back(ctx).await;
+                return finish_stopped(ctx, step);
+            }
             StepOutcome::HandedOff => return Ok(RunEnd::Paused),
             StepOutcome::Failed(detail) => {
                 ctx.log.info(&format!("step {step} failed: {detail}"));
@@ -380,6 +387,7 @@ async fn run_steps(ctx: &mut DeployCtx, pending: Vec<StepName>) -> rusqlite::Res
                 if matches!(step, StepName::Recreate | StepName::Verify) && !ctx.is_self() {
                     return roll_back(ctx, step, detail).await;
                 }
+                put_back(ctx).await;
                 return finish(
                     ctx,
                     Phase::Failed,
@@ -394,6 +402,45 @@ async fn run_steps(ctx: &mut DeployCtx, pending: Vec<StepName>) -> rusqlite::Res
 
 fn stop_requested(ctx: &DeployCtx) -> bool {
     ctx.cancel.is_cancelled() || ctx.control.lock().unwrap_or_else(|e| e.into_inner()).cancel_requested
+}
+
+/// A deploy that ends before its recreate began leaves the app as it found it: the checkout back
+/// at the commit it was at, and the tags its build moved back on the images that run — so a plain
+/// `docker compose up -d` afterwards still changes nothing. Best effort: what fails is logged.
+async fn put_back(ctx: &DeployCtx) {
+    if ctx.control.lock().unwrap_or_else(|e| e.into_inner()).recreate_began {
+        return;
+    }
+    let (Some(before), Some(commit)) = (&ctx.commit_before, &ctx.commit) else { return };
+    let never = CancellationToken::new();
+    if before != commit {
+        match ctx.git.checkout(&ctx.app.branch, before, &never, ctx.sink()).await {
+            Ok(()) => ctx.log.info(&format!("the checkout is back at {}", before.short())),
+            Err(e) => ctx.log.info(&format!("cannot return the checkout to {}: {e}", before.short())),
+        }
+    }
+    if ctx.images.is_empty() {
+        return;
+    }
+    let docker = ctx.compose.docker();
+    let resolved = match ctx.compose.resolve(&never, ctx.sink()).await {
+        Ok(r) => r,
+        Err(e) => return ctx.log.info(&format!("cannot read the Compose configuration to put the tags back: {e}")),
+    };
+    for service in ctx.images.keys() {
+        let running = docker.service_containers(ctx.compose.project(), service).await.ok().and_then(|cs| {
+            cs.into_iter().find(|c| c.state == "running").and_then(|c| crate::model::ImageId::parse(&c.image).ok())
+        });
+        let names = Compose::image_names(&resolved, std::slice::from_ref(service));
+        if let (Some(id), Ok(names)) = (running, names) {
+            match docker.tag(&id, &names[service]).await {
+                Ok(()) => {
+                    ctx.log.info(&format!("{} points at {} again, the image that runs", names[service], id.short()))
+                }
+                Err(e) => ctx.log.info(&format!("cannot put the tag of {service} back: {e}")),
+            }
+        }
+    }
 }
 
 /// A shutdown after the recreate began leaves the deploy `running`, for the next start to resume:

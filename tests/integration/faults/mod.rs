@@ -3,4 +3,5 @@
 //! connections, a 300 MB output line, Compose files that change between releases. Each test
 //! asserts what must hold: the app serves, the deploy's phase, nothing stuck, nothing lost.
 
+mod compose;
 mod recreate;
