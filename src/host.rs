@@ -312,12 +312,12 @@ impl Host {
 /// The argument that makes the kua-deploy binary a child guard instead of anything else.
 pub const CHILD_GUARD: &str = "__kua-child-guard";
 
-/// `command` run behind the child guard: `<exe> __kua-child-guard <program> <args…>`, with the
-/// same directory and environment.
+/// `command` run behind the child guard: `<exe> __kua-child-guard <server pid> <program> <args…>`,
+/// with the same directory and environment.
 fn guarded(exe: &std::path::Path, command: Command) -> Command {
     let std = command.as_std();
     let mut c = Command::new(exe);
-    c.arg(CHILD_GUARD).arg(std.get_program()).args(std.get_args());
+    c.arg(CHILD_GUARD).arg(std::process::id().to_string()).arg(std.get_program()).args(std.get_args());
     if let Some(dir) = std.get_current_dir() {
         c.current_dir(dir);
     }
@@ -343,16 +343,17 @@ extern "C" fn kill_own_group(_: libc::c_int) {
 /// build on alone. The guard is told of its parent's death with SIGTERM and kills its whole group.
 /// Returns the command's exit status (128 + the signal that ended it).
 pub fn child_guard_main(argv: &[std::ffi::OsString]) -> i32 {
+    let [server, program, args @ ..] = argv else { return 2 };
+    let server: libc::pid_t = server.to_str().and_then(|s| s.parse().ok()).unwrap_or(0);
     // SAFETY: plain libc calls on this process; the handler only calls kill.
     unsafe {
         libc::signal(libc::SIGTERM, kill_own_group as *const () as libc::sighandler_t);
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
         // The server died before prctl took effect: nobody is left to read the output.
-        if libc::getppid() == 1 {
+        if libc::getppid() != server {
             return 137;
         }
     }
-    let Some((program, args)) = argv.split_first() else { return 2 };
     let status = std::process::Command::new(program).args(args).status();
     match status {
         Ok(s) => {

@@ -519,3 +519,77 @@ async fn roll_back(ctx: &mut DeployCtx, failed: StepName, why: String) -> rusqli
         StepOutcome::Stopped | StepOutcome::HandedOff => finish_stopped(ctx, StepName::Rollback),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AppName, Step, Trigger, TriggerSource};
+
+    fn deploy(steps: &[(StepName, StepStatus, &str)]) -> Deploy {
+        Deploy {
+            deploy_id: DeployId::new(),
+            app: AppName::parse("hello").unwrap(),
+            phase: Phase::Running,
+            trigger: Trigger {
+                source: TriggerSource::Api,
+                delivery: None,
+                git_ref: "refs/heads/main".into(),
+                requested_commit: None,
+            },
+            commit_before: None,
+            commit: None,
+            created_at: String::new(),
+            started_at: None,
+            finished_at: None,
+            steps: steps
+                .iter()
+                .map(|(name, status, detail)| Step {
+                    name: *name,
+                    status: *status,
+                    started_at: None,
+                    finished_at: None,
+                    detail: detail.to_string(),
+                })
+                .collect(),
+            images: Images::new(),
+            previous_images: Images::new(),
+            verify: None,
+            error: None,
+            reason: None,
+            superseded_by: None,
+            project: None,
+            compose_files: Vec::new(),
+            previous_commit: None,
+        }
+    }
+
+    use StepName::*;
+    use StepStatus::*;
+
+    #[test]
+    fn a_deploy_stopped_during_recreate_resumes_at_recreate_then_verify() {
+        let d =
+            deploy(&[(GitPull, Succeeded, ""), (Build, Succeeded, ""), (Recreate, Running, ""), (Verify, Pending, "")]);
+        assert_eq!(resume_point(&d), ResumeAt::Steps(vec![Recreate, Verify]));
+    }
+
+    #[test]
+    fn a_deploy_stopped_during_verify_resumes_at_verify() {
+        let d = deploy(&[(Build, Succeeded, ""), (Recreate, Succeeded, ""), (Verify, Running, "")]);
+        assert_eq!(resume_point(&d), ResumeAt::Steps(vec![Verify]));
+    }
+
+    #[test]
+    fn a_deploy_whose_verify_had_failed_resumes_with_the_rollback_and_its_reason() {
+        let d = deploy(&[(Recreate, Succeeded, ""), (Verify, Failed, "container exited")]);
+        assert_eq!(resume_point(&d), ResumeAt::Rollback(Verify, "container exited".into()));
+        let d = deploy(&[(Recreate, Succeeded, ""), (Verify, Failed, "unhealthy"), (Rollback, Running, "")]);
+        assert_eq!(resume_point(&d), ResumeAt::Rollback(Verify, "unhealthy".into()));
+    }
+
+    #[test]
+    fn a_deploy_stopped_during_its_rollback_rolls_back_again() {
+        let d = deploy(&[(Recreate, Succeeded, ""), (Verify, Succeeded, ""), (Rollback, Running, "")]);
+        assert!(matches!(resume_point(&d), ResumeAt::Rollback(Verify, _)));
+    }
+}

@@ -453,6 +453,21 @@ mod tests {
     }
 
     #[test]
+    fn a_running_deploy_whose_recreate_began_is_left_running_for_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = store.insert_deploy(&new_deploy("hello")).unwrap().deploy_id;
+        store.transition(&id, &[Phase::Queued], Phase::Running, None).unwrap();
+        store.set_recreate_begun(&id, &Images::new(), None, "2026-01-01T00:00:00Z").unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let orphans = store.recover_orphans().unwrap();
+        assert!(orphans.interrupted.is_empty());
+        assert_eq!(orphans.resume.iter().map(|d| d.deploy_id.clone()).collect::<Vec<_>>(), vec![id.clone()]);
+        assert_eq!(store.deploy(&id).unwrap().unwrap().phase, Phase::Running);
+    }
+
+    #[test]
     fn an_unplanned_step_is_appended_after_the_others() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
