@@ -221,7 +221,9 @@ impl Host {
             }
             HostSpec::Ssh(h) => ssh_command(h, cmd),
         };
-        if let Some(guard) = &self.redactor.child_guard {
+        // Quick queries (verify inspects every 50 ms) end on their own soon enough; PDEATHSIG
+        // takes them. Anything that may run long gets the guard.
+        if let Some(guard) = self.redactor.child_guard.as_ref().filter(|_| cmd.timeout > GUARD_AFTER) {
             command = guarded(guard, command);
         }
         command
@@ -308,6 +310,9 @@ impl Host {
         self.run(cmd, &CancellationToken::new(), &NoLog).await
     }
 }
+
+/// Commands allowed to run longer than this run behind the child guard.
+const GUARD_AFTER: Duration = Duration::from_secs(30);
 
 /// The argument that makes the kua-deploy binary a child guard instead of anything else.
 pub const CHILD_GUARD: &str = "__kua-child-guard";

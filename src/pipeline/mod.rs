@@ -225,8 +225,11 @@ async fn wait_for_recorded_recreate(ctx: &DeployCtx) {
         ctx.log.info(&format!("waiting for the recreate started before the restart (process {})", p.pid));
         if !p.wait_gone(RECREATE_TIMEOUT).await {
             ctx.log.info(&format!("the recreate process {} still runs after {}s", p.pid, RECREATE_TIMEOUT.as_secs()));
+            return;
         }
     }
+    // Its output was followed into the log by the process that started it, up to its death.
+    let _ = std::fs::remove_file(ctx.runs_dir.join(format!("{}.log", ctx.id)));
 }
 
 /// Whether every one of `images`' services has containers, all running their image and started
