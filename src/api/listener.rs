@@ -115,7 +115,7 @@ pub fn raise_open_file_limit() -> io::Result<OpenFiles> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let before = lim.rlim_cur as u64;
+    let before = lim.rlim_cur;
     if lim.rlim_cur < lim.rlim_max {
         let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
@@ -123,7 +123,7 @@ pub fn raise_open_file_limit() -> io::Result<OpenFiles> {
         }
         lim.rlim_cur = lim.rlim_max;
     }
-    Ok(OpenFiles { before, soft: lim.rlim_cur as u64, hard: lim.rlim_max as u64 })
+    Ok(OpenFiles { before, soft: lim.rlim_cur, hard: lim.rlim_max })
 }
 
 /// The soft RLIMIT_NOFILE now.
@@ -133,7 +133,7 @@ pub fn open_file_limit() -> io::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 /// Serves `router` on `listener` within `limits` until `shutdown` resolves; then stops accepting
