@@ -180,8 +180,11 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdo
             },
             Some(_) = tasks.join_next() => {}
             _ = sweep.tick() => {
-                let open = table.sweep(&limits);
+                table.sweep(&limits);
                 notes.flush(limits.max_connections);
+                // Counted by their tasks, not the table: a connection's memory is freed when its
+                // task has ended, which is after it left the table.
+                let open = tasks.len();
                 peak = peak.max(open);
                 if peak - open >= TRIM_AFTER_CLOSED {
                     give_back_memory();
@@ -392,8 +395,8 @@ impl Table {
         true
     }
 
-    /// Closes the connections that outstayed their timeout; returns how many stay open.
-    fn sweep(&self, limits: &Limits) -> usize {
+    /// Closes the connections that outstayed their timeout.
+    fn sweep(&self, limits: &Limits) {
         let now = Instant::now().duration_since(self.epoch).as_millis() as u64;
         let mut conns = self.conns.lock().expect("the connection table is never poisoned");
         conns.retain(|id, c| match expiry(c.activity(), now, limits) {
@@ -404,7 +407,6 @@ impl Table {
             }
             None => true,
         });
-        conns.len()
     }
 
     fn remove(&self, id: u64) {
