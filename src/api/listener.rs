@@ -581,6 +581,13 @@ impl TimedBody {
 #[error("the request body did not arrive within {}s of its head", .0.as_secs())]
 pub struct BodyReadTimeout(Duration);
 
+impl BodyReadTimeout {
+    /// Whether `e` (a body error, wrapped any number of times) is this timeout.
+    pub fn caused(e: &(dyn std::error::Error + 'static)) -> bool {
+        std::iter::successors(Some(e), |e| e.source()).any(|e| e.is::<BodyReadTimeout>())
+    }
+}
+
 impl HttpBody for TimedBody {
     type Data = Bytes;
     type Error = axum::BoxError;
@@ -678,6 +685,14 @@ mod tests {
         let l = Limits::for_open_files(1024, 0);
         let busy = Activity { busy: true, quiet_since: 0, head_started: Some(0) };
         assert_eq!(expiry(busy, u64::MAX / 2, &l), None);
+    }
+
+    #[test]
+    fn a_body_timeout_is_recognised_however_deeply_it_is_wrapped() {
+        let inner: axum::BoxError = BodyReadTimeout(BODY_READ_TIMEOUT).into();
+        let wrapped = axum::Error::new(axum::Error::new(inner));
+        assert!(BodyReadTimeout::caused(&wrapped));
+        assert!(!BodyReadTimeout::caused(&axum::Error::new(io::Error::other("length limit exceeded"))));
     }
 
     #[test]
