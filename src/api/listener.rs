@@ -50,7 +50,7 @@ pub const MIN_RESERVE: u64 = 256;
 /// Open files kept per registered app, whose deploys may all run at once.
 pub const RESERVE_PER_APP: u64 = 16;
 /// The cap never goes above this, however high the open-file limit: an admin API and its
-/// webhooks need tens of connections, and each open one costs memory (about 10 KiB idle).
+/// webhooks need tens of connections, and each open one costs memory (10 to 20 KiB).
 pub const MAX_CONNECTIONS: usize = 1024;
 
 /// How often timeouts are checked; a timeout fires up to this much late.
