@@ -263,3 +263,65 @@ async fn a_connection_flood_under_1024_open_files_leaves_healthz_answering_and_a
     );
     assert!(fds_after <= fds_before + 8, "descriptors {fds_before} before, {fds_after} after the flood");
 }
+
+/// Reads until the server closes `s`, or `within` passes (None then).
+async fn read_until_closed(s: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|_| got)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_sigterm_idle_connections_close_at_once_and_a_follow_stream_ends_whole() {
+    let app = TestApp::new(AppOptions::default());
+    app.push("slow", Behaviour::SlowBuild(30));
+    let mut server = app.start();
+    let addr = server.url.strip_prefix("http://").unwrap().to_owned();
+    let acc = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    server.wait_for(&acc.deploy_id, Duration::from_secs(60), |d| d.started_at.is_some()).await;
+
+    let mut follow = TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "GET /api/v1/deploys/{}/logs?follow=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n",
+        acc.deploy_id.as_str()
+    );
+    follow.write_all(head.as_bytes()).await.unwrap();
+    let mut first = [0u8; 1024];
+    let n = follow.read(&mut first).await.unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first[..n]));
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    let mut sending = TcpStream::connect(&addr).await.unwrap();
+    sending.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let stopped = Instant::now();
+    unsafe {
+        libc::kill(server.child.id() as i32, libc::SIGTERM);
+    }
+    for (name, s) in [("idle", &mut idle), ("still sending its head", &mut sending)] {
+        let rest = read_until_closed(s, Duration::from_secs(2)).await;
+        assert_eq!(rest.as_deref(), Some(&b""[..]), "the {name} connection was not closed at once, without an answer");
+    }
+    // The stream in flight ends as the server stops: its last chunk, then the close.
+    let rest = read_until_closed(&mut follow, Duration::from_secs(10)).await.expect("the follow stream ended");
+    assert!(rest.ends_with(b"0\r\n\r\n"), "the follow stream was cut: {:?}", String::from_utf8_lossy(&rest));
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(12), "the server did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "the server exited with {status}");
+    assert!(stopped.elapsed() < Duration::from_secs(5), "SIGTERM took {:?}", stopped.elapsed());
+}
