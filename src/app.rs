@@ -10,7 +10,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, ApiState};
+use crate::api::{self, listener, ApiState};
 use crate::config::{HostSpec, Registry, SecretSource};
 use crate::docker::Docker;
 use crate::host::{Host, Redactor};
@@ -157,14 +157,24 @@ pub async fn serve(
             queue.shutdown(Duration::from_secs(8)).await;
         })
     };
-    let server = axum::serve(listener, router).with_graceful_shutdown(graceful);
+    let open_files = listener::open_file_limit().unwrap_or(1024);
+    let limits = listener::Limits::for_open_files(open_files, settings.registry.apps.len());
+    tracing::info!(
+        open_files,
+        max_connections = limits.max_connections,
+        header_read_timeout_s = limits.header_read_timeout.as_secs(),
+        idle_timeout_s = limits.idle_timeout.as_secs(),
+        body_read_timeout_s = limits.body_read_timeout.as_secs(),
+        "connection limits"
+    );
+    let server = listener::serve(listener, router, limits, graceful);
     // Follow streams end with the shutdown token; this bounds anything else a client holds open.
     let deadline = async {
         stop.cancelled().await;
         tokio::time::sleep(Duration::from_secs(10)).await;
     };
     tokio::select! {
-        r = server => r.context("the HTTP server failed")?,
+        _ = server => {}
         _ = deadline => tracing::warn!("closing the connections still open after 10s"),
     }
     let _ = drain.await;
@@ -185,6 +195,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
         }
     };
     let admin_token = resolve_admin_token(&args.state_dir, args.token_file.as_deref())?;
+    match listener::raise_open_file_limit() {
+        Ok(f) if f.soft > f.before => tracing::info!("open-file limit raised from {} to {}", f.before, f.soft),
+        Ok(f) => tracing::info!("open-file limit {} (the hard limit)", f.soft),
+        Err(e) => tracing::warn!("cannot raise the open-file limit to the hard one: {e}; connections are capped lower"),
+    }
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}; pass another --listen address", args.listen))?;

@@ -14,7 +14,8 @@
 //! - [`pipeline`]: the steps, one file each, the runner that orders them, and the per-app queue.
 //! - [`selfupdate`]: deploying kua-deploy itself: the handoff to a transient container, and
 //!   `complete_self_recreate` at start.
-//! - [`api`]: the axum router: admin API, push webhooks, auth, errors.
+//! - [`api`]: the axum router: admin API, push webhooks, auth, errors; the listener that serves it
+//!   within timeouts and a connection cap.
 //! - [`app`]: `serve`: opens the store, recovers, starts the queue and the router.
 //! - [`cli`]: the client commands (`status`, `history`, `logs`, `approve`, `cancel`, `release`, `demo`)
 //!   over the API types.

@@ -1,9 +1,11 @@
 //! The HTTP API: the router, bearer auth for `/api/v1/*`, the admin handlers, the push webhooks,
-//! and the error type every handler answers with. Handlers talk to the queue and the store only.
+//! the error type every handler answers with, and the listener that serves the router within
+//! connection limits. Handlers talk to the queue and the store only.
 
 mod admin;
 mod auth;
 pub mod error;
+pub mod listener;
 pub mod types;
 pub mod webhook;
 

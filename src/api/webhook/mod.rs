@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::error::ApiError;
+use super::listener::BodyReadTimeout;
 use super::types::{AppResult, WebhookAnswer};
 use super::ApiState;
 use crate::config::AppConfig;
@@ -73,7 +74,13 @@ async fn read_body(body: Body, headers: &HeaderMap) -> Result<axum::body::Bytes,
     if header(headers, "content-length").and_then(|l| l.parse::<usize>().ok()).is_some_and(|l| l > MAX_BODY) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| too_large())
+    axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
+        if BodyReadTimeout::caused(&e) {
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", e.to_string())
+        } else {
+            too_large()
+        }
+    })
 }
 
 async fn receive(state: &ApiState, provider: &Provider, req: Request) -> Result<Response, ApiError> {

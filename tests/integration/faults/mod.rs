@@ -4,4 +4,5 @@
 //! asserts what must hold: the app serves, the deploy's phase, nothing stuck, nothing lost.
 
 mod compose;
+mod flood;
 mod recreate;
