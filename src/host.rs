@@ -340,23 +340,15 @@ fn emit_line(held: &[u8], line_len: usize, stream: Stream, sink: &dyn LogSink, r
     if line.len() <= SINK_LINE_BYTES && !overflowed {
         sink.line(stream, &line);
     } else {
-        let cut = char_floor(&line, SINK_LINE_BYTES);
+        let cut = line.floor_char_boundary(SINK_LINE_BYTES);
         let dropped = (line.len() - cut) + (line_len - bytes.len());
         sink.line(stream, &format!("{}… [line cut: {dropped} more bytes dropped]", &line[..cut]));
     }
     if kept.len() < KEEP_BYTES {
-        let take = char_floor(&line, KEEP_BYTES - kept.len() - 1);
+        let take = line.floor_char_boundary(KEEP_BYTES - kept.len() - 1);
         kept.push_str(&line[..take]);
         kept.push('\n');
     }
-}
-
-/// The largest char boundary of `s` at or below `max`.
-fn char_floor(s: &str, max: usize) -> usize {
-    if max >= s.len() {
-        return s.len();
-    }
-    (0..=max).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
 }
 
 /// `b` without a UTF-8 sequence cut off at its end (the rest of it was not held).
