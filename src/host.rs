@@ -283,20 +283,11 @@ impl Host {
     }
 }
 
-/// Bytes of one output line that reach the sink; the rest of a longer line is counted and
-/// dropped as it is read. Below the store's 4,000-character cut, so the cut marker survives it.
-const SINK_LINE_BYTES: usize = 3_900;
-/// Bytes of one line held while it is read: a line up to this size (one long JSON document that
-/// a caller parses) is still returned whole; past it, the rest is counted, never held.
-const HOLD_LINE_BYTES: usize = KEEP_BYTES;
-/// One read from the pipe; with the held line, all the memory a stream costs.
-const READ_CHUNK: usize = 64 * 1024;
-
-/// Reads a stream to its end in chunks of [`READ_CHUNK`], so memory stays bounded whatever the
-/// length of a line: each line reaches the sink redacted, and one longer than
-/// [`SINK_LINE_BYTES`] arrives cut, saying how many bytes were dropped. Returns the stream's
-/// redacted text, at most [`KEEP_BYTES`] of it, for callers that parse it.
 async fn pump<R: AsyncRead + Unpin>(reader: R, stream: Stream, sink: &dyn LogSink, redactor: &Redactor) -> String {
+    // Reads the stream in chunks of `READ_CHUNK`, never a whole line at once, so memory stays
+    // bounded whatever a line's length: each line reaches the sink redacted, one longer than
+    // `SINK_LINE_BYTES` cut and saying how many bytes were dropped. Returns the redacted text, at
+    // most `KEEP_BYTES` of it, for callers that parse it.
     let mut kept = String::new();
     let mut reader = BufReader::with_capacity(READ_CHUNK, reader);
     let mut held: Vec<u8> = Vec::new();
@@ -328,6 +319,15 @@ async fn pump<R: AsyncRead + Unpin>(reader: R, stream: Stream, sink: &dyn LogSin
     }
     kept
 }
+
+/// Bytes of one output line that reach the sink; the rest of a longer line is counted and
+/// dropped as it is read. Below the store's 4,000-character cut, so the cut marker survives it.
+const SINK_LINE_BYTES: usize = 3_900;
+/// Bytes of one line held while it is read: a line up to this size (one long JSON document that
+/// a caller parses) is still returned whole; past it, the rest is counted, never held.
+const HOLD_LINE_BYTES: usize = KEEP_BYTES;
+/// One read from the pipe; with the held line, all the memory a stream costs.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// One line of [`pump`]: `held` is its start, `line_len` its whole length.
 fn emit_line(held: &[u8], line_len: usize, stream: Stream, sink: &dyn LogSink, redactor: &Redactor, kept: &mut String) {
