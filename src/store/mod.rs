@@ -16,7 +16,7 @@ use rusqlite::Connection;
 
 pub use deliveries::PushRecord;
 pub use deploys::NewDeploy;
-pub use logs::{LogLine, LogWriter, LOG_HEAD_LINES, LOG_TAIL_LINES, MAX_LOG_LINES};
+pub use logs::{LogLine, LogWriter, MAX_LOG_LINES};
 
 /// A handle on the state database. Cheap to clone; queries are short, so one connection behind a
 /// mutex serves the whole process.

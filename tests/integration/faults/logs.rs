@@ -10,10 +10,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use kua_deploy::api::types::{DeployRequest, FollowItem};
 use kua_deploy::model::{DeployId, Phase, StepName, StepStatus};
-use kua_deploy::store::{LogLine, LOG_HEAD_LINES, LOG_TAIL_LINES};
+use kua_deploy::store::{LogLine, MAX_LOG_LINES};
 use serde_json::{json, Value};
 
 use crate::support::{AppOptions, Server, TestApp, TOKEN};
+
+/// The README's rule: a deploy's log keeps its first and its last 10,000 lines.
+const LOG_HEAD_LINES: i64 = 10_000;
+const LOG_TAIL_LINES: i64 = MAX_LOG_LINES - LOG_HEAD_LINES;
 
 /// `VmRSS` or `VmHWM` (the peak) of a process, in MiB.
 fn memory_mib(pid: u32, field: &str) -> f64 {
