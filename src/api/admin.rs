@@ -173,25 +173,59 @@ pub async fn get_deploy(State(state): State<ApiState>, Path(id): Path<String>) -
 pub struct LogQuery {
     follow: Option<String>,
     after: Option<String>,
+    limit: Option<String>,
 }
 
-const PAGE: usize = 5_000;
+/// Lines per log page unless `limit` says otherwise, and the most it may say.
+pub const LOG_PAGE_DEFAULT: usize = 1_000;
+pub const LOG_PAGE_MAX: usize = 5_000;
+/// A page (or a chunk of the follow stream) stops after the line that brings its text to 1 MiB,
+/// so an answer stays small whatever the lines hold.
+const LOG_PAGE_BYTES: usize = 1024 * 1024;
 
+impl LogQuery {
+    fn after(&self) -> Result<i64, ApiError> {
+        match self.after.as_deref() {
+            None => Ok(0),
+            Some(s) => s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "after {s:?} must be a line number: a whole number from 0 (the start), usually the next_after of the previous page"
+                ))
+            }),
+        }
+    }
+
+    fn limit(&self) -> Result<usize, ApiError> {
+        match self.limit.as_deref() {
+            None => Ok(LOG_PAGE_DEFAULT),
+            Some(s) => s.parse::<usize>().ok().filter(|n| (1..=LOG_PAGE_MAX).contains(n)).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "limit {s:?} must be a whole number from 1 to {LOG_PAGE_MAX} (lines per page; default {LOG_PAGE_DEFAULT})"
+                ))
+            }),
+        }
+    }
+}
+
+/// One page of the log (`?after=SEQ&limit=N`), or with `?follow=1` the lines after `after` as
+/// NDJSON as they come, until the deploy stops.
 pub async fn logs(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
     let deploy = load_deploy(&state, &id)?;
-    let after = match q.after.as_deref() {
-        None => 0,
-        Some(s) => s.parse::<i64>().map_err(|_| ApiError::bad_request(format!("after {s:?} must be a line number")))?,
-    };
+    let after = q.after()?;
+    let limit = q.limit()?;
     let follow = matches!(q.follow.as_deref(), Some("1" | "true" | "yes"));
     let store = state.queue.store().clone();
     if !follow {
-        let lines = store.logs(&deploy.deploy_id, after, usize::MAX >> 1)?;
-        return Ok(Json(LogPage { deploy_id: deploy.deploy_id, phase: deploy.phase, lines }).into_response());
+        // The phase was read before the lines: when it is terminal and `more` is false, no line
+        // can have come after this page.
+        let (lines, more) = store.log_page(&deploy.deploy_id, after, limit, LOG_PAGE_BYTES)?;
+        let next_after = lines.last().map_or(after, |l| l.seq);
+        let page = LogPage { deploy_id: deploy.deploy_id, phase: deploy.phase, lines, next_after, more };
+        return Ok(Json(page).into_response());
     }
     // Follow: poll the store and send new lines as NDJSON until the deploy stops (ends, or waits
     // for approval), then one last item with its phase.
@@ -207,7 +241,7 @@ pub async fn logs(
             }
             loop {
                 let phase = store.deploy(&id).ok().flatten().map(|d| d.phase).unwrap_or(Phase::Failed);
-                let lines = store.logs(&id, after, PAGE).unwrap_or_default();
+                let (lines, _) = store.log_page(&id, after, limit, LOG_PAGE_BYTES).unwrap_or_default();
                 if !lines.is_empty() {
                     let next = lines.last().map(|l| l.seq).unwrap_or(after);
                     let mut chunk = String::new();

@@ -50,12 +50,21 @@ pub struct DeployList {
     pub deploys: Vec<Deploy>,
 }
 
-/// `GET /api/v1/deploys/{id}/logs` without `follow`.
+/// `GET /api/v1/deploys/{id}/logs[?after=SEQ&limit=N]` without `follow`: one page of the log.
+/// The next page is `?after={next_after}`, worth asking for at once while `more` is true; once
+/// `more` is false and `phase` is terminal, the client has the whole log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogPage {
     pub deploy_id: DeployId,
+    /// The deploy's phase once the page was read.
     pub phase: Phase,
     pub lines: Vec<LogLine>,
+    /// The last line's `seq` (the `after` asked for when the page is empty).
+    #[serde(default)]
+    pub next_after: i64,
+    /// Lines past this page were already stored when it was read.
+    #[serde(default)]
+    pub more: bool,
 }
 
 /// One line of the `?follow=1` stream (NDJSON): a log line, or the last line saying how it ended.

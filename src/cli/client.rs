@@ -134,9 +134,15 @@ impl Client {
         self.get(&format!("/api/v1/apps/{app}/runtime-status")).await
     }
 
-    /// One page of a deploy's log: the lines numbered above `after` (0 for the start).
+    /// One page of a deploy's log, of the server's default size: the lines numbered above
+    /// `after` (0 for the start). The next page is after the page's `next_after`, while `more`.
     pub async fn logs(&self, id: &DeployId, after: i64) -> Result<LogPage, ClientError> {
         self.get(&format!("/api/v1/deploys/{id}/logs?after={after}")).await
+    }
+
+    /// Like [`Client::logs`], at most `limit` lines.
+    pub async fn log_page(&self, id: &DeployId, after: i64, limit: u32) -> Result<LogPage, ClientError> {
+        self.get(&format!("/api/v1/deploys/{id}/logs?after={after}&limit={limit}")).await
     }
 
     /// The live log of a deploy from the line after `after`, ending with [`FollowItem::End`].

@@ -8,7 +8,7 @@ use futures::StreamExt;
 
 use super::client::{Client, ClientError};
 use super::{exit, parse_app, ConnArgs};
-use crate::api::types::{FollowItem, LogPage};
+use crate::api::types::FollowItem;
 use crate::model::{parse_time, AppName, Deploy, DeployId, Phase, Step, StepStatus};
 use crate::store::LogLine;
 
@@ -223,39 +223,42 @@ pub async fn logs(args: LogsArgs) -> i32 {
     }
 }
 
-/// Reads every page, since the server may cap how many lines one answer holds.
+/// Reads every page, since the server caps how many lines one answer holds. With `--json`, the
+/// pages are printed as one page object, written as they come so a long log is never held.
 async fn page_through(client: &Client, id: &DeployId, mut after: i64, json: bool) -> i32 {
-    let mut all: Option<LogPage> = None;
+    let mut printed = 0usize;
+    let mut opened = false;
     loop {
         let page = match client.logs(id, after).await {
             Ok(p) => p,
             Err(e) => return fail(&e),
         };
-        let last_seq = page.lines.last().map(|l| l.seq);
-        if !json {
-            for l in &page.lines {
+        if json && !opened {
+            print!("{{\"deploy_id\":{},\"lines\":[", to_json(&page.deploy_id));
+            opened = true;
+        }
+        for l in &page.lines {
+            if json {
+                print!("{}\n{}", if printed == 0 { "" } else { "," }, to_json(l));
+            } else {
                 println!("{}", fmt_log_line(l));
             }
+            printed += 1;
         }
-        match &mut all {
-            Some(acc) => {
-                acc.phase = page.phase;
-                acc.lines.extend(page.lines);
+        // A page that does not move forward would loop for ever.
+        let moved = page.next_after > after;
+        after = after.max(page.next_after);
+        if !(page.more && moved) {
+            if json {
+                println!("\n],\"phase\":{},\"next_after\":{after},\"more\":false}}", to_json(&page.phase));
             }
-            None => all = Some(page),
-        }
-        match last_seq {
-            // A page that does not move forward would loop for ever.
-            Some(seq) if seq > after => after = seq,
-            _ => break,
+            return exit::OK;
         }
     }
-    if json {
-        if let Some(page) = &all {
-            print_json(page);
-        }
-    }
-    exit::OK
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
 }
 
 /// Streams the log to the end, reconnecting from the last line seen when the server goes away.

@@ -5,4 +5,5 @@
 
 mod compose;
 mod flood;
+mod logs;
 mod recreate;
