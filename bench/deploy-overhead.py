@@ -146,14 +146,15 @@ def dockerfile(run_id: str) -> str:
     )
 
 
-def compose_file(run_id: str) -> str:
+def compose_file(run_id: str, stop_grace: str = "1s", host_port: int | None = None) -> str:
+    """The app's Compose file; its port is published on 127.0.0.1, on `host_port` or a free one."""
     labels = f'["{BENCH_LABEL}=1", "{RUN_LABEL}={run_id}"]'
     return (
         "services:\n"
         "  web:\n"
         "    build: .\n"
-        '    ports: ["127.0.0.1::80"]\n'
-        "    stop_grace_period: 1s\n"
+        f'    ports: ["127.0.0.1:{host_port or ""}:80"]\n'
+        f"    stop_grace_period: {stop_grace}\n"
         f"    labels: {labels}\n"
         "networks:\n"
         "  default:\n"
@@ -164,9 +165,11 @@ def compose_file(run_id: str) -> str:
 class World:
     """A bare remote, a work tree that pushes to it, and one checkout per side."""
 
-    def __init__(self, root: Path, run_id: str):
+    def __init__(self, root: Path, run_id: str, stop_grace: str = "1s", host_port: int | None = None):
         self.root = root
         self.run_id = run_id
+        self.stop_grace = stop_grace
+        self.host_port = host_port
         self.remote = root / "remote.git"
         self.work = root / "work"
         self.kua_checkout = root / "checkout-kua"
@@ -183,7 +186,7 @@ class World:
         git(self.root, "init", "--quiet", str(self.work))
         shutil.copy(BUSYBOX, self.work / "busybox")
         (self.work / "Dockerfile").write_text(dockerfile(self.run_id))
-        (self.work / "docker-compose.yml").write_text(compose_file(self.run_id))
+        (self.work / "docker-compose.yml").write_text(compose_file(self.run_id, self.stop_grace, self.host_port))
         (self.work / "index.html").write_text("v0\n")
         git(self.work, "add", "-A")
         git(self.work, "commit", "--quiet", "-m", "v0")
@@ -330,11 +333,15 @@ class Server:
         self.log_path = world.server_log
         self.proc: subprocess.Popen | None = None
         self.url = ""
+        # time.monotonic() when start() spawned the process, read its "listening on" line, and had
+        # /healthz answered.
+        self.spawned_at = self.listening_at = self.answering_at = 0.0
 
     def start(self) -> None:
         world = self.world
-        self._log = open(world.server_log, "wb")
+        self._log = open(world.server_log, "ab")  # a restarted server on the same world appends
         env = dict(CHILD_ENV, KUA_ADMIN_TOKEN=self.token, RUST_LOG=os.environ.get("RUST_LOG", "info"))
+        self.spawned_at = time.monotonic()
         self.proc = subprocess.Popen(
             [
                 str(self.binary), "serve",
@@ -350,6 +357,7 @@ class Server:
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 30)
         line = self.proc.stdout.readline().decode(errors="replace") if ready else ""
+        self.listening_at = time.monotonic()
         prefix = "kua-deploy listening on "
         if not line.startswith(prefix):
             raise BenchError(f"kua-deploy serve did not say where it listens (first line {line!r});\n{self.log_tail()}")
@@ -362,6 +370,7 @@ class Server:
         while True:
             try:
                 self.call("GET", "/healthz", auth=False)
+                self.answering_at = time.monotonic()
                 break
             except (BenchError, OSError):
                 if time.monotonic() > deadline or self.proc.poll() is not None:

@@ -312,7 +312,7 @@ impl Host {
 }
 
 /// Commands allowed to run longer than this run behind the child guard.
-const GUARD_AFTER: Duration = Duration::from_secs(30);
+const GUARD_AFTER: Duration = Duration::from_secs(60);
 
 /// The argument that makes the kua-deploy binary a child guard instead of anything else.
 pub const CHILD_GUARD: &str = "__kua-child-guard";

@@ -229,6 +229,7 @@ async fn wait_for_recorded_recreate(ctx: &DeployCtx) {
         }
     }
     // Its output was followed into the log by the process that started it, up to its death.
+    let _ = ctx.store.set_recreate_process(&ctx.id, None);
     let _ = std::fs::remove_file(ctx.runs_dir.join(format!("{}.log", ctx.id)));
 }
 

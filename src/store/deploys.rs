@@ -266,13 +266,15 @@ impl Store {
         self.conn().query_row("SELECT approve_migrations FROM deploys WHERE id = ?1", [id.as_str()], |r| r.get(0))
     }
 
-    /// Starts a step; a step the deploy did not plan (rollback) is added at the end.
+    /// Starts a step; a step the deploy did not plan (rollback) is added at the end. A step started
+    /// again (resumed after a restart) keeps its first start time.
     pub fn step_start(&self, id: &DeployId, step: StepName, detail: &str) -> rusqlite::Result<()> {
         self.conn().execute(
             "INSERT INTO steps (deploy_id, idx, name, status, started_at, detail)
              VALUES (?1, (SELECT COALESCE(MAX(idx), -1) + 1 FROM steps WHERE deploy_id = ?1), ?2, 'running', ?3, ?4)
-             ON CONFLICT (deploy_id, name) DO UPDATE SET status = 'running', started_at = excluded.started_at,
-                 finished_at = NULL, detail = excluded.detail",
+             ON CONFLICT (deploy_id, name) DO UPDATE SET status = 'running',
+                 started_at = COALESCE(steps.started_at, excluded.started_at), finished_at = NULL,
+                 detail = excluded.detail",
             params![id.as_str(), step.as_str(), now_rfc3339(), detail],
         )?;
         Ok(())
