@@ -24,6 +24,7 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     // Read each tag right after the build, so the ID is this build's; from here on only the ID is used.
     let docker = ctx.compose.docker();
     let mut images = Images::new();
+    ctx.image_names = Some(names.clone());
     for (service, name) in names {
         match docker.image_id(&name).await {
             Ok(id) => {

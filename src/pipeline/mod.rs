@@ -99,6 +99,8 @@ pub struct DeployCtx {
     pub previous_images: Images,
     /// The commit whose Compose configuration ran before the recreate.
     pub previous_commit: Option<CommitSha>,
+    /// The image name each service builds to, as the build read them from the checkout.
+    pub image_names: Option<std::collections::BTreeMap<ServiceName, String>>,
     pub recreate_started_at: Option<String>,
     /// Where detached commands (the recreate) write their output: the state dir's `runs/`.
     pub runs_dir: PathBuf,
@@ -139,6 +141,7 @@ impl DeployCtx {
             images: deploy.images.clone(),
             previous_images: deploy.previous_images.clone(),
             previous_commit: deploy.previous_commit.clone(),
+            image_names: None,
             recreate_started_at: None,
             runs_dir,
             resuming: false,
@@ -184,11 +187,14 @@ pub enum RunEnd {
 /// Compose configuration, detached (it finishes even if kua-deploy dies meanwhile); the process
 /// is recorded so a restarted server can wait for it. `Err` is the step's outcome.
 async fn apply_images(ctx: &DeployCtx, images: &Images) -> Result<(), StepOutcome> {
-    // Short commands, not stopped by shutdown: the recreate they prepare must be all or nothing.
-    let never = CancellationToken::new();
-    let resolved = ctx.compose.resolve(&never, ctx.sink()).await?;
     let services: Vec<ServiceName> = images.keys().cloned().collect();
-    let names = Compose::image_names(&resolved, &services)?;
+    // The build read the names from this very checkout; a rollback (another commit checked out)
+    // or a resumed deploy reads them again. Not stopped by shutdown: the recreate they prepare
+    // must be all or nothing.
+    let names = match ctx.image_names.as_ref().filter(|n| services.iter().all(|s| n.contains_key(s))) {
+        Some(names) => names.clone(),
+        None => Compose::image_names(&ctx.compose.resolve(&CancellationToken::new(), ctx.sink()).await?, &services)?,
+    };
     let docker = ctx.compose.docker();
     for (service, id) in images {
         docker.tag(id, &names[service]).await?;

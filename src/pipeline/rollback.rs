@@ -28,6 +28,8 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
         }
         back_to = format!(" with the Compose configuration of {}", commit.short());
     }
+    // The names the build read belong to the new commit's configuration.
+    ctx.image_names = None;
     let since = now_rfc3339();
     if let Err(stop) = apply_images(ctx, &previous).await {
         return stop;
