@@ -53,7 +53,7 @@ impl LogSink for LogWriter {
         };
         let stream = if seq == MAX_LOG_LINES + 1 { Stream::Info } else { stream };
         if let Err(e) = self.store.append_log(&self.deploy, seq, stream.as_str(), &text) {
-            tracing::warn!(deploy = %self.deploy, "cannot store a log line: {e}");
+            self.store.note_write_error(&format!("storing a log line of deploy {}", self.deploy), &e);
         }
     }
 }
