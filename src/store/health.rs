@@ -4,6 +4,7 @@
 //! when it clears, however many writes fail in between.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -52,30 +53,40 @@ pub struct StorageHealth {
     pub last_backup: Option<String>,
 }
 
+/// How often a problem that goes on, saying something else each time (which write failed), is
+/// logged again.
+const RELOG: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Default)]
 pub(super) struct Health {
     problems: BTreeMap<ProblemKind, Problem>,
+    logged: BTreeMap<ProblemKind, Instant>,
     pub pending: Vec<PendingEnd>,
     pub last_backup: Option<String>,
 }
 
 impl Health {
-    /// Records a problem; logs it if it is new or says something new.
+    /// Records a problem; logs it when it appears, and then at most once a [`RELOG`] while it
+    /// goes on saying something else.
     pub fn set(&mut self, kind: ProblemKind, message: String) {
+        let relog = self.logged.get(&kind).is_none_or(|t| t.elapsed() >= RELOG);
         match self.problems.get_mut(&kind) {
-            Some(p) if p.message == message => {}
-            Some(p) => {
-                tracing::error!("storage: {message}");
+            Some(p) if p.message == message => return,
+            Some(p) if !relog => {
                 p.message = message;
+                return;
             }
+            Some(p) => p.message.clone_from(&message),
             None => {
-                tracing::error!("storage: {message}");
-                self.problems.insert(kind, Problem { kind, message, since: now_rfc3339() });
+                self.problems.insert(kind, Problem { kind, message: message.clone(), since: now_rfc3339() });
             }
         }
+        tracing::error!("storage: {message}");
+        self.logged.insert(kind, Instant::now());
     }
 
     pub fn clear(&mut self, kind: ProblemKind) {
+        self.logged.remove(&kind);
         if let Some(p) = self.problems.remove(&kind) {
             tracing::info!("storage: no longer failing (since {}: {})", p.since, p.message);
         }
