@@ -174,12 +174,17 @@ pub fn restore(dir: &Path) -> std::io::Result<Option<PathBuf>> {
     Ok(moved)
 }
 
-/// Copies the open database to the backup's temporary file. The caller holds the connection, so
-/// the copy is one consistent state.
+/// Copies the open database to the backup's temporary file, in one step: one read transaction,
+/// so the copy is one consistent state while other connections go on writing (WAL).
 pub fn copy_out(conn: &Connection, dir: &Path) -> rusqlite::Result<()> {
     let tmp = dir.join(BACKUP_TMP);
     remove_tmp(dir);
-    conn.backup(rusqlite::DatabaseName::Main, &tmp, None)
+    let mut dst = Connection::open(&tmp)?;
+    let copy = rusqlite::backup::Backup::new(conn, &mut dst)?;
+    match copy.step(-1)? {
+        rusqlite::backup::StepResult::Done => Ok(()),
+        other => Err(rusqlite::Error::InvalidParameterName(format!("the backup copy stopped early ({other:?})"))),
+    }
 }
 
 /// What a backup brought up to date holds.

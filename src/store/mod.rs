@@ -4,12 +4,13 @@
 //! recovery understands.
 //!
 //! Opening takes the state dir's lock ([`lock`]: one server per state dir), then checks the
-//! database and restores it from its backup if it is damaged or emptied ([`backup`]). The one
-//! connection runs in WAL mode with exclusive locking: no other process may open the file, and
-//! SQLite keeps its WAL index in heap memory instead of a memory-mapped `kua.db-shm` — so no
-//! shared-memory file can fault (SIGBUS) under the server. A maintenance thread checkpoints, keeps
-//! the backup up to date, watches the filesystem and records what storage failures left undone
-//! ([`health`]), all from that one connection.
+//! database and restores it from its backup if it is damaged or emptied ([`backup`]). The database
+//! is opened in WAL mode through SQLite's `unix-excl` VFS: the process holds an exclusive lock on
+//! `kua.db`, so no other process may open it, and the WAL index lives in this process's heap,
+//! shared by its connections, instead of a memory-mapped `kua.db-shm` — so no shared-memory file
+//! can fault (SIGBUS) under the server. Requests write through one connection; a maintenance
+//! thread with a connection of its own checkpoints and copies the backup without blocking them,
+//! watches the filesystem and records what storage failures left undone ([`health`]).
 
 mod backup;
 mod deliveries;
@@ -39,6 +40,8 @@ use health::{Health, PendingEnd};
 
 /// How often the maintenance thread looks: checkpoint, filesystem, deploys to record.
 const TICK: Duration = Duration::from_secs(1);
+/// The VFS that keeps the WAL index in heap memory and locks the database to this process.
+const VFS: &str = "unix-excl";
 /// How often the backup is brought up to date while the database changes.
 const BACKUP_EVERY: Duration = Duration::from_secs(10 * 60);
 /// How soon a backup that failed is tried again.
@@ -73,11 +76,21 @@ impl Drop for Owner {
 
 struct Inner {
     conn: Mutex<Connection>,
+    /// The maintenance thread's own connection: checkpoints and backup copies, off the requests'.
+    maintenance: Mutex<Connection>,
     health: Mutex<Health>,
     backups: Mutex<BackupMark>,
     dir: PathBuf,
     // Declared last, so dropped last: the lock is held until the connection is closed.
     lock: Mutex<lock::StateLock>,
+}
+
+/// What the maintenance thread remembers between rounds.
+#[derive(Default)]
+struct Rounds {
+    /// `PRAGMA data_version` on the maintenance connection at the last round: unchanged means no
+    /// other connection wrote for a tick.
+    data_version: Option<i64>,
 }
 
 /// Where the backup stands, for deciding when the next one is due.
@@ -101,6 +114,7 @@ impl Store {
         let (conn, backup_state) = open_checked(state_dir)?;
         let path = state_dir.join(DB_FILE);
         migrate(&conn).with_context(|| format!("cannot migrate {}", path.display()))?;
+        let maintenance = connect(&path).with_context(|| format!("cannot open {} a second time", path.display()))?;
         let mut health = Health::default();
         if let backup::BackupState::Good { taken_at, .. } = &backup_state {
             health.last_backup = Some(taken_at.clone());
@@ -109,6 +123,7 @@ impl Store {
             _owner: None,
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
+                maintenance: Mutex::new(maintenance),
                 health: Mutex::new(health),
                 backups: Mutex::new(BackupMark {
                     changes: 0,
@@ -132,6 +147,10 @@ impl Store {
         // A panic while holding the lock cannot leave SQLite half-written (each write is one
         // statement or transaction), so a poisoned lock is still usable.
         self.inner.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn maintenance_conn(&self) -> MutexGuard<'_, Connection> {
+        self.inner.maintenance.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn health_state(&self) -> MutexGuard<'_, Health> {
@@ -218,17 +237,24 @@ impl Store {
         }
     }
 
-    /// Copies the write-ahead log into `kua.db` and empties it, from the one connection. Skipped
-    /// while the log is empty, so an idle server does no I/O.
-    fn checkpoint(&self) {
-        let wal = self.inner.dir.join(format!("{DB_FILE}-wal"));
-        if std::fs::metadata(&wal).map(|m| m.len() == 0).unwrap_or(true) {
+    fn wal_len(&self) -> u64 {
+        std::fs::metadata(self.inner.dir.join(format!("{DB_FILE}-wal"))).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Copies the write-ahead log into `kua.db`, from the maintenance connection: a passive
+    /// checkpoint never blocks the requests' writes. Once the database has been idle for a tick,
+    /// `truncate` also empties the log file, giving back the space a burst took (and so a full disk
+    /// shows at the next write, not once the old log's space is used up). Skipped while the log is
+    /// empty, so an idle server does no I/O.
+    fn checkpoint(&self, truncate: bool) {
+        let wal_len = self.wal_len();
+        if wal_len == 0 {
             return;
         }
-        let result = {
-            let conn = self.conn();
-            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0))
-        };
+        let started = Instant::now();
+        let sql = if truncate { "PRAGMA wal_checkpoint(TRUNCATE)" } else { "PRAGMA wal_checkpoint(PASSIVE)" };
+        let result = self.maintenance_conn().query_row(sql, [], |r| r.get::<_, i64>(0));
+        tracing::debug!("checkpoint (truncate: {truncate}) of {} KiB took {:?}", wal_len / 1024, started.elapsed());
         let mut health = self.health_state();
         match result {
             Ok(0) => health.clear(ProblemKind::Checkpoint),
@@ -240,14 +266,12 @@ impl Store {
         }
     }
 
-    /// Brings `kua.db.backup` up to date: a copy taken under the connection's lock, checked and
-    /// put in place without it.
+    /// Brings `kua.db.backup` up to date: one snapshot read on the maintenance connection (writes
+    /// go on meanwhile), checked and put in place.
     fn back_up(&self) {
         let dir = &self.inner.dir;
-        let (copied, changes) = {
-            let conn = self.conn();
-            (backup::copy_out(&conn, dir), conn.total_changes())
-        };
+        let changes = self.conn().total_changes();
+        let copied = backup::copy_out(&self.maintenance_conn(), dir);
         let previous = self.inner.backups.lock().unwrap_or_else(|e| e.into_inner()).last_deploy;
         let result = copied.map_err(|e| e.to_string()).and_then(|()| backup::install(dir, previous));
         let mut mark = self.inner.backups.lock().unwrap_or_else(|e| e.into_inner());
@@ -274,7 +298,7 @@ impl Store {
     }
 
     /// One round of the maintenance thread.
-    fn maintain(&self) {
+    fn maintain(&self, rounds: &mut Rounds) {
         let fs = health::filesystem_problem(&self.inner.dir);
         match fs {
             Some(p) => self.health_state().set(ProblemKind::Filesystem, p),
@@ -289,7 +313,9 @@ impl Store {
         } else if write_failed {
             self.probe_write();
         }
-        self.checkpoint();
+        let version = self.maintenance_conn().pragma_query_value(None, "data_version", |r| r.get(0)).ok();
+        self.checkpoint(version.is_some() && version == rounds.data_version);
+        rounds.data_version = version;
         if self.backup_due() {
             self.back_up();
         }
@@ -299,16 +325,15 @@ impl Store {
     /// date. The lock is released when the last handle is dropped.
     pub fn close(&self) {
         self.record_pending_ends();
-        self.checkpoint();
+        self.checkpoint(true);
         self.back_up();
     }
 }
 
-/// Opens the one connection: exclusive locking before WAL is first used, so the WAL index lives
-/// in heap memory and no `-shm` file is ever mapped.
+/// Opens a connection through [`VFS`]: the first one locks `kua.db` to this process, and every
+/// one shares the WAL index in heap memory; no `-shm` file is opened or mapped.
 fn connect(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
-    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+    let conn = Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), VFS)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -318,8 +343,8 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
         )));
     }
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    // Checkpoints (the only fsyncs with WAL + NORMAL) are the maintenance thread's, not done inside
-    // whichever request's commit happens to cross a threshold.
+    // Checkpoints (the only fsyncs with WAL + NORMAL) are the maintenance connection's, not done
+    // inside whichever request's commit happens to cross a threshold.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
@@ -380,16 +405,19 @@ fn open_checked(dir: &Path) -> anyhow::Result<(Connection, backup::BackupState)>
 
 /// Every [`TICK`], one round of [`Store::maintain`]; ends when told to (the last handle is dropped).
 fn spawn_maintenance(store: Weak<Inner>, stop: Arc<AtomicBool>) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name("kua-store".into()).spawn(move || loop {
-        let woke = Instant::now();
-        while woke.elapsed() < TICK && !stop.load(Ordering::SeqCst) {
-            std::thread::park_timeout(TICK.saturating_sub(woke.elapsed()));
+    std::thread::Builder::new().name("kua-store".into()).spawn(move || {
+        let mut rounds = Rounds::default();
+        loop {
+            let woke = Instant::now();
+            while woke.elapsed() < TICK && !stop.load(Ordering::SeqCst) {
+                std::thread::park_timeout(TICK.saturating_sub(woke.elapsed()));
+            }
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            let Some(inner) = store.upgrade() else { return };
+            Store { _owner: None, inner }.maintain(&mut rounds);
         }
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let Some(inner) = store.upgrade() else { return };
-        Store { _owner: None, inner }.maintain();
     })
 }
 
@@ -458,7 +486,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store.insert_deploy(&new_deploy()).unwrap();
-        store.maintain();
+        store.maintain(&mut Rounds::default());
         assert!(!dir.path().join("kua.db-shm").exists());
     }
 
@@ -476,11 +504,11 @@ mod tests {
         assert!(!h.ok && h.unrecorded_deploys == vec![id.clone()], "{h:?}");
         assert!(h.problems.iter().any(|p| p.kind == ProblemKind::Write), "{h:?}");
         assert!(store.is_unrecorded(&id));
-        store.maintain();
+        store.maintain(&mut Rounds::default());
         assert_eq!(store.deploy(&id).unwrap().unwrap().phase, Phase::Running, "still unwritable");
 
         store.conn().pragma_update(None, "query_only", false).unwrap();
-        store.maintain();
+        store.maintain(&mut Rounds::default());
         let d = store.deploy(&id).unwrap().unwrap();
         assert_eq!(d.phase, Phase::Failed);
         assert!(d.error.as_deref().unwrap().contains("disk full"), "{:?}", d.error);
@@ -496,10 +524,10 @@ mod tests {
         store.conn().pragma_update(None, "query_only", true).unwrap();
         let err = store.insert_deploy(&new_deploy()).unwrap_err();
         store.note_write_error("storing a log line", &err);
-        store.maintain();
+        store.maintain(&mut Rounds::default());
         assert!(!store.health().ok);
         store.conn().pragma_update(None, "query_only", false).unwrap();
-        store.maintain();
+        store.maintain(&mut Rounds::default());
         assert!(store.health().ok, "{:?}", store.health());
     }
 
