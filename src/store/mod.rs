@@ -47,9 +47,10 @@ const BACKUP_EVERY: Duration = Duration::from_secs(10 * 60);
 /// How soon a backup that failed is tried again.
 const BACKUP_RETRY: Duration = Duration::from_secs(60);
 
-/// A handle on the state database. Cheap to clone; queries are short, so one connection behind a
-/// mutex serves the whole process. When the last handle is dropped, the database is closed and
-/// the state dir unlocked before the drop returns.
+/// A handle on the state database. Cheap to clone; queries are short, so the requests and the
+/// pipeline share one connection behind a mutex (the maintenance thread has its own). When the
+/// last handle is dropped, the database is closed and the state dir unlocked before the drop
+/// returns.
 #[derive(Clone)]
 pub struct Store {
     // Declared first, so dropped first: the maintenance thread has let go of `inner` by the time
@@ -81,7 +82,7 @@ struct Inner {
     health: Mutex<Health>,
     backups: Mutex<BackupMark>,
     dir: PathBuf,
-    // Declared last, so dropped last: the lock is held until the connection is closed.
+    // Declared last, so dropped last: the lock is held until both connections are closed.
     lock: Mutex<lock::StateLock>,
 }
 
