@@ -1,5 +1,6 @@
-//! `serve`: opens the store, recovers what a previous process left, starts the queue and the
-//! router, and on SIGINT/SIGTERM stops promptly (running deploys end `interrupted`).
+//! `serve`: takes the state dir's lock, opens and checks the store, recovers what a previous
+//! process left, starts the queue and the router, and on SIGINT/SIGTERM stops promptly (running
+//! deploys end `interrupted`) and closes the store (checkpoint, backup).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -84,6 +85,27 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let store = Store::open(&settings.state_dir)?;
+    serve_store(settings, store, listener, shutdown).await
+}
+
+/// [`serve`] on a store already opened (and so locked and checked).
+pub async fn serve_store(
+    settings: Settings,
+    store: Store,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let result = serve_inner(settings, store.clone(), listener, shutdown).await;
+    store.close();
+    result
+}
+
+async fn serve_inner(
+    settings: Settings,
+    store: Store,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let orphans = store.recover_orphans()?;
     for d in &orphans.interrupted {
         tracing::warn!(deploy = %d.deploy_id, app = %d.app, "a deploy was left running by a previous process before its recreate: now interrupted");
@@ -181,7 +203,9 @@ pub async fn serve(
     Ok(())
 }
 
-/// `kua-deploy serve`: loads the registry, binds, prints where it listens, serves until a signal.
+/// `kua-deploy serve`: loads the registry, takes the state dir's lock, opens and checks the store,
+/// binds, prints where it listens (only then: a script waiting for that line gets a working
+/// server), serves until a signal.
 pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
     let registry = match Registry::load(&args.config) {
         Ok(r) => r,
@@ -194,6 +218,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
             return Ok(2);
         }
     };
+    let store = Store::open(&args.state_dir)?;
     let admin_token = resolve_admin_token(&args.state_dir, args.token_file.as_deref())?;
     match listener::raise_open_file_limit() {
         Ok(f) if f.soft > f.before => tracing::info!("open-file limit raised from {} to {}", f.before, f.soft),
@@ -204,11 +229,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("cannot listen on {}; pass another --listen address", args.listen))?;
     let addr = listener.local_addr()?;
+    store.set_listen(&format!("http://{addr}"));
     // Tests and scripts read this line to find a port-0 server.
     println!("kua-deploy listening on http://{addr}");
     tracing::info!(apps = registry.apps.len(), state_dir = %args.state_dir.display(), "serving on http://{addr}");
     let settings = Settings { registry: Arc::new(registry), state_dir: args.state_dir, admin_token };
-    serve(settings, listener, shutdown_signal()).await?;
+    serve_store(settings, store, listener, shutdown_signal()).await?;
     Ok(0)
 }
 

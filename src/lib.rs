@@ -10,7 +10,8 @@
 //! - [`host`]: run an argv on a host with a timeout, cancellation, process-group kill and redaction.
 //! - [`git`]: typed wrapper over the git commands the pipeline needs.
 //! - [`docker`]: typed wrappers over `docker` and `docker compose`.
-//! - [`store`]: SQLite state: deploys, steps, logs, webhook deliveries; schema migrations run on open.
+//! - [`store`]: SQLite state: deploys, steps, logs, webhook deliveries; schema migrations run on open;
+//!   the state dir's lock, the start-up check and backup, storage health.
 //! - [`pipeline`]: the steps, one file each, the runner that orders them, and the per-app queue.
 //! - [`selfupdate`]: deploying kua-deploy itself: the handoff to a transient container, and
 //!   `complete_self_recreate` at start.

@@ -69,7 +69,14 @@ pub async fn json_errors(resp: Response) -> Response {
 
 impl From<rusqlite::Error> for ApiError {
     fn from(e: rusqlite::Error) -> Self {
-        ApiError::internal(format!("state database: {e}"))
+        match crate::store::storage_failure(&e) {
+            Some(what) => {
+                tracing::error!("state database: {what}: {e}");
+                let msg = format!("{what} ({e}); try again once storage is fixed (GET /healthz says what fails)");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", msg)
+            }
+            None => ApiError::internal(format!("state database: {e}")),
+        }
     }
 }
 
@@ -90,6 +97,10 @@ impl From<QueueError> for ApiError {
             QueueError::NotAwaitingApproval { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "not_awaiting_approval", message)
             }
+            QueueError::Unrecorded(id) => ApiError {
+                deploy_id: Some(id),
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", message)
+            },
             QueueError::Store(e) => e.into(),
         }
     }

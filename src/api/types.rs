@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{AppName, CommitSha, Delivery, Deploy, DeployId, Phase};
 pub use crate::model::{ContainerStatus, RuntimeStatus, ServiceStatus};
-use crate::store::LogLine;
+use crate::store::{LogLine, StorageHealth};
 
 /// `POST /api/v1/apps/{app}/deploy` body; every field optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,10 +75,13 @@ pub enum FollowItem {
     End { end: bool, phase: Phase },
 }
 
+/// `GET /healthz`: `ok` (200), or `degraded` (503) while storage fails, with what fails.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
     pub status: String,
     pub version: String,
+    #[serde(default)]
+    pub storage: StorageHealth,
 }
 
 /// Every error answer: `{"error": {"code", "message"}}`, plus the deploy in the way for a 409.

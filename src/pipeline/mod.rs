@@ -259,8 +259,8 @@ async fn runs_images(ctx: &DeployCtx, images: &Images, since: &str) -> Result<bo
     Ok(true)
 }
 
-/// Runs the deploy's pending steps and records the end. Store errors end the deploy as failed
-/// where they can still be written; a deploy is never left `running` by a live process.
+/// Runs the deploy's pending steps and records the end. A store error ends the deploy as failed,
+/// recorded as soon as storage takes writes again; a deploy is never left `running` by a live process.
 pub async fn run_deploy(mut ctx: DeployCtx) -> RunEnd {
     if ctx.resuming {
         return match resume(&mut ctx).await {
@@ -281,8 +281,7 @@ pub async fn run_deploy(mut ctx: DeployCtx) -> RunEnd {
         Err(e) => {
             let msg = format!("kua-deploy could not record the deploy's state: {e}");
             tracing::error!(deploy = %id, "{msg}");
-            let _ = store.close_open_steps(&id, &msg);
-            let _ = store.transition(&id, &[Phase::Running], Phase::Failed, Some(&msg));
+            store.end_failed_when_writable(&id, &msg);
             RunEnd::Finished(Phase::Failed)
         }
     }

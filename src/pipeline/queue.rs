@@ -33,6 +33,8 @@ pub enum QueueError {
     CancelRefused(DeployId),
     #[error("deploy {id} is {phase}, not awaiting approval")]
     NotAwaitingApproval { id: DeployId, phase: Phase },
+    #[error("deploy {0} stopped when the state database failed; it is recorded failed as soon as the database takes writes again (GET /healthz says what fails)")]
+    Unrecorded(DeployId),
     #[error("state database: {0}")]
     Store(#[from] rusqlite::Error),
 }
@@ -296,6 +298,8 @@ impl Queue {
                     store.close_open_steps(id, why)?;
                     false
                 }
+                // No worker runs it: its run ended on a storage error, and its end is still to be written.
+                (Phase::Running, None) => return Err(QueueError::Unrecorded(id.clone())),
                 (phase, None) => return Err(QueueError::AlreadyFinished { id: id.clone(), phase }),
             }
         };

@@ -134,9 +134,11 @@ impl Store {
         self.deploys_where("phase = ?1 ORDER BY seq", [phase.as_str()])
     }
 
-    /// The oldest queued deploy of the app: what its worker runs next.
+    /// The oldest queued deploy of the app: what its worker runs next. One whose start could not
+    /// be recorded is not taken again: it ends `failed` once storage works.
     pub fn next_queued(&self, app: &AppName) -> rusqlite::Result<Option<Deploy>> {
-        Ok(self.deploys_where("app = ?1 AND phase = 'queued' ORDER BY seq LIMIT 1", [app.as_str()])?.pop())
+        let queued = self.deploys_where("app = ?1 AND phase = 'queued' ORDER BY seq", [app.as_str()])?;
+        Ok(queued.into_iter().find(|d| !self.is_unrecorded(&d.deploy_id)))
     }
 
     /// Apps with queued deploys, for startup.
@@ -444,7 +446,9 @@ mod tests {
         store.transition(&id, &[Phase::Queued], Phase::Running, None).unwrap();
         store.step_finish(&id, StepName::GitPull, StepStatus::Succeeded, "ok").unwrap();
         store.step_start(&id, StepName::Build, "building").unwrap();
-        let orphans = Store::open(dir.path()).unwrap().recover_orphans().unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let orphans = store.recover_orphans().unwrap();
         assert_eq!(orphans.interrupted.len(), 1);
         assert!(orphans.resume.is_empty());
         let d = store.deploy(&id).unwrap().unwrap();

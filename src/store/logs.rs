@@ -59,7 +59,7 @@ impl LogSink for LogWriter {
         let seq = *next;
         *next += 1;
         if let Err(e) = self.store.append_log(&self.deploy, seq, stream.as_str(), &text) {
-            tracing::warn!(deploy = %self.deploy, "cannot store a log line: {e}");
+            self.store.note_write_error(&format!("storing a log line of deploy {}", self.deploy), &e);
         }
     }
 }
