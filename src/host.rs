@@ -409,6 +409,13 @@ impl ProcessRef {
             && fields.get(19).and_then(|t| t.parse().ok()) == Some(self.start_ticks)
     }
 
+    /// Kills the process and its group (a detached command leads its own session and group).
+    pub fn kill_group(&self) {
+        if self.is_alive() {
+            kill_group(Some(self.pid));
+        }
+    }
+
     /// Waits until the process has ended, at most `limit`; whether it did.
     pub async fn wait_gone(&self, limit: Duration) -> bool {
         let until = tokio::time::Instant::now() + limit;
@@ -524,6 +531,14 @@ impl Detached {
         let code = status.ok().and_then(|s| s.code());
         Ok(Output { code, stdout: follow.kept, stderr: String::new() })
     }
+}
+
+/// Hands a detached command's whole output file to `sink`, as [`Detached::wait`] would have: for
+/// a server that took over a command whose follower died.
+pub fn replay_output(path: &std::path::Path, redactor: &Redactor, sink: &dyn LogSink) {
+    let mut follow = FileFollower::new(path);
+    follow.pump(redactor, sink);
+    follow.finish(redactor, sink);
 }
 
 /// Reads what a detached command appended to its output file since the last call, line by line

@@ -23,10 +23,11 @@ use crate::config::{AppConfig, HostSpec, Registry};
 use crate::docker::compose::Compose;
 use crate::docker::watch::{verify_services, Limits};
 use crate::docker::{Docker, OwnContainer};
+use crate::git::Git;
 use crate::host::{Host, LogSink, Redactor, Stream};
 use crate::model::{
-    now_rfc3339, parse_time, AppName, Deploy, DeployId, ImageId, Images, Phase, ProjectName, ServiceCheck, ServiceName,
-    StepName, StepStatus, VerifyReport,
+    now_rfc3339, parse_time, AppName, BranchName, CommitSha, Deploy, DeployId, ImageId, Images, Phase, ProjectName,
+    ServiceCheck, ServiceName, StepName, StepStatus, VerifyReport,
 };
 use crate::store::{LogWriter, Store};
 
@@ -99,6 +100,8 @@ pub struct Handoff<'a> {
     pub app: &'a AppConfig,
     /// The Compose project the deploy resolved.
     pub project: ProjectName,
+    /// The commit whose Compose configuration ran before: a rollback returns the checkout to it.
+    pub previous_commit: Option<CommitSha>,
     /// The local host, with the server's redaction and secret variables kept out.
     pub host: Host,
     pub image: ImageId,
@@ -182,6 +185,9 @@ pub async fn hand_off(h: Handoff<'_>, target: &SelfTarget) -> HandoffEnd {
     if let Some(prev) = &h.previous {
         args.extend(["--previous".into(), prev.to_string()]);
     }
+    if let Some(commit) = &h.previous_commit {
+        args.extend(["--previous-commit".into(), commit.to_string(), "--branch".into(), h.app.branch.to_string()]);
+    }
     for f in h.app.compose_files.iter().flatten() {
         args.extend(["--file".into(), f.clone()]);
     }
@@ -237,6 +243,11 @@ pub struct TransientArgs {
     pub image: ImageId,
     #[arg(long)]
     pub previous: Option<ImageId>,
+    /// The commit whose Compose configuration ran with `previous`: checked out before it comes back.
+    #[arg(long, requires = "branch")]
+    pub previous_commit: Option<CommitSha>,
+    #[arg(long)]
+    pub branch: Option<BranchName>,
     /// When the deploy recorded the recreate as begun (RFC 3339).
     #[arg(long)]
     pub since: String,
@@ -306,6 +317,14 @@ pub async fn run_transient(args: TransientArgs) -> i32 {
                 return 2;
             };
             println!("bringing back {previous}");
+            if let (Some(commit), Some(branch)) = (&args.previous_commit, &args.branch) {
+                // The previous image with the new commit's configuration could fail the same way.
+                let git = Git::new(Host::local(), std::env::current_dir().unwrap_or_default());
+                match git.checkout(branch, commit, &CancellationToken::new(), &Print).await {
+                    Ok(()) => println!("the checkout is back at {}", commit.short()),
+                    Err(e) => println!("cannot return the checkout to {}: {e}", commit.short()),
+                }
+            }
             match attempt(previous.clone(), now_rfc3339()).await {
                 Ok(()) => {
                     println!("rolled back: {} runs {previous} again", args.service);

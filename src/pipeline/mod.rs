@@ -56,6 +56,8 @@ pub enum StepOutcome {
     Failed(String),
     /// Stop here, keeping the app, until someone approves (migration gate).
     AwaitApproval(String),
+    /// Failed before the step touched the app (recreate could not record what runs): no rollback.
+    NotStarted(String),
     /// A command was killed because of cancel or shutdown.
     Stopped,
     /// kua-deploy's own recreate was handed to a transient container; the process that comes
@@ -230,13 +232,23 @@ async fn wait_for_recorded_recreate(ctx: &DeployCtx) {
     if let Some(p) = recorded.as_deref().and_then(ProcessRef::parse).filter(ProcessRef::is_alive) {
         ctx.log.info(&format!("waiting for the recreate started before the restart (process {})", p.pid));
         if !p.wait_gone(RECREATE_TIMEOUT).await {
-            ctx.log.info(&format!("the recreate process {} still runs after {}s", p.pid, RECREATE_TIMEOUT.as_secs()));
-            return;
+            // Two `compose up` of one app at once would fight: the overdue one goes.
+            ctx.log.info(&format!(
+                "the recreate process {} still runs after {}s: killing it",
+                p.pid,
+                RECREATE_TIMEOUT.as_secs()
+            ));
+            p.kill_group();
         }
     }
-    // Its output was followed into the log by the process that started it, up to its death.
+    // What it printed after the process that followed it died is still in its file.
+    let output = ctx.runs_dir.join(format!("{}.log", ctx.id));
+    if recorded.is_some() && output.exists() {
+        ctx.log.info("the output of the recreate started before the restart, whole:");
+        crate::host::replay_output(&output, ctx.host.redactor(), ctx.sink());
+    }
     let _ = ctx.store.set_recreate_process(&ctx.id, None);
-    let _ = std::fs::remove_file(ctx.runs_dir.join(format!("{}.log", ctx.id)));
+    let _ = std::fs::remove_file(output);
 }
 
 /// Whether every one of `images`' services has containers, all running their image and started
@@ -259,33 +271,35 @@ async fn runs_images(ctx: &DeployCtx, images: &Images, since: &str) -> Result<bo
     Ok(true)
 }
 
-/// Runs the deploy's pending steps and records the end. A store error ends the deploy as failed,
-/// recorded as soon as storage takes writes again; a deploy is never left `running` by a live process.
+/// Runs the deploy's pending steps and records the end; a deploy is never left `running` by a
+/// live process. A store error before the recreate ends the deploy `failed`, recorded as soon as
+/// storage takes writes again. After the recreate began, only a verify can tell what the app runs:
+/// the deploy is resumed (verify, rollback) once storage works again, or by the next start.
 pub async fn run_deploy(mut ctx: DeployCtx) -> RunEnd {
-    if ctx.resuming {
-        return match resume(&mut ctx).await {
-            Ok(end) => end,
-            Err(e) => {
-                let msg = format!("kua-deploy could not record the deploy's state: {e}");
-                tracing::error!(deploy = %ctx.id, "{msg}");
-                let _ = ctx.store.close_open_steps(&ctx.id, &msg);
-                let _ = ctx.store.transition(&ctx.id, &[Phase::Running], Phase::Failed, Some(&msg));
-                RunEnd::Finished(Phase::Failed)
-            }
-        };
-    }
     let id = ctx.id.clone();
     let store = ctx.store.clone();
-    match drive(&mut ctx).await {
-        Ok(end) => end,
-        Err(e) => {
-            let msg = format!("kua-deploy could not record the deploy's state: {e}");
-            tracing::error!(deploy = %id, "{msg}");
+    let mut result = if ctx.resuming { resume(&mut ctx).await } else { drive(&mut ctx).await };
+    loop {
+        let e = match result {
+            Ok(end) => return end,
+            Err(e) => e,
+        };
+        let msg = format!("kua-deploy could not record the deploy's state: {e}");
+        tracing::error!(deploy = %id, "{msg}");
+        if !ctx.control.lock().unwrap_or_else(|e| e.into_inner()).recreate_began {
             store.end_failed_when_writable(&id, &msg);
-            RunEnd::Finished(Phase::Failed)
+            return RunEnd::Finished(Phase::Failed);
         }
+        tokio::select! {
+            _ = tokio::time::sleep(STORAGE_RETRY) => {}
+            _ = ctx.cancel.cancelled() => return RunEnd::LeftForResume,
+        }
+        result = resume(&mut ctx).await;
     }
 }
+
+/// How soon a deploy stopped by a storage error after its recreate began is taken up again.
+const STORAGE_RETRY: Duration = Duration::from_secs(2);
 
 async fn drive(ctx: &mut DeployCtx) -> rusqlite::Result<RunEnd> {
     let store = ctx.store.clone();
@@ -388,6 +402,13 @@ async fn run_steps(ctx: &mut DeployCtx, pending: Vec<StepName>) -> rusqlite::Res
                 return finish_stopped(ctx, step);
             }
             StepOutcome::HandedOff => return Ok(RunEnd::Paused),
+            StepOutcome::NotStarted(detail) => {
+                ctx.log.info(&format!("step {step} failed before it changed anything: {detail}"));
+                store.step_finish(&id, step, StepStatus::Failed, &detail)?;
+                ctx.control.lock().unwrap_or_else(|e| e.into_inner()).recreate_began = false;
+                put_back(ctx).await;
+                return finish(ctx, Phase::Failed, Some(format!("{step} failed: {detail}")), "not run");
+            }
             StepOutcome::Failed(detail) => {
                 ctx.log.info(&format!("step {step} failed: {detail}"));
                 store.step_finish(&id, step, StepStatus::Failed, &detail)?;
@@ -421,6 +442,11 @@ async fn put_back(ctx: &DeployCtx) {
         return;
     }
     let (Some(before), Some(commit)) = (&ctx.commit_before, &ctx.commit) else { return };
+    // Only a checkout git_pull itself made is undone: one it refused (local commits) is left alone.
+    let pulled = ctx.store.deploy(&ctx.id).ok().flatten().and_then(|d| d.step(StepName::GitPull).map(|s| s.status));
+    if pulled != Some(StepStatus::Succeeded) {
+        return;
+    }
     let never = CancellationToken::new();
     if before != commit {
         match ctx.git.checkout(&ctx.app.branch, before, &never, ctx.sink()).await {
@@ -520,7 +546,7 @@ async fn roll_back(ctx: &mut DeployCtx, failed: StepName, why: String) -> rusqli
             ctx.store.step_finish(&ctx.id, StepName::Rollback, StepStatus::Skipped, &detail)?;
             finish(ctx, Phase::Failed, Some(format!("{error}; no rollback: {detail}")), "not run")
         }
-        StepOutcome::Failed(detail) | StepOutcome::AwaitApproval(detail) => {
+        StepOutcome::Failed(detail) | StepOutcome::NotStarted(detail) | StepOutcome::AwaitApproval(detail) => {
             ctx.store.step_finish(&ctx.id, StepName::Rollback, StepStatus::Failed, &detail)?;
             finish(ctx, Phase::Failed, Some(format!("{error}; rollback failed too: {detail}")), "not run")
         }

@@ -33,17 +33,17 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
                     previous.insert(service.clone(), id);
                 }
             }
-            Err(e) => return e.into(),
+            Err(e) => return StepOutcome::NotStarted(format!("cannot read what runs now: {e}")),
         }
     }
     // What runs came from the last deploy that ended well; without one, from what was checked out.
     let previous_commit = match ctx.store.running_commit(&ctx.app.name) {
         Ok(c) => c.or_else(|| ctx.commit_before.clone()),
-        Err(e) => return StepOutcome::Failed(format!("cannot read the app's last deploy: {e}")),
+        Err(e) => return StepOutcome::NotStarted(format!("cannot read the app's last deploy: {e}")),
     };
     let at = now_rfc3339();
     if let Err(e) = ctx.store.set_recreate_begun(&ctx.id, &previous, previous_commit.as_ref(), &at) {
-        return StepOutcome::Failed(format!("cannot record the previous images: {e}"));
+        return StepOutcome::NotStarted(format!("cannot record the previous images: {e}"));
     }
     ctx.previous_images = previous;
     ctx.previous_commit = previous_commit;
@@ -57,6 +57,7 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
             id: &ctx.id,
             app: &ctx.app,
             project: ctx.compose.project().clone(),
+            previous_commit: ctx.previous_commit.clone(),
             host: ctx.host.clone(),
             image,
             previous: ctx.previous_images.get(&target.service).cloned(),

@@ -195,3 +195,20 @@ async fn a_deploy_that_fails_after_its_build_puts_the_checkout_and_the_tag_back(
     assert_eq!(app.web_containers(), before, "docker compose up -d started the unreleased build: {said}");
     assert_eq!(app.fetch().as_deref(), Some("v1"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compose_project_name_in_dotenv_names_the_project() {
+    let app = discovered_app();
+    // No `name:` in the file: the project comes from `.env`, as it would for `docker compose`.
+    write_compose(&app, "docker-compose.yml", "");
+    let text = std::fs::read_to_string(app.work.join("docker-compose.yml")).unwrap();
+    std::fs::write(app.work.join("docker-compose.yml"), text.replace(&format!("name: {}\n", app.project), "")).unwrap();
+    std::fs::write(app.work.join(".env"), format!("COMPOSE_PROJECT_NAME={}\n", app.project)).unwrap();
+    app.push("v1", Behaviour::Serve);
+    let server = app.start();
+    let acc = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    let d = server.wait_end(&acc.deploy_id).await;
+    assert_eq!(d.phase, Phase::Succeeded, "{d:#?}");
+    assert_eq!(d.project.as_ref().map(|p| p.as_str()), Some(app.project.as_str()));
+    assert_eq!(app.fetch().as_deref(), Some("v1"));
+}

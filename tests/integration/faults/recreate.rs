@@ -119,7 +119,8 @@ async fn a_recreate_killed_with_the_server_is_redone_by_the_next_start() {
     // As if the whole machine went down: the server and the detached `compose up` with it.
     server.kill9();
     let pattern = format!("--project-name {} up", app.project);
-    let _ = std::process::Command::new("pkill").args(["-KILL", "-f", "--", &pattern]).status();
+    let killed = std::process::Command::new("pkill").args(["-KILL", "-f", "--", &pattern]).status().unwrap();
+    assert!(killed.success(), "no detached `compose up` was found to kill");
     drop(server);
 
     let server = app.start();
@@ -128,6 +129,35 @@ async fn a_recreate_killed_with_the_server_is_redone_by_the_next_start() {
     assert_eq!(app.fetch().as_deref(), Some("v2"));
     assert_eq!(app.web_containers().len(), 1);
     assert_eq!(created_containers(&app), "");
+    let logs = server.client.logs(&acc.deploy_id, 0).await.unwrap();
+    assert!(
+        logs.lines.iter().any(|l| l.line.contains("did not complete: recreating again")),
+        "the recreate was redone, not found finished"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_during_rollback_is_resumed_and_ends_rolled_back_with_the_app_serving() {
+    let (app, mut server) = slow_to_stop_app(4, AppOptions::default()).await;
+    // v2 runs but turns unhealthy: its rollback stops a container that takes the grace period to
+    // stop, which is when the server is killed.
+    let unhealthy = "    stop_grace_period: 4s\n    healthcheck:\n      test: [\"CMD\", \"/bin/busybox\", \"false\"]\n      interval: 1s\n      retries: 1\n";
+    std::fs::write(app.work.join("docker-compose.yml"), compose_yaml(unhealthy, "")).unwrap();
+    app.push("v2", Behaviour::Serve);
+    let acc = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    server.wait_for(&acc.deploy_id, Duration::from_secs(90), step_running(StepName::Rollback)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.kill9();
+    drop(server);
+
+    let server = app.start();
+    let d = server.wait_end(&acc.deploy_id).await;
+    assert_eq!(d.phase, Phase::RolledBack, "{d:#?}\n{}", server.log());
+    assert_eq!(app.fetch().as_deref(), Some("v1"));
+    assert_eq!(app.web_containers().len(), 1);
+    assert_eq!(created_containers(&app), "");
+    let logs = server.client.logs(&acc.deploy_id, 0).await.unwrap();
+    assert!(logs.lines.iter().any(|l| l.line.contains("resuming this deploy (Rollback")), "the rollback was resumed");
 }
 
 #[tokio::test(flavor = "multi_thread")]
