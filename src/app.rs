@@ -106,6 +106,8 @@ async fn serve_inner(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Where notifications will attach: every deploy's end, once, whatever ended it.
+    store.on_deploy_end(Arc::new(|id, phase| tracing::info!(deploy = %id, "deploy ended: {phase}")));
     let orphans = store.recover_orphans()?;
     for d in &orphans.interrupted {
         tracing::warn!(deploy = %d.deploy_id, app = %d.app, "a deploy was left running by a previous process before its recreate: now interrupted");

@@ -191,16 +191,15 @@ pub async fn hand_off(h: Handoff<'_>, target: &SelfTarget) -> HandoffEnd {
     for f in h.app.compose_files.iter().flatten() {
         args.extend(["--file".into(), f.clone()]);
     }
-    match h.store.transition(h.id, &[Phase::Running], Phase::SelfRecreatePending, None) {
+    match h.store.hand_off(h.id, &format!("handed over to transient container {name}")) {
         Ok(true) => {}
         other => return HandoffEnd::Failed(format!("cannot pre-mark the deploy self_recreate_pending: {other:?}")),
     }
-    let _ = h.store.step_detail(h.id, StepName::Recreate, &format!("handed over to transient container {name}"));
     let docker = Docker::new(h.host.clone());
     if let Err(e) = docker.run_detached(args, h.log).await {
         // `docker run` may have timed out after the container started: make sure it is gone.
         let _ = docker.remove_container(&name).await;
-        let _ = h.store.transition(h.id, &[Phase::SelfRecreatePending], Phase::Running, None);
+        let _ = h.store.take_back(h.id);
         return HandoffEnd::Failed(format!("could not start the transient container: {e}"));
     }
     h.log.line(
@@ -219,7 +218,7 @@ pub async fn hand_off(h: Handoff<'_>, target: &SelfTarget) -> HandoffEnd {
     if h.cancel.is_cancelled() {
         return HandoffEnd::Replaced;
     }
-    let _ = h.store.transition(h.id, &[Phase::SelfRecreatePending], Phase::Running, None);
+    let _ = h.store.take_back(h.id);
     HandoffEnd::Failed(format!(
         "kua-deploy was still running {}s after the handoff; the transient container reported: {}",
         HANDOFF_CEILING.as_secs(),
@@ -374,8 +373,7 @@ pub async fn complete_self_recreate(store: &Store, target: Option<&SelfTarget>, 
                 "the transient container brought the previous image back",
             );
         }
-        let _ = store.close_open_steps(&deploy.deploy_id, "not run");
-        let _ = store.transition(&deploy.deploy_id, &[Phase::SelfRecreatePending], phase, error.as_deref());
+        let _ = store.finish(&deploy.deploy_id, phase, error.as_deref(), "not run");
     }
 }
 

@@ -304,7 +304,7 @@ const STORAGE_RETRY: Duration = Duration::from_secs(2);
 async fn drive(ctx: &mut DeployCtx) -> rusqlite::Result<RunEnd> {
     let store = ctx.store.clone();
     let id = ctx.id.clone();
-    if !store.transition(&id, &[Phase::Queued], Phase::Running, None)? {
+    if !store.start(&id)? {
         // Cancelled (or finished) between being picked and starting: nothing to do.
         let phase = store.deploy(&id)?.map(|d| d.phase).unwrap_or(Phase::Cancelled);
         return Ok(RunEnd::Finished(phase));
@@ -392,8 +392,7 @@ async fn run_steps(ctx: &mut DeployCtx, pending: Vec<StepName>) -> rusqlite::Res
             StepOutcome::AwaitApproval(detail) => {
                 ctx.log.info(&format!("step {step} waits for approval: {detail}"));
                 // The gate stays `running` (it holds the deploy), its detail saying what to approve.
-                store.step_detail(&id, step, &detail)?;
-                store.transition(&id, &[Phase::Running], Phase::AwaitingApproval, None)?;
+                store.park(&id, step, &detail)?;
                 return Ok(RunEnd::Paused);
             }
             StepOutcome::Stopped if left_for_resume(ctx, step) => return Ok(RunEnd::LeftForResume),
@@ -518,8 +517,7 @@ fn begin_recreate(ctx: &DeployCtx) -> bool {
 fn finish(ctx: &DeployCtx, phase: Phase, error: Option<String>, skip_detail: &str) -> rusqlite::Result<RunEnd> {
     // The last log line is written before the phase ends, so a follower sees it before the end.
     ctx.log.info(&format!("deploy ended: {phase}{}", error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()));
-    ctx.store.close_open_steps(&ctx.id, skip_detail)?;
-    ctx.store.transition(&ctx.id, &[Phase::Running], phase, error.as_deref())?;
+    ctx.store.finish(&ctx.id, phase, error.as_deref(), skip_detail)?;
     Ok(RunEnd::Finished(phase))
 }
 

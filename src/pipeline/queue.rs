@@ -15,7 +15,7 @@ use super::{planned_steps, run_deploy, Control, DeployCtx, SharedControl};
 use crate::config::Registry;
 use crate::docker::Docker;
 use crate::host::{Host, Redactor};
-use crate::model::{AppName, Delivery, Deploy, DeployId, Phase, StepName, StepStatus, Trigger};
+use crate::model::{AppName, Delivery, Deploy, DeployId, Phase, StepName, Trigger};
 use crate::selfupdate::{self, SelfTarget};
 use crate::store::{NewDeploy, PushRecord, Store};
 
@@ -246,8 +246,7 @@ impl Queue {
         let store = self.inner.store.clone();
         let Some(config) = self.inner.registry.app(app).cloned() else {
             let msg = format!("app {app} is no longer in the registry");
-            let _ = store.close_open_steps(&deploy.deploy_id, "not run");
-            let _ = store.transition(&deploy.deploy_id, &[Phase::Queued, Phase::Running], Phase::Failed, Some(&msg));
+            let _ = store.fail(&deploy.deploy_id, &msg);
             return;
         };
         let host = Host::new(config.host.clone(), self.inner.redactor.clone());
@@ -294,8 +293,7 @@ impl Queue {
                         Phase::AwaitingApproval => "cancelled while awaiting approval",
                         _ => "cancelled while queued",
                     };
-                    store.transition(id, &[from], Phase::Cancelled, Some(why))?;
-                    store.close_open_steps(id, why)?;
+                    store.cancel_waiting(id, why)?;
                     false
                 }
                 // No worker runs it: its run ended on a storage error, and its end is still to be written.
@@ -320,13 +318,10 @@ impl Queue {
         let store = &self.inner.store;
         let mut slots = self.slots();
         let deploy = store.deploy(id)?.ok_or_else(|| QueueError::NoSuchDeploy(id.clone()))?;
-        if deploy.phase != Phase::AwaitingApproval
-            || !store.transition(id, &[Phase::AwaitingApproval], Phase::Queued, None)?
-        {
+        let gate = deploy.step(StepName::MigrationGate).map(|s| s.detail.clone()).unwrap_or_default();
+        if deploy.phase != Phase::AwaitingApproval || !store.approve(id, &format!("approved: {gate}"))? {
             return Err(QueueError::NotAwaitingApproval { id: id.clone(), phase: deploy.phase });
         }
-        let gate = deploy.step(StepName::MigrationGate).map(|s| s.detail.clone()).unwrap_or_default();
-        store.step_finish(id, StepName::MigrationGate, StepStatus::Succeeded, &format!("approved: {gate}"))?;
         self.ensure_worker(&mut slots, &deploy.app);
         Ok(store.deploy(id)?.expect("exists"))
     }

@@ -5,8 +5,9 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::deploys::{insert_deploy_in, NewDeploy, ACTIVE};
+use super::lifecycle::supersede_in;
 use super::Store;
-use crate::model::{now_rfc3339, AppName, Delivery, DeployId};
+use crate::model::{AppName, Delivery, DeployId, Phase};
 
 /// What recording a push did.
 #[derive(Debug)]
@@ -117,22 +118,13 @@ impl Store {
                 .query_map([app], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
             let deploy_id = insert_deploy_in(&tx, new)?;
-            let now = now_rfc3339();
             let msg = format!("superseded by deploy {deploy_id} of a newer push");
-            for old in &replaced {
-                tx.prepare_cached(
-                    "UPDATE deploys SET phase = 'cancelled', finished_at = ?1, error = ?2, superseded_by = ?3 WHERE id = ?4",
-                )?
-                .execute(params![now, msg, deploy_id.as_str(), old])?;
-                // A gate awaiting approval shows as running; it ends failed, the rest skipped.
-                tx.prepare_cached(
-                    "UPDATE steps SET status = CASE status WHEN 'running' THEN 'failed' ELSE 'skipped' END,
-                         finished_at = CASE status WHEN 'running' THEN ?1 ELSE finished_at END, detail = ?2
-                     WHERE deploy_id = ?3 AND status IN ('pending', 'running')",
-                )?
-                .execute(params![now, msg, old])?;
+            let mut superseded = Vec::new();
+            for old in replaced.iter().filter_map(|s| DeployId::parse(s).ok()) {
+                if supersede_in(&tx, &old, &deploy_id, &msg)? {
+                    superseded.push(old);
+                }
             }
-            let superseded: Vec<DeployId> = replaced.iter().filter_map(|s| DeployId::parse(s).ok()).collect();
             delivery.outcome = "queued".into();
             delivery.reason = match superseded.as_slice() {
                 [] => format!("queued deploy {deploy_id}"),
@@ -146,6 +138,12 @@ impl Store {
         };
         insert_delivery_in(&tx, app, &delivery)?;
         tx.commit()?;
+        drop(conn);
+        if let PushRecord::Queued { superseded, .. } = &result {
+            for id in superseded {
+                self.ended(id, Phase::Cancelled);
+            }
+        }
         Ok(result)
     }
 }
@@ -174,7 +172,7 @@ fn insert_delivery_in(conn: &rusqlite::Connection, app: &str, d: &Delivery) -> r
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{CommitSha, Phase, StepName, Trigger, TriggerSource};
+    use crate::model::{now_rfc3339, CommitSha, StepName, Trigger, TriggerSource};
 
     const X: &str = "1111111111111111111111111111111111111111";
     const Y: &str = "2222222222222222222222222222222222222222";
@@ -218,10 +216,10 @@ mod tests {
     /// An API deploy without a commit that resolved `commit` in git_pull and is now `phase`.
     fn api_deploy(store: &Store, commit: &str, phase: Phase) -> DeployId {
         let id = store.insert_deploy(&deploy(TriggerSource::Api, None)).unwrap().deploy_id;
-        store.transition(&id, &[Phase::Queued], Phase::Running, None).unwrap();
+        store.start(&id).unwrap();
         store.set_commits(&id, None, &sha(commit)).unwrap();
         if phase != Phase::Running {
-            store.transition(&id, &[Phase::Running], phase, None).unwrap();
+            store.finish(&id, phase, None, "").unwrap();
         }
         id
     }
@@ -238,7 +236,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        store.transition(&id, &[Phase::Running], Phase::Succeeded, None).unwrap();
+        store.finish(&id, Phase::Succeeded, None, "").unwrap();
         match push(&store, X) {
             PushRecord::Duplicate { deploy_id, reason } => {
                 assert_eq!(deploy_id, id);

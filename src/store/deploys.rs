@@ -149,31 +149,6 @@ impl Store {
         Ok(names.into_iter().filter_map(|n| AppName::parse(&n).ok()).collect())
     }
 
-    /// Moves a deploy to `to` only if it is in one of `from`; returns whether it moved. Terminal
-    /// phases also set `finished_at` and `error`.
-    pub fn transition(&self, id: &DeployId, from: &[Phase], to: Phase, error: Option<&str>) -> rusqlite::Result<bool> {
-        let froms = from.iter().map(|p| format!("'{}'", p.as_str())).collect::<Vec<_>>().join(",");
-        let now = now_rfc3339();
-        let conn = self.conn();
-        let changed = if to.is_terminal() {
-            conn.execute(
-                &format!("UPDATE deploys SET phase = ?1, finished_at = ?2, error = COALESCE(?3, error) WHERE id = ?4 AND phase IN ({froms})"),
-                params![to.as_str(), now, error, id.as_str()],
-            )?
-        } else if to == Phase::Running {
-            conn.execute(
-                &format!("UPDATE deploys SET phase = ?1, started_at = COALESCE(started_at, ?2) WHERE id = ?3 AND phase IN ({froms})"),
-                params![to.as_str(), now, id.as_str()],
-            )?
-        } else {
-            conn.execute(
-                &format!("UPDATE deploys SET phase = ?1 WHERE id = ?2 AND phase IN ({froms})"),
-                params![to.as_str(), id.as_str()],
-            )?
-        };
-        Ok(changed == 1)
-    }
-
     pub fn set_commits(&self, id: &DeployId, before: Option<&CommitSha>, commit: &CommitSha) -> rusqlite::Result<()> {
         self.conn().execute(
             "UPDATE deploys SET commit_before = ?1, commit_sha = ?2 WHERE id = ?3",
@@ -268,57 +243,6 @@ impl Store {
         self.conn().query_row("SELECT approve_migrations FROM deploys WHERE id = ?1", [id.as_str()], |r| r.get(0))
     }
 
-    /// Starts a step; a step the deploy did not plan (rollback) is added at the end. A step started
-    /// again (resumed after a restart) keeps its first start time.
-    pub fn step_start(&self, id: &DeployId, step: StepName, detail: &str) -> rusqlite::Result<()> {
-        self.conn().execute(
-            "INSERT INTO steps (deploy_id, idx, name, status, started_at, detail)
-             VALUES (?1, (SELECT COALESCE(MAX(idx), -1) + 1 FROM steps WHERE deploy_id = ?1), ?2, 'running', ?3, ?4)
-             ON CONFLICT (deploy_id, name) DO UPDATE SET status = 'running',
-                 started_at = COALESCE(steps.started_at, excluded.started_at), finished_at = NULL,
-                 detail = excluded.detail",
-            params![id.as_str(), step.as_str(), now_rfc3339(), detail],
-        )?;
-        Ok(())
-    }
-
-    /// Ends a step; a step the deploy did not plan (rollback) is added at the end.
-    pub fn step_finish(&self, id: &DeployId, step: StepName, status: StepStatus, detail: &str) -> rusqlite::Result<()> {
-        let conn = self.conn();
-        let now = now_rfc3339();
-        conn.execute(
-            "INSERT INTO steps (deploy_id, idx, name, status, started_at, finished_at, detail)
-             VALUES (?1, (SELECT COALESCE(MAX(idx), -1) + 1 FROM steps WHERE deploy_id = ?1), ?2, ?3, ?4, ?4, ?5)
-             ON CONFLICT (deploy_id, name) DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at,
-                 detail = excluded.detail, started_at = COALESCE(steps.started_at, excluded.started_at)",
-            params![id.as_str(), step.as_str(), status.as_str(), now, detail],
-        )?;
-        Ok(())
-    }
-
-    /// Sets a running step's detail without ending it.
-    pub fn step_detail(&self, id: &DeployId, step: StepName, detail: &str) -> rusqlite::Result<()> {
-        self.conn().execute(
-            "UPDATE steps SET detail = ?1 WHERE deploy_id = ?2 AND name = ?3",
-            params![detail, id.as_str(), step.as_str()],
-        )?;
-        Ok(())
-    }
-
-    /// Closes the steps of a deploy that ends early: a step still running ends `failed` with
-    /// `detail`, and the pending ones `skipped` (keeping a detail they already have).
-    pub fn close_open_steps(&self, id: &DeployId, detail: &str) -> rusqlite::Result<()> {
-        self.conn().execute(
-            "UPDATE steps SET
-                 status = CASE status WHEN 'running' THEN 'failed' ELSE 'skipped' END,
-                 finished_at = CASE status WHEN 'running' THEN ?1 ELSE finished_at END,
-                 detail = CASE WHEN status = 'running' OR detail = '' THEN ?2 ELSE detail END
-             WHERE deploy_id = ?3 AND status IN ('pending', 'running')",
-            params![now_rfc3339(), detail, id.as_str()],
-        )?;
-        Ok(())
-    }
-
     /// Startup recovery: a deploy left `running` belongs to a process that no longer exists. One
     /// stopped before its recreate began (the app untouched) becomes `interrupted`, and its running
     /// step `failed`, naming the step. One whose recreate began is returned in `resume`: only
@@ -328,17 +252,11 @@ impl Store {
         for d in self.deploys_where("phase = 'running' AND recreate_started_at IS NULL ORDER BY seq", [])? {
             let step = d.running_step().map(|s| s.name.as_str()).unwrap_or("before its first step");
             let msg = format!("interrupted: kua-deploy stopped while the deploy was in step {step}");
-            self.finish_interrupted(&d.deploy_id, &msg)?;
+            self.interrupt(&d.deploy_id, &msg)?;
             orphans.interrupted.push(d);
         }
         orphans.resume = self.deploys_where("phase = 'running' ORDER BY seq", [])?;
         Ok(orphans)
-    }
-
-    /// Marks a deploy interrupted with `msg`, closing its running step as failed.
-    pub fn finish_interrupted(&self, id: &DeployId, msg: &str) -> rusqlite::Result<bool> {
-        self.close_open_steps(id, msg)?;
-        self.transition(id, &[Phase::Running, Phase::Queued], Phase::Interrupted, Some(msg))
     }
 }
 
@@ -433,8 +351,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let id = store.insert_deploy(&new_deploy("hello")).unwrap().deploy_id;
-        assert!(store.transition(&id, &[Phase::Queued], Phase::Cancelled, None).unwrap());
-        assert!(!store.transition(&id, &[Phase::Queued], Phase::Running, None).unwrap());
+        assert!(store.cancel_waiting(&id, "cancelled").unwrap());
+        assert!(!store.start(&id).unwrap());
         assert_eq!(store.deploy(&id).unwrap().unwrap().phase, Phase::Cancelled);
     }
 
@@ -443,7 +361,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let id = store.insert_deploy(&new_deploy("hello")).unwrap().deploy_id;
-        store.transition(&id, &[Phase::Queued], Phase::Running, None).unwrap();
+        store.start(&id).unwrap();
         store.step_finish(&id, StepName::GitPull, StepStatus::Succeeded, "ok").unwrap();
         store.step_start(&id, StepName::Build, "building").unwrap();
         drop(store);
@@ -463,7 +381,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let id = store.insert_deploy(&new_deploy("hello")).unwrap().deploy_id;
-        store.transition(&id, &[Phase::Queued], Phase::Running, None).unwrap();
+        store.start(&id).unwrap();
         store.set_recreate_begun(&id, &Images::new(), None, "2026-01-01T00:00:00Z").unwrap();
         drop(store);
         let store = Store::open(dir.path()).unwrap();

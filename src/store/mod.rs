@@ -16,6 +16,7 @@ mod backup;
 mod deliveries;
 mod deploys;
 mod health;
+mod lifecycle;
 mod lock;
 mod logs;
 mod schema;
@@ -32,10 +33,11 @@ pub use backup::{BACKUP_FILE, DB_FILE};
 pub use deliveries::PushRecord;
 pub use deploys::{NewDeploy, Orphans};
 pub use health::{storage_failure, Problem, ProblemKind, StorageHealth};
+pub use lifecycle::{EndHook, Transition, TABLE as TRANSITIONS};
 pub use lock::{LockError, LOCK_FILE};
 pub use logs::{LogLine, LogWriter, MAX_LOG_LINES};
 
-use crate::model::{DeployId, Phase};
+use crate::model::DeployId;
 use health::{Health, PendingEnd};
 
 /// How often the maintenance thread looks: checkpoint, filesystem, deploys to record.
@@ -82,6 +84,8 @@ struct Inner {
     health: Mutex<Health>,
     backups: Mutex<BackupMark>,
     dir: PathBuf,
+    /// Called once for each deploy that ends (see `lifecycle`).
+    end_hooks: Mutex<Vec<EndHook>>,
     // Declared last, so dropped last: the lock is held until both connections are closed.
     lock: Mutex<lock::StateLock>,
 }
@@ -136,6 +140,7 @@ impl Store {
                     last_deploy: backup_state.last_deploy(),
                 }),
                 dir: state_dir.to_owned(),
+                end_hooks: Mutex::new(Vec::new()),
                 lock: Mutex::new(lock),
             }),
         };
@@ -200,10 +205,8 @@ impl Store {
     }
 
     fn end_failed(&self, id: &DeployId, error: &str) -> rusqlite::Result<()> {
-        self.close_open_steps(id, error)?;
         // Queued too: the failed write may have been the one that starts it.
-        self.transition(id, &[Phase::Queued, Phase::Running], Phase::Failed, Some(error))?;
-        Ok(())
+        self.fail(id, error).map(drop)
     }
 
     fn record_pending_ends(&self) {
@@ -445,6 +448,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Phase;
     use crate::model::{AppName, StepName, Trigger, TriggerSource};
 
     fn new_deploy() -> NewDeploy {
@@ -514,7 +518,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let id = store.insert_deploy(&new_deploy()).unwrap().deploy_id;
-        store.transition(&id, &[Phase::Queued], Phase::Running, None).unwrap();
+        store.start(&id).unwrap();
         store.step_start(&id, StepName::GitPull, "").unwrap();
         // Writes refused, as on a full disk.
         store.conn().pragma_update(None, "query_only", true).unwrap();

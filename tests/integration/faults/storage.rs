@@ -301,7 +301,7 @@ async fn history_of(app: &TestApp, n: usize) {
                 steps: vec![StepName::GitPull],
             })
             .unwrap();
-        store.transition(&d.deploy_id, &[Phase::Queued], Phase::Failed, Some("an old failure")).unwrap();
+        store.fail(&d.deploy_id, "an old failure").unwrap();
     }
     drop(store);
     let mut server = app.start();
