@@ -32,3 +32,4 @@ pub mod model;
 pub mod pipeline;
 pub mod selfupdate;
 pub mod store;
+pub mod target;

@@ -20,16 +20,16 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AppConfig, HostSpec, Registry};
-use crate::docker::compose::Compose;
-use crate::docker::watch::{verify_services, Limits};
 use crate::docker::{Docker, OwnContainer};
 use crate::git::Git;
-use crate::host::{Host, LogSink, Redactor, Stream};
+use crate::host::{Host, LogSink, Stream};
 use crate::model::{
     now_rfc3339, parse_time, AppName, BranchName, CommitSha, Deploy, DeployId, ImageId, Images, Phase, ProjectName,
     ServiceCheck, ServiceName, StepName, StepStatus, VerifyReport,
 };
 use crate::store::{LogWriter, Store};
+use crate::target::compose::ComposeTarget;
+use crate::target::{Limits, Target};
 
 /// How long the old process waits to be replaced before it calls the handoff failed.
 pub const HANDOFF_CEILING: Duration = Duration::from_secs(90);
@@ -273,33 +273,20 @@ impl LogSink for Print {
 pub async fn run_transient(args: TransientArgs) -> i32 {
     let cwd = std::env::current_dir().unwrap_or_default();
     let files = (!args.files.is_empty()).then(|| args.files.clone());
-    let compose = Compose::new(Host::local(), cwd, Some(args.project.clone()), files);
+    let output = std::env::temp_dir().join("kua-self-recreate.log");
+    // The same target, apply and verify as every deploy's recreate, verify and rollback.
+    let target = ComposeTarget::new(Host::local(), cwd, Some(args.project.clone()), files, output);
     let limits = Limits { timeout: Duration::from_secs(args.timeout), stable: Duration::from_secs(args.stable) };
     let never = CancellationToken::new();
+    let services = [args.service.clone()];
     let attempt = |image: ImageId, since: String| {
-        let compose = compose.clone();
-        let never = never.clone();
-        let service = args.service.clone();
+        let (target, never, services) = (&target, never.clone(), services.clone());
         async move {
-            let resolved = compose.resolve(&never, &Print).await.map_err(|e| e.to_string())?;
-            let names = Compose::image_names(&resolved, std::slice::from_ref(&service)).map_err(|e| e.to_string())?;
-            compose.docker().tag(&image, &names[&service]).await.map_err(|e| e.to_string())?;
-            let output = std::env::temp_dir().join("kua-self-recreate.log");
-            let up = compose
-                .start_recreate(std::slice::from_ref(&service), &output, &Print)
-                .await
-                .map_err(|e| e.to_string())?;
-            let out = up
-                .wait(&Redactor::default(), Duration::from_secs(5 * 60), &never, &Print)
-                .await
-                .map_err(|e| e.to_string())?;
-            if !out.success() {
-                return Err(format!("docker compose up failed: {}", out.last_line()));
-            }
-            let images: Images = [(service, image)].into();
-            let outcome = verify_services(&compose.docker(), compose.project(), &images, &since, limits, &never)
-                .await
-                .map_err(|e| e.to_string())?;
+            // The checkout may have just moved (rollback): its configuration is read again.
+            target.resolve(&services, &never, &Print).await.map_err(|e| e.to_string())?;
+            let images: Images = [(services[0].clone(), image)].into();
+            target.apply(&images, &|_| {}, &never, &Print).await.map_err(|e| e.to_string())?;
+            let outcome = target.verify(&images, &since, limits, &never).await.map_err(|e| e.to_string())?;
             outcome.failure.map_or(Ok(()), Err)
         }
     };

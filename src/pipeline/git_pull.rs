@@ -76,17 +76,17 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     resolve_compose(ctx, format!("{branch}: {} → {}", before.short(), target.short())).await
 }
 
-/// Says, and records, which Compose project and files the checked-out commit gives: what every
-/// later step (and a rollback, and a restarted server) works on.
+/// Says, and records, which project and files the checked-out commit gives: what every later
+/// step (and a rollback, and a restarted server) works on.
 async fn resolve_compose(ctx: &mut DeployCtx, pulled: String) -> StepOutcome {
-    let resolved = match ctx.compose.resolve(&ctx.cancel, ctx.sink()).await {
-        Ok(r) => r,
+    let plan = match ctx.target.resolve(&ctx.app.services, &ctx.cancel, ctx.sink()).await {
+        Ok(p) => p,
         Err(e) => return e.into(),
     };
-    if let Err(e) = ctx.store.set_compose(&ctx.id, &resolved.project, &resolved.files) {
+    if let Err(e) = ctx.store.set_compose(&ctx.id, &plan.project, &plan.files) {
         return StepOutcome::Failed(format!("cannot record the Compose project: {e}"));
     }
-    ctx.compose = ctx.compose.clone().with_project(resolved.project.clone());
-    let files = if resolved.files.is_empty() { "as Compose finds them".to_owned() } else { resolved.files.join(", ") };
-    StepOutcome::Succeeded(format!("{pulled}; Compose project {}, files {files}", resolved.project))
+    ctx.project = Some(plan.project.clone());
+    let files = if plan.files.is_empty() { "as Compose finds them".to_owned() } else { plan.files.join(", ") };
+    StepOutcome::Succeeded(format!("{pulled}; Compose project {}, files {files}", plan.project))
 }

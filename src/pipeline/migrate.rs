@@ -15,7 +15,7 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     if !ctx.images.contains_key(&service) {
         return StepOutcome::Failed(format!("service {service} has no image from the build step"));
     }
-    match ctx.compose.run_oneoff(&service, &command, MIGRATE_TIMEOUT, &ctx.cancel, ctx.sink()).await {
+    match ctx.target.run_oneoff(&service, &command, MIGRATE_TIMEOUT, &ctx.cancel, ctx.sink()).await {
         Ok(()) => StepOutcome::Succeeded(format!("ran {} in a one-off {service} container", command.join(" "))),
         Err(e) => e.into(),
     }

@@ -11,22 +11,23 @@ pub mod queue;
 mod recreate;
 mod rollback;
 pub mod runtime;
+#[cfg(test)]
+mod scenarios;
 mod verify;
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AppConfig, MigrationPolicy};
-use crate::docker::compose::Compose;
 use crate::docker::DockerError;
 use crate::git::{Git, GitError};
-use crate::host::{Host, LogSink, ProcessRef, RunError};
-use crate::model::{parse_time, CommitSha, Deploy, DeployId, Images, Phase, ServiceName, StepName, StepStatus};
+use crate::host::{Host, LogSink, RunError};
+use crate::model::{CommitSha, Deploy, DeployId, Images, Phase, StepName, StepStatus};
 use crate::selfupdate::SelfTarget;
 use crate::store::{LogWriter, Store};
+use crate::target::{Target, TargetError};
 
 /// The steps a deploy of `app` plans when it is queued; `rollback` is added only if needed.
 pub fn planned_steps(app: &AppConfig) -> Vec<StepName> {
@@ -74,6 +75,15 @@ impl From<GitError> for StepOutcome {
     }
 }
 
+impl From<TargetError> for StepOutcome {
+    fn from(e: TargetError) -> Self {
+        match e {
+            TargetError::Stopped => StepOutcome::Stopped,
+            TargetError::Failed(why) => StepOutcome::Failed(why),
+        }
+    }
+}
+
 impl From<DockerError> for StepOutcome {
     fn from(e: DockerError) -> Self {
         match e {
@@ -91,7 +101,8 @@ pub struct DeployCtx {
     pub requested_commit: Option<CommitSha>,
     pub host: Host,
     pub git: Git,
-    pub compose: Compose,
+    /// The app's runtime: every step that builds, recreates or watches goes through it.
+    pub target: Arc<dyn Target>,
     pub log: LogWriter,
     pub cancel: CancellationToken,
     pub control: SharedControl,
@@ -101,11 +112,9 @@ pub struct DeployCtx {
     pub previous_images: Images,
     /// The commit whose Compose configuration ran before the recreate.
     pub previous_commit: Option<CommitSha>,
-    /// The image name each service builds to, as the build read them from the checkout.
-    pub image_names: Option<std::collections::BTreeMap<ServiceName, String>>,
+    /// The project git_pull resolved (recorded on the deploy).
+    pub project: Option<crate::model::ProjectName>,
     pub recreate_started_at: Option<String>,
-    /// Where detached commands (the recreate) write their output: the state dir's `runs/`.
-    pub runs_dir: PathBuf,
     /// This process took the deploy over from one that died in recreate, verify or rollback.
     pub resuming: bool,
     /// Set when this deploy's app is kua-deploy's own: recreate hands over instead.
@@ -122,19 +131,16 @@ impl DeployCtx {
         host: Host,
         cancel: CancellationToken,
         control: SharedControl,
-        runs_dir: PathBuf,
+        target: Arc<dyn Target>,
     ) -> Self {
         let git = Git::new(host.clone(), app.repo.clone());
-        // A deploy that already resolved its project (resumed, or approved) keeps it.
-        let project = deploy.project.clone().or_else(|| app.project.clone());
-        let compose = Compose::new(host.clone(), app.repo.clone(), project, app.compose_files.clone());
         Self {
             log: LogWriter::new(store.clone(), deploy.deploy_id.clone()),
             store,
             id: deploy.deploy_id.clone(),
             requested_commit: deploy.trigger.requested_commit.clone(),
             git,
-            compose,
+            target,
             host,
             cancel,
             control,
@@ -143,9 +149,8 @@ impl DeployCtx {
             images: deploy.images.clone(),
             previous_images: deploy.previous_images.clone(),
             previous_commit: deploy.previous_commit.clone(),
-            image_names: None,
+            project: deploy.project.clone(),
             recreate_started_at: None,
-            runs_dir,
             resuming: false,
             self_target: None,
             declared_self: false,
@@ -185,90 +190,30 @@ pub enum RunEnd {
     LeftForResume,
 }
 
-/// Points each service's tag at its image ID and recreates the services with the checkout's own
-/// Compose configuration, detached (it finishes even if kua-deploy dies meanwhile); the process
-/// is recorded so a restarted server can wait for it. `Err` is the step's outcome.
+/// Makes exactly `images` run through the target, recording the process that does it as soon as
+/// it runs, so a restarted server can wait for it. `Err` is the step's outcome.
 async fn apply_images(ctx: &DeployCtx, images: &Images) -> Result<(), StepOutcome> {
-    let services: Vec<ServiceName> = images.keys().cloned().collect();
-    // The build read the names from this very checkout; a rollback (another commit checked out)
-    // or a resumed deploy reads them again. Not stopped by shutdown: the recreate they prepare
-    // must be all or nothing.
-    let names = match ctx.image_names.as_ref().filter(|n| services.iter().all(|s| n.contains_key(s))) {
-        Some(names) => names.clone(),
-        None => Compose::image_names(&ctx.compose.resolve(&CancellationToken::new(), ctx.sink()).await?, &services)?,
-    };
-    let docker = ctx.compose.docker();
-    for (service, id) in images {
-        docker.tag(id, &names[service]).await?;
-    }
-    let output = ctx.runs_dir.join(format!("{}.log", ctx.id));
-    let detached = ctx.compose.start_recreate(&services, &output, ctx.sink()).await?;
-    let process = detached.process().to_string();
-    if let Err(e) = ctx.store.set_recreate_process(&ctx.id, Some(&process)) {
-        ctx.log.info(&format!("cannot record the recreate process {process}: {e}"));
-    }
-    let out = detached.wait(ctx.host.redactor(), RECREATE_TIMEOUT, &ctx.cancel, ctx.sink()).await;
-    match out {
-        Ok(out) => {
-            let _ = ctx.store.set_recreate_process(&ctx.id, None);
-            let _ = std::fs::remove_file(&output);
-            if out.success() {
-                Ok(())
-            } else {
-                Err(StepOutcome::Failed(format!("docker compose up failed: {}", out.last_line())))
-            }
+    let (store, id, log) = (ctx.store.clone(), ctx.id.clone(), &ctx.log);
+    let started = move |process: String| {
+        if let Err(e) = store.set_recreate_process(&id, Some(&process)) {
+            tracing::warn!(deploy = %id, "cannot record the recreate process {process}: {e}");
         }
-        // Shutdown: the recreate goes on without this process.
-        Err(RunError::Cancelled { .. }) => Err(StepOutcome::Stopped),
-        Err(e) => Err(StepOutcome::Failed(e.to_string())),
+    };
+    match ctx.target.apply(images, &started, &ctx.cancel, log).await {
+        Ok(()) => {
+            let _ = ctx.store.set_recreate_process(&ctx.id, None);
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
     }
 }
-
-const RECREATE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// Waits for a recreate a previous process started and left running, if any.
 async fn wait_for_recorded_recreate(ctx: &DeployCtx) {
-    let recorded = ctx.store.recreate_process(&ctx.id).ok().flatten();
-    if let Some(p) = recorded.as_deref().and_then(ProcessRef::parse).filter(ProcessRef::is_alive) {
-        ctx.log.info(&format!("waiting for the recreate started before the restart (process {})", p.pid));
-        if !p.wait_gone(RECREATE_TIMEOUT).await {
-            // Two `compose up` of one app at once would fight: the overdue one goes.
-            ctx.log.info(&format!(
-                "the recreate process {} still runs after {}s: killing it",
-                p.pid,
-                RECREATE_TIMEOUT.as_secs()
-            ));
-            p.kill_group();
-        }
+    if let Some(process) = ctx.store.recreate_process(&ctx.id).ok().flatten() {
+        ctx.target.wait_applied(&process, ctx.sink()).await;
+        let _ = ctx.store.set_recreate_process(&ctx.id, None);
     }
-    // What it printed after the process that followed it died is still in its file.
-    let output = ctx.runs_dir.join(format!("{}.log", ctx.id));
-    if recorded.is_some() && output.exists() {
-        ctx.log.info("the output of the recreate started before the restart, whole:");
-        crate::host::replay_output(&output, ctx.host.redactor(), ctx.sink());
-    }
-    let _ = ctx.store.set_recreate_process(&ctx.id, None);
-    let _ = std::fs::remove_file(output);
-}
-
-/// Whether every one of `images`' services has containers, all running their image and started
-/// after `since`.
-async fn runs_images(ctx: &DeployCtx, images: &Images, since: &str) -> Result<bool, DockerError> {
-    let docker = ctx.compose.docker();
-    let since = parse_time(since);
-    for (service, id) in images {
-        let containers = docker.service_containers(ctx.compose.project(), service).await?;
-        let ok = !containers.is_empty()
-            && containers.iter().all(|c| {
-                c.image == id.as_str()
-                    && c.state == "running"
-                    && since.is_some_and(|s| parse_time(&c.started_at) > Some(s))
-            });
-        if !ok {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 /// Runs the deploy's pending steps and records the end; a deploy is never left `running` by a
@@ -456,24 +401,13 @@ async fn put_back(ctx: &DeployCtx) {
     if ctx.images.is_empty() {
         return;
     }
-    let docker = ctx.compose.docker();
-    let resolved = match ctx.compose.resolve(&never, ctx.sink()).await {
-        Ok(r) => r,
-        Err(e) => return ctx.log.info(&format!("cannot read the Compose configuration to put the tags back: {e}")),
+    let services: Vec<_> = ctx.images.keys().cloned().collect();
+    let restored = match ctx.target.snapshot(&services).await {
+        Ok(running) => ctx.target.restore(&running, ctx.sink()).await,
+        Err(e) => Err(e),
     };
-    for service in ctx.images.keys() {
-        let running = docker.service_containers(ctx.compose.project(), service).await.ok().and_then(|cs| {
-            cs.into_iter().find(|c| c.state == "running").and_then(|c| crate::model::ImageId::parse(&c.image).ok())
-        });
-        let names = Compose::image_names(&resolved, std::slice::from_ref(service));
-        if let (Some(id), Ok(names)) = (running, names) {
-            match docker.tag(&id, &names[service]).await {
-                Ok(()) => {
-                    ctx.log.info(&format!("{} points at {} again, the image that runs", names[service], id.short()))
-                }
-                Err(e) => ctx.log.info(&format!("cannot put the tag of {service} back: {e}")),
-            }
-        }
+    if let Err(e) = restored {
+        ctx.log.info(&format!("cannot put the image names back on the images that run: {e}"));
     }
 }
 

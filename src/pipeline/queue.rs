@@ -18,6 +18,7 @@ use crate::host::{Host, Redactor};
 use crate::model::{AppName, Delivery, Deploy, DeployId, Phase, StepName, Trigger};
 use crate::selfupdate::{self, SelfTarget};
 use crate::store::{NewDeploy, PushRecord, Store};
+use crate::target::compose::ComposeTarget;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -250,7 +251,15 @@ impl Queue {
             return;
         };
         let host = Host::new(config.host.clone(), self.inner.redactor.clone());
-        let mut ctx = DeployCtx::new(store, config, &deploy, host, cancel, control, self.inner.runs_dir.clone());
+        // A deploy that already resolved its project (resumed, or approved) keeps it.
+        let target = Arc::new(ComposeTarget::new(
+            host.clone(),
+            config.repo.clone(),
+            deploy.project.clone().or_else(|| config.project.clone()),
+            config.compose_files.clone(),
+            self.inner.runs_dir.join(format!("{}.log", deploy.deploy_id)),
+        ));
+        let mut ctx = DeployCtx::new(store, config, &deploy, host, cancel, control, target);
         ctx.resuming = resuming;
         ctx.declared_self = self.inner.registry.self_app.as_ref() == Some(app);
         ctx.self_target = match self.inner.self_target.clone().filter(|t| &t.app == app) {

@@ -4,8 +4,8 @@
 //! recreate over to a transient container instead. Resumed after a restart, it waits for the
 //! recreate the previous process started and redoes it only if it did not complete.
 
-use super::{apply_images, runs_images, DeployCtx, StepOutcome};
-use crate::model::{now_rfc3339, ImageId, Images};
+use super::{apply_images, DeployCtx, StepOutcome};
+use crate::model::now_rfc3339;
 use crate::selfupdate::{hand_off, Handoff, HandoffEnd};
 
 pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
@@ -23,19 +23,10 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     if ctx.resuming {
         return resume(ctx).await;
     }
-    let docker = ctx.compose.docker();
-    let mut previous = Images::new();
-    for service in &ctx.app.services {
-        match docker.service_containers(ctx.compose.project(), service).await {
-            Ok(containers) => {
-                let running = containers.iter().find(|c| c.state == "running").or(containers.first());
-                if let Some(id) = running.and_then(|c| ImageId::parse(&c.image).ok()) {
-                    previous.insert(service.clone(), id);
-                }
-            }
-            Err(e) => return StepOutcome::NotStarted(format!("cannot read what runs now: {e}")),
-        }
-    }
+    let previous = match ctx.target.snapshot(&ctx.app.services).await {
+        Ok(p) => p,
+        Err(e) => return StepOutcome::NotStarted(format!("cannot read what runs now: {e}")),
+    };
     // What runs came from the last deploy that ended well; without one, from what was checked out.
     let previous_commit = match ctx.store.running_commit(&ctx.app.name) {
         Ok(c) => c.or_else(|| ctx.commit_before.clone()),
@@ -56,7 +47,10 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
             store: &ctx.store,
             id: &ctx.id,
             app: &ctx.app,
-            project: ctx.compose.project().clone(),
+            project: match ctx.project.clone() {
+                Some(p) => p,
+                None => return StepOutcome::Failed("git_pull did not record the Compose project".into()),
+            },
             previous_commit: ctx.previous_commit.clone(),
             host: ctx.host.clone(),
             image,
@@ -85,7 +79,7 @@ async fn resume(ctx: &mut DeployCtx) -> StepOutcome {
         return StepOutcome::Failed("recreate did not record when it began".into());
     };
     super::wait_for_recorded_recreate(ctx).await;
-    match runs_images(ctx, &images, &since).await {
+    match ctx.target.runs(&images, &since).await {
         Ok(true) => return StepOutcome::Succeeded("the recreate begun before the restart completed".into()),
         Ok(false) => ctx.log.info("the recreate begun before the restart did not complete: recreating again"),
         Err(e) => return e.into(),

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use super::{apply_images, DeployCtx, StepOutcome};
-use crate::docker::watch::{verify_services, Limits};
 use crate::model::now_rfc3339;
+use crate::target::Limits;
 
 pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     if ctx.previous_images.is_empty() {
@@ -28,8 +28,11 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
         }
         back_to = format!(" with the Compose configuration of {}", commit.short());
     }
-    // The names the build read belong to the new commit's configuration.
-    ctx.image_names = None;
+    // The configuration (image names) is the commit's now checked out.
+    if let Err(e) = ctx.target.resolve(&ctx.app.services, &tokio_util::sync::CancellationToken::new(), ctx.sink()).await
+    {
+        return StepOutcome::Failed(format!("cannot read the Compose configuration to roll back to: {e}"));
+    }
     let since = now_rfc3339();
     if let Err(stop) = apply_images(ctx, &previous).await {
         return stop;
@@ -38,7 +41,7 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
         timeout: Duration::from_secs(ctx.app.verify.timeout_s),
         stable: Duration::from_secs(ctx.app.verify.stable_s),
     };
-    match verify_services(&ctx.compose.docker(), ctx.compose.project(), &previous, &since, limits, &ctx.cancel).await {
+    match ctx.target.verify(&previous, &since, limits, &ctx.cancel).await {
         Ok(o) if o.failure.is_none() => {
             let list: Vec<String> = previous.iter().map(|(s, id)| format!("{s}={}", id.short())).collect();
             let back = format!("the previous images run again{back_to}: {}", list.join(" "));

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{DeployCtx, StepOutcome};
-use crate::docker::watch::{verify_services, Limits};
+use crate::target::Limits;
 
 pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     let Some(since) = ctx.recreate_started_at.clone() else {
@@ -14,13 +14,10 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
         timeout: Duration::from_secs(ctx.app.verify.timeout_s),
         stable: Duration::from_secs(ctx.app.verify.stable_s),
     };
-    let outcome =
-        match verify_services(&ctx.compose.docker(), ctx.compose.project(), &ctx.images, &since, limits, &ctx.cancel)
-            .await
-        {
-            Ok(o) => o,
-            Err(e) => return e.into(),
-        };
+    let outcome = match ctx.target.verify(&ctx.images, &since, limits, &ctx.cancel).await {
+        Ok(o) => o,
+        Err(e) => return e.into(),
+    };
     if let Err(e) = ctx.store.set_verify(&ctx.id, &outcome.report) {
         return StepOutcome::Failed(format!("cannot record the verify result: {e}"));
     }

@@ -1,0 +1,378 @@
+//! Every path of a deploy through the real runner, store (SQLite in a temp dir) and git (a bare
+//! remote and a checkout on disk), with the in-memory [`FakeTarget`] as the runtime: no engine.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{planned_steps, run_deploy, Control, DeployCtx, RunEnd};
+use crate::config::{AppConfig, HostSpec, MigrationPolicy, MigrationsConfig, VerifyConfig};
+use crate::host::Host;
+use crate::model::{
+    AppName, BranchName, CommitSha, Deploy, Images, Phase, ServiceName, StepName, StepStatus, Trigger, TriggerSource,
+};
+use crate::store::{NewDeploy, Store};
+use crate::target::fake::FakeTarget;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(["-c", "user.name=T", "-c", "user.email=t@example.invalid", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git is installed");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A remote, a work tree pushing to it, the app's checkout, a store, and the app.
+struct World {
+    _dir: tempfile::TempDir,
+    work: PathBuf,
+    checkout: PathBuf,
+    store: Store,
+    app: AppConfig,
+}
+
+impl World {
+    fn new(migrations: Option<MigrationPolicy>, rollback: bool) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let (remote, work, checkout) = (dir.path().join("remote.git"), dir.path().join("work"), dir.path().join("app"));
+        git(dir.path(), &["init", "-q", "--bare", remote.to_str().unwrap()]);
+        git(dir.path(), &["init", "-q", work.to_str().unwrap()]);
+        std::fs::create_dir_all(work.join("migrations")).unwrap();
+        std::fs::write(work.join("migrations/.keep"), "").unwrap();
+        std::fs::write(work.join("index.html"), "v1").unwrap();
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", "v1"]);
+        git(&work, &["remote", "add", "origin", remote.to_str().unwrap()]);
+        git(&work, &["push", "-q", "origin", "HEAD:refs/heads/main"]);
+        git(dir.path(), &["clone", "-q", remote.to_str().unwrap(), checkout.to_str().unwrap()]);
+        let app = AppConfig {
+            name: AppName::parse("hello").unwrap(),
+            host: HostSpec::Local,
+            repo: checkout.clone(),
+            branch: BranchName::parse("main").unwrap(),
+            compose_files: None,
+            project: None,
+            services: vec![ServiceName::parse("web").unwrap()],
+            migrations: migrations.map(|policy| MigrationsConfig { paths: vec!["migrations/".into()], policy }),
+            verify: VerifyConfig { timeout_s: 5, stable_s: 0 },
+            rollback,
+            webhook: None,
+        };
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        World { _dir: dir, work, checkout, store, app }
+    }
+
+    /// Commits `file` with `content` and pushes it; the new commit.
+    fn push(&self, file: &str, content: &str) -> String {
+        std::fs::write(self.work.join(file), content).unwrap();
+        git(&self.work, &["add", "-A"]);
+        git(&self.work, &["commit", "-qm", content]);
+        git(&self.work, &["push", "-q", "origin", "HEAD:refs/heads/main"]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    fn head(&self) -> String {
+        git(&self.checkout, &["rev-parse", "HEAD"])
+    }
+
+    fn queue(&self, commit: Option<&str>) -> Deploy {
+        self.store
+            .insert_deploy(&NewDeploy {
+                app: self.app.name.clone(),
+                trigger: Trigger {
+                    source: TriggerSource::Api,
+                    delivery: None,
+                    git_ref: "refs/heads/main".into(),
+                    requested_commit: commit.map(|c| CommitSha::parse(c).unwrap()),
+                },
+                approve_migrations: false,
+                reason: None,
+                steps: planned_steps(&self.app),
+            })
+            .unwrap()
+    }
+
+    /// Runs `deploy` (or resumes it) to its end on `target`.
+    async fn run(&self, deploy: &Deploy, target: &Arc<FakeTarget>, run: Run) -> (RunEnd, Deploy) {
+        let control = Arc::new(Mutex::new(Control::default()));
+        let cancel = CancellationToken::new();
+        if let Run::Cancelled = run {
+            control.lock().unwrap().cancel_requested = true;
+            cancel.cancel();
+        }
+        let mut ctx = DeployCtx::new(
+            self.store.clone(),
+            self.app.clone(),
+            deploy,
+            Host::local(),
+            cancel.clone(),
+            control,
+            target.clone(),
+        );
+        ctx.resuming = matches!(run, Run::Resume);
+        if let Run::ShutdownAfter(ms) = run {
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                cancel.cancel();
+            });
+        }
+        let end = run_deploy(ctx).await;
+        (end, self.store.deploy(&deploy.deploy_id).unwrap().unwrap())
+    }
+
+    /// A first deploy that leaves build 1 running.
+    async fn deployed(&self, target: &Arc<FakeTarget>) -> Deploy {
+        let (_, d) = self.run(&self.queue(None), target, Run::Normal).await;
+        assert_eq!(d.phase, Phase::Succeeded, "{d:#?}");
+        d
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Run {
+    Normal,
+    /// A cancel arrived before the deploy started.
+    Cancelled,
+    /// The server stops (shutdown) this many ms into the run.
+    ShutdownAfter(u64),
+    /// A restarted process takes it over.
+    Resume,
+}
+
+fn status(d: &Deploy, step: StepName) -> StepStatus {
+    d.step(step).map(|s| s.status).unwrap_or_else(|| panic!("no step {step} in {d:#?}"))
+}
+
+fn web() -> ServiceName {
+    ServiceName::parse("web").unwrap()
+}
+
+fn images(n: u32) -> Images {
+    [(web(), FakeTarget::image(n))].into()
+}
+
+#[tokio::test]
+async fn a_deploy_resolves_builds_snapshots_applies_and_verifies_and_ends_succeeded() {
+    let w = World::new(None, true);
+    let target = Arc::new(FakeTarget::default());
+    let d = w.deployed(&target).await;
+    assert_eq!(target.calls(), ["resolve", "build", "snapshot", "apply 000000000001", "verify 000000000001"]);
+    assert_eq!(d.images, images(1));
+    assert!(d.verify.as_ref().is_some_and(|v| v.ok));
+    assert_eq!(d.project.as_ref().map(|p| p.as_str()), Some("fake"));
+    assert!(d.steps.iter().all(|s| s.status == StepStatus::Succeeded), "{d:#?}");
+}
+
+#[tokio::test]
+async fn a_commit_off_the_branch_fails_git_pull_and_touches_nothing() {
+    let w = World::new(None, true);
+    let target = Arc::new(FakeTarget::default());
+    let (_, d) = w.run(&w.queue(Some(&"ab".repeat(20))), &target, Run::Normal).await;
+    assert_eq!(d.phase, Phase::Failed);
+    assert_eq!(status(&d, StepName::GitPull), StepStatus::Failed);
+    assert_eq!(status(&d, StepName::Build), StepStatus::Skipped);
+    assert!(target.calls().is_empty(), "{:?}", target.calls());
+}
+
+#[tokio::test]
+async fn a_failed_build_fails_the_deploy_puts_the_checkout_back_and_recreates_nothing() {
+    let w = World::new(None, true);
+    let target = Arc::new(FakeTarget::default());
+    w.deployed(&target).await;
+    let v1 = w.head();
+    w.push("index.html", "v2");
+    target.with(|s| {
+        s.failing.insert("build");
+        s.calls.clear();
+    });
+    let (_, d) = w.run(&w.queue(None), &target, Run::Normal).await;
+    assert_eq!(d.phase, Phase::Failed, "{d:#?}");
+    assert_eq!(status(&d, StepName::Build), StepStatus::Failed);
+    assert_eq!(status(&d, StepName::Recreate), StepStatus::Skipped);
+    assert!(!target.calls().iter().any(|c| c.starts_with("apply")), "{:?}", target.calls());
+    assert_eq!(w.head(), v1, "the checkout is back at the commit that runs");
+}
+
+#[tokio::test]
+async fn a_failed_migration_fails_the_deploy_and_puts_the_image_names_back() {
+    let run = MigrationPolicy::Run { service: web(), command: vec!["migrate".into()] };
+    let w = World::new(Some(run), true);
+    let target = Arc::new(FakeTarget::default());
+    w.deployed(&target).await;
+    w.push("migrations/002.sql", "alter");
+    target.with(|s| {
+        s.failing.insert("oneoff");
+        s.calls.clear();
+    });
+    let (_, d) = w.run(&w.queue(None), &target, Run::Normal).await;
+    assert_eq!(d.phase, Phase::Failed, "{d:#?}");
+    assert_eq!(status(&d, StepName::Migrate), StepStatus::Failed);
+    let calls = target.calls();
+    assert!(calls.contains(&"restore 000000000001".to_owned()), "the build's names point at what runs: {calls:?}");
+    assert!(!calls.iter().any(|c| c.starts_with("apply")), "{calls:?}");
+}
+
+#[tokio::test]
+async fn a_release_that_fails_verify_is_rolled_back_to_what_ran() {
+    let w = World::new(None, true);
+    let target = Arc::new(FakeTarget::default());
+    let first = w.deployed(&target).await;
+    w.push("index.html", "v2");
+    target.with(|s| s.next_build_broken = true);
+    let (_, d) = w.run(&w.queue(None), &target, Run::Normal).await;
+    assert_eq!(d.phase, Phase::RolledBack, "{d:#?}");
+    assert_eq!(status(&d, StepName::Verify), StepStatus::Failed);
+    assert_eq!(status(&d, StepName::Rollback), StepStatus::Succeeded);
+    assert_eq!(d.previous_images, images(1));
+    assert_eq!(d.previous_commit, first.commit);
+    assert_eq!(target.state.lock().unwrap().running, images(1));
+    assert_eq!(w.head(), first.commit.unwrap().to_string(), "the checkout is back at the commit that runs");
+}
+
+#[tokio::test]
+async fn a_recreate_that_fails_is_rolled_back_too() {
+    let w = World::new(None, true);
+    let target = Arc::new(FakeTarget::default());
+    w.deployed(&target).await;
+    w.push("index.html", "v2");
+    // The new images' apply fails; the rollback's apply works.
+    target.with(|s| {
+        s.unstartable.insert(FakeTarget::image(2));
+    });
+    let deploy = w.queue(None);
+    let (_, d) = w.run(&deploy, &target, Run::Normal).await;
+    assert_eq!(status(&d, StepName::Recreate), StepStatus::Failed, "{d:#?}");
+    assert_eq!(d.phase, Phase::RolledBack, "{d:#?}");
+    assert_eq!(target.state.lock().unwrap().running, images(1));
+}
+
+#[tokio::test]
+async fn a_rollback_that_fails_too_ends_failed_saying_both() {
+    let w = World::new(None, true);
+    let target = Arc::new(FakeTarget::default());
+    w.deployed(&target).await;
+    w.push("index.html", "v2");
+    target.with(|s| {
+        s.next_build_broken = true;
+        s.broken.insert(FakeTarget::image(1));
+    });
+    let (_, d) = w.run(&w.queue(None), &target, Run::Normal).await;
+    assert_eq!(d.phase, Phase::Failed, "{d:#?}");
+    assert_eq!(status(&d, StepName::Rollback), StepStatus::Failed);
+    assert!(d.error.as_deref().unwrap().contains("rollback failed too"), "{:?}", d.error);
+}
+
+#[tokio::test]
+async fn with_rollback_off_a_failed_verify_ends_failed_and_nothing_is_brought_back() {
+    let w = World::new(None, false);
+    let target = Arc::new(FakeTarget::default());
+    w.deployed(&target).await;
+    w.push("index.html", "v2");
+    target.with(|s| s.next_build_broken = true);
+    let (_, d) = w.run(&w.queue(None), &target, Run::Normal).await;
+    assert_eq!(d.phase, Phase::Failed);
+    assert!(d.error.as_deref().unwrap().contains("rollback is off"), "{:?}", d.error);
+    assert_eq!(target.state.lock().unwrap().running, images(2));
+}
+
+#[tokio::test]
+async fn a_first_deploy_that_fails_verify_has_nothing_to_go_back_to() {
+    let w = World::new(None, true);
+    let target = Arc::new(FakeTarget::default());
+    target.with(|s| s.next_build_broken = true);
+    let (_, d) = w.run(&w.queue(None), &target, Run::Normal).await;
+    assert_eq!(d.phase, Phase::Failed, "{d:#?}");
+    assert_eq!(status(&d, StepName::Rollback), StepStatus::Skipped);
+}
+
+#[tokio::test]
+async fn a_cancel_before_the_recreate_ends_cancelled_with_nothing_recreated() {
+    let w = World::new(None, true);
+    let target = Arc::new(FakeTarget::default());
+    let (end, d) = w.run(&w.queue(None), &target, Run::Cancelled).await;
+    assert_eq!(end, RunEnd::Finished(Phase::Cancelled));
+    assert_eq!(d.phase, Phase::Cancelled, "{d:#?}");
+    assert!(!target.calls().iter().any(|c| c.starts_with("apply")));
+}
+
+#[tokio::test]
+async fn the_migration_gate_parks_the_deploy_until_it_is_approved() {
+    let w = World::new(Some(MigrationPolicy::Block), true);
+    let target = Arc::new(FakeTarget::default());
+    w.deployed(&target).await;
+    w.push("migrations/002.sql", "alter");
+    let deploy = w.queue(None);
+    let (end, d) = w.run(&deploy, &target, Run::Normal).await;
+    assert_eq!(end, RunEnd::Paused);
+    assert_eq!(d.phase, Phase::AwaitingApproval);
+    assert_eq!(status(&d, StepName::MigrationGate), StepStatus::Running);
+    assert!(w.store.approve(&deploy.deploy_id, "approved").unwrap());
+    let (_, d) = w.run(&w.store.deploy(&deploy.deploy_id).unwrap().unwrap(), &target, Run::Normal).await;
+    assert_eq!(d.phase, Phase::Succeeded, "{d:#?}");
+    assert_eq!(status(&d, StepName::MigrationGate), StepStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn a_shutdown_during_the_recreate_leaves_the_deploy_running_and_the_next_start_verifies_it() {
+    let w = World::new(None, true);
+    let target = Arc::new(FakeTarget::default());
+    w.deployed(&target).await;
+    w.push("index.html", "v2");
+    target.with(|s| s.apply_blocks = true);
+    let deploy = w.queue(None);
+    let (end, d) = w.run(&deploy, &target, Run::ShutdownAfter(300)).await;
+    assert_eq!(end, RunEnd::LeftForResume);
+    assert_eq!(d.phase, Phase::Running, "left for the next start: {d:#?}");
+    assert_eq!(w.store.recover_orphans().unwrap().resume.len(), 1);
+
+    // The next process: the recreate went on without the old one; it is waited for and verified.
+    target.with(|s| {
+        s.apply_blocks = false;
+        s.calls.clear();
+    });
+    let (_, d) = w.run(&d, &target, Run::Resume).await;
+    assert_eq!(d.phase, Phase::Succeeded, "{d:#?}");
+    assert_eq!(target.calls(), ["wait fake-process", "verify 000000000002"], "not applied twice");
+}
+
+#[tokio::test]
+async fn a_deploy_resumed_after_its_verify_failed_rolls_back() {
+    let w = World::new(None, true);
+    let target = Arc::new(FakeTarget::default());
+    w.deployed(&target).await;
+    w.push("index.html", "v2");
+    target.with(|s| {
+        s.next_build_broken = true;
+        s.apply_blocks = true;
+    });
+    let deploy = w.queue(None);
+    let (_, d) = w.run(&deploy, &target, Run::ShutdownAfter(300)).await;
+    assert_eq!(d.phase, Phase::Running);
+    target.with(|s| s.apply_blocks = false);
+    let (_, d) = w.run(&d, &target, Run::Resume).await;
+    assert_eq!(d.phase, Phase::RolledBack, "{d:#?}");
+    assert_eq!(target.state.lock().unwrap().running, images(1));
+}
+
+#[tokio::test]
+async fn a_recreate_found_not_done_after_a_restart_is_redone() {
+    let w = World::new(None, true);
+    let target = Arc::new(FakeTarget::default());
+    w.deployed(&target).await;
+    w.push("index.html", "v2");
+    target.with(|s| s.apply_blocks = true);
+    let (_, d) = w.run(&w.queue(None), &target, Run::ShutdownAfter(300)).await;
+    // As if the machine went down with the recreate: what ran before still runs.
+    target.with(|s| {
+        s.apply_blocks = false;
+        s.running = images(1);
+        s.calls.clear();
+    });
+    let (_, d) = w.run(&d, &target, Run::Resume).await;
+    assert_eq!(d.phase, Phase::Succeeded, "{d:#?}");
+    assert_eq!(target.calls(), ["wait fake-process", "apply 000000000002", "verify 000000000002"]);
+}

@@ -1,0 +1,201 @@
+//! An in-memory [`Target`] for the pipeline's unit tests: builds count up image IDs, what runs is
+//! a map, and each operation can be told to fail, an image to fail verify, or an apply to block
+//! until it is stopped (a recreate in flight when the server stops). It records every call.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use super::{Limits, Plan, Started, Target, TargetError, Verified};
+use crate::host::LogSink;
+use crate::model::{ImageId, Images, ProjectName, ServiceCheck, ServiceName, VerifyReport};
+
+/// What the fake runtime holds and how it is told to misbehave.
+#[derive(Debug, Default)]
+pub struct FakeState {
+    /// The image each service runs.
+    pub running: Images,
+    /// Operations that fail: "resolve", "build", "snapshot", "apply", "oneoff".
+    pub failing: BTreeSet<&'static str>,
+    /// Images that fail verify once they run.
+    pub broken: BTreeSet<ImageId>,
+    /// Images whose apply fails (the runtime refuses to start them).
+    pub unstartable: BTreeSet<ImageId>,
+    /// The next build's images fail verify.
+    pub next_build_broken: bool,
+    /// An apply blocks until it is stopped, then goes on "detached": the images run.
+    pub apply_blocks: bool,
+    /// Every call, in order: "build", "apply sha256:…", "restore", …
+    pub calls: Vec<String>,
+    builds: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct FakeTarget {
+    pub state: Mutex<FakeState>,
+}
+
+impl FakeTarget {
+    /// A runtime where `running` runs.
+    pub fn running(running: Images) -> Self {
+        Self { state: Mutex::new(FakeState { running, ..FakeState::default() }) }
+    }
+
+    pub fn with(&self, f: impl FnOnce(&mut FakeState)) {
+        f(&mut self.state.lock().unwrap());
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    /// The image ID build number `n` gives.
+    pub fn image(n: u32) -> ImageId {
+        ImageId::parse(&format!("sha256:{n:064x}")).expect("valid")
+    }
+
+    fn call(&self, what: &str, op: &'static str) -> Result<(), TargetError> {
+        let mut s = self.state.lock().unwrap();
+        s.calls.push(what.to_owned());
+        if s.failing.contains(op) {
+            return Err(TargetError::Failed(format!("{op} failed (as the test asked)")));
+        }
+        Ok(())
+    }
+}
+
+/// The images as the call log names them: the last 12 hex digits of each ID.
+fn list(images: &Images) -> String {
+    images.values().map(|i| &i.as_str()[i.as_str().len() - 12..]).collect::<Vec<_>>().join(",")
+}
+
+#[async_trait]
+impl Target for FakeTarget {
+    async fn resolve(
+        &self,
+        services: &[ServiceName],
+        _: &CancellationToken,
+        _: &dyn LogSink,
+    ) -> Result<Plan, TargetError> {
+        self.call("resolve", "resolve")?;
+        Ok(Plan {
+            project: ProjectName::parse("fake").expect("valid"),
+            files: vec!["compose.yaml".into()],
+            image_names: services.iter().map(|s| (s.clone(), format!("fake-{s}"))).collect(),
+        })
+    }
+
+    async fn build(
+        &self,
+        services: &[ServiceName],
+        _: &CancellationToken,
+        _: &dyn LogSink,
+    ) -> Result<Images, TargetError> {
+        self.call("build", "build")?;
+        let mut s = self.state.lock().unwrap();
+        let mut images = Images::new();
+        for service in services {
+            s.builds += 1;
+            let id = Self::image(s.builds);
+            if s.next_build_broken {
+                s.broken.insert(id.clone());
+            }
+            images.insert(service.clone(), id);
+        }
+        s.next_build_broken = false;
+        Ok(images)
+    }
+
+    async fn snapshot(&self, services: &[ServiceName]) -> Result<Images, TargetError> {
+        self.call("snapshot", "snapshot")?;
+        let s = self.state.lock().unwrap();
+        Ok(s.running.iter().filter(|(k, _)| services.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    async fn apply(
+        &self,
+        images: &Images,
+        started: Started<'_>,
+        stop: &CancellationToken,
+        _: &dyn LogSink,
+    ) -> Result<(), TargetError> {
+        self.call(&format!("apply {}", list(images)), "apply")?;
+        if images.values().any(|i| self.state.lock().unwrap().unstartable.contains(i)) {
+            return Err(TargetError::Failed("the runtime could not start the image".into()));
+        }
+        started("fake-process".into());
+        let blocks = self.state.lock().unwrap().apply_blocks;
+        if blocks {
+            stop.cancelled().await;
+        }
+        // Like a detached `compose up`, it finishes even when the caller stops waiting.
+        self.state.lock().unwrap().running.extend(images.clone());
+        if blocks {
+            return Err(TargetError::Stopped);
+        }
+        Ok(())
+    }
+
+    async fn wait_applied(&self, process: &str, _: &dyn LogSink) {
+        self.state.lock().unwrap().calls.push(format!("wait {process}"));
+    }
+
+    async fn runs(&self, images: &Images, _: &str) -> Result<bool, TargetError> {
+        let s = self.state.lock().unwrap();
+        Ok(images.iter().all(|(k, v)| s.running.get(k) == Some(v)))
+    }
+
+    async fn verify(
+        &self,
+        images: &Images,
+        since: &str,
+        _: Limits,
+        cancel: &CancellationToken,
+    ) -> Result<Verified, TargetError> {
+        if cancel.is_cancelled() {
+            return Err(TargetError::Stopped);
+        }
+        let s = self.state.lock().unwrap();
+        let mut failure = None;
+        let mut checks = Vec::new();
+        for (service, expected) in images {
+            let running = s.running.get(service).cloned();
+            if running.as_ref() != Some(expected) {
+                failure.get_or_insert(format!("{service} does not run {}", expected.short()));
+            } else if s.broken.contains(expected) {
+                failure.get_or_insert(format!("{service} exited"));
+            }
+            checks.push(ServiceCheck {
+                service: service.clone(),
+                container_id: Some(format!("fake-{service}")),
+                expected_image: expected.clone(),
+                running_image: running.map(|r| r.to_string()),
+                state: "running".into(),
+                health: "none".into(),
+                started_at: Some(since.to_owned()),
+            });
+        }
+        drop(s);
+        self.state.lock().unwrap().calls.push(format!("verify {}", list(images)));
+        let report = VerifyReport { ok: failure.is_none(), recreate_started_at: since.to_owned(), services: checks };
+        Ok(Verified { report, failure })
+    }
+
+    async fn restore(&self, snapshot: &Images, _: &dyn LogSink) -> Result<(), TargetError> {
+        self.call(&format!("restore {}", list(snapshot)), "restore")
+    }
+
+    async fn run_oneoff(
+        &self,
+        service: &ServiceName,
+        command: &[String],
+        _: Duration,
+        _: &CancellationToken,
+        _: &dyn LogSink,
+    ) -> Result<(), TargetError> {
+        self.call(&format!("oneoff {service} {}", command.join(" ")), "oneoff")
+    }
+}

@@ -1,0 +1,130 @@
+//! The deploy target: the runtime an app's services run on, as the pipeline sees it. The steps
+//! talk to it through [`Target`] alone — build, snapshot what runs, apply exact images, watch them
+//! (verify), restore a snapshot's tags, one-off runs — and never name a runtime's command.
+//! [`compose`] is Docker Compose on a host (local or over OpenSSH); a second runtime (Docker Swarm
+//! services) would be one more module beside it. [`fake`] is an in-memory target for the
+//! pipeline's unit tests.
+
+pub mod compose;
+pub mod fake;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::host::{LogSink, RunError};
+use crate::model::{Images, ProjectName, ServiceName, VerifyReport};
+
+/// What the checkout at hand deploys, as the runtime reads it.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The project the services belong to (Compose's project name).
+    pub project: ProjectName,
+    /// The configuration files read, relative to the checkout.
+    pub files: Vec<String>,
+    /// The image name each service builds to.
+    pub image_names: BTreeMap<ServiceName, String>,
+}
+
+/// How long verify may take, and how long the services must hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub stable: Duration,
+}
+
+/// What verify saw, and why it failed if it did.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub report: VerifyReport,
+    pub failure: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// Cancel or shutdown stopped it; an apply left running goes on without the caller.
+    #[error("stopped")]
+    Stopped,
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<crate::docker::DockerError> for TargetError {
+    fn from(e: crate::docker::DockerError) -> Self {
+        match e {
+            crate::docker::DockerError::Run(RunError::Cancelled { .. }) => TargetError::Stopped,
+            e => TargetError::Failed(e.to_string()),
+        }
+    }
+}
+
+/// Told the process that applies images, as soon as it runs: recorded so that a restarted server
+/// can wait for it.
+pub type Started<'a> = &'a (dyn Fn(String) + Send + Sync);
+
+/// An app's runtime. Every method works on the app's checkout as it is now (git is the caller's).
+#[async_trait]
+pub trait Target: Send + Sync {
+    /// Reads the checkout's configuration: the project, the files, each service's image name.
+    /// From then on the target works on that project.
+    async fn resolve(
+        &self,
+        services: &[ServiceName],
+        cancel: &CancellationToken,
+        log: &dyn LogSink,
+    ) -> Result<Plan, TargetError>;
+
+    /// Builds `services`; the image ID each one built.
+    async fn build(
+        &self,
+        services: &[ServiceName],
+        cancel: &CancellationToken,
+        log: &dyn LogSink,
+    ) -> Result<Images, TargetError>;
+
+    /// The image each of `services` runs now; one with nothing running is left out.
+    async fn snapshot(&self, services: &[ServiceName]) -> Result<Images, TargetError>;
+
+    /// Makes exactly `images` run, with the checkout's configuration, and waits for it. What does
+    /// it outlives the caller: `stop` returns [`TargetError::Stopped`] and leaves it going.
+    async fn apply(
+        &self,
+        images: &Images,
+        started: Started<'_>,
+        stop: &CancellationToken,
+        log: &dyn LogSink,
+    ) -> Result<(), TargetError>;
+
+    /// Waits for an apply a previous process started (`process` as `started` was told), then
+    /// hands on what it printed.
+    async fn wait_applied(&self, process: &str, log: &dyn LogSink);
+
+    /// Whether every one of `images`' services runs its image, started after `since`.
+    async fn runs(&self, images: &Images, since: &str) -> Result<bool, TargetError>;
+
+    /// Watches `images`' services, recreated after `since`, until they hold for `limits.stable`
+    /// or one breaks, or `limits.timeout` passes.
+    async fn verify(
+        &self,
+        images: &Images,
+        since: &str,
+        limits: Limits,
+        cancel: &CancellationToken,
+    ) -> Result<Verified, TargetError>;
+
+    /// Points the services' image names back at `snapshot`'s images, without recreating anything:
+    /// a deploy that ends before its recreate leaves the names as it found them.
+    async fn restore(&self, snapshot: &Images, log: &dyn LogSink) -> Result<(), TargetError>;
+
+    /// Runs `command` in a one-off container of `service` from the image just built.
+    async fn run_oneoff(
+        &self,
+        service: &ServiceName,
+        command: &[String],
+        timeout: Duration,
+        cancel: &CancellationToken,
+        log: &dyn LogSink,
+    ) -> Result<(), TargetError>;
+}
