@@ -25,32 +25,11 @@ pub use detached::{replay_output, Detached, ProcessRef};
 pub use guard::{child_guard_main, CHILD_GUARD};
 pub use ssh::{shell_quote, SshHost};
 
+pub use crate::model::{LogSink, Stream};
+
 use guard::{guarded, GUARD_AFTER};
 use pump::pump;
 use ssh::{is_ssh_failure, ssh_command};
-
-/// Which stream a log line came from; `Info` lines are kua-deploy's own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
-    Stdout,
-    Stderr,
-    Info,
-}
-
-impl Stream {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-            Stream::Info => "info",
-        }
-    }
-}
-
-/// Receives every line a command prints, already redacted.
-pub trait LogSink: Send + Sync {
-    fn line(&self, stream: Stream, text: &str);
-}
 
 /// A sink that drops everything, for commands whose output only matters to the caller.
 pub struct NoLog;
