@@ -28,6 +28,8 @@ pub mod config;
 pub mod docker;
 pub mod git;
 pub mod host;
+#[cfg(test)]
+mod layering;
 pub mod model;
 pub mod pipeline;
 pub mod selfupdate;
