@@ -5,9 +5,11 @@
 //! the app's host and records every step in SQLite, so a client can follow it to an honest end.
 //!
 //! # Layout
-//! - [`model`]: checked newtypes (AppName, CommitSha, BranchName, ImageId), Phase, Step, Deploy — no I/O.
+//! - [`model`]: checked newtypes (AppName, CommitSha, BranchName, ImageId), Phase, Step, Deploy, the log
+//!   line and storage-health shapes, the `LogSink` trait — no I/O.
 //! - [`config`]: the registry (`deploy-registry.json`): parsing and validation with file positions.
-//! - [`host`]: run an argv on a host with a timeout, cancellation, process-group kill and redaction.
+//! - [`host`]: run an argv on a host (`HostSpec`: local or OpenSSH) with a timeout, cancellation,
+//!   process-group kill and redaction; knows nothing of the registry.
 //! - [`git`]: typed wrapper over the git commands the pipeline needs.
 //! - [`docker`]: typed wrappers over `docker` and `docker compose`.
 //! - [`store`]: SQLite state: deploys, steps, logs, webhook deliveries; schema migrations run on open;
@@ -20,6 +22,10 @@
 //! - [`app`]: `serve`: opens the store, recovers, starts the queue and the router.
 //! - [`cli`]: the client commands (`status`, `history`, `logs`, `approve`, `cancel`, `release`, `demo`)
 //!   over the API types.
+//!
+//! Imports point one way, down. The layers, lowest first: `model`; `host`, `store`; `config`, `git`,
+//! `docker`; `selfupdate`; `pipeline`; `api`; `app`; `cli`. A unit test (`layering.rs`) reads the
+//! sources and refuses an import that points up.
 
 pub mod api;
 pub mod app;
@@ -28,6 +34,8 @@ pub mod config;
 pub mod docker;
 pub mod git;
 pub mod host;
+#[cfg(test)]
+mod layering;
 pub mod model;
 pub mod pipeline;
 pub mod selfupdate;

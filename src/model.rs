@@ -432,6 +432,74 @@ pub struct Delivery {
     pub received_at: String,
 }
 
+/// One line of a deploy's log, as the store keeps it and the API pages and streams it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub seq: i64,
+    pub ts: String,
+    pub stream: String,
+    pub line: String,
+}
+
+/// Which stream a log line came from; `Info` lines are kua-deploy's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+    Info,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+            Stream::Info => "info",
+        }
+    }
+}
+
+/// Receives every line a command prints, already redacted. Defined here, below both `host`, which
+/// feeds it, and `store`, whose `LogWriter` is one.
+pub trait LogSink: Send + Sync {
+    fn line(&self, stream: Stream, text: &str);
+}
+
+/// Which part of storage a problem is about; each kind is set and cleared on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    /// A write to the database failed, and none has succeeded since.
+    Write,
+    /// Copying the write-ahead log into the database file failed.
+    Checkpoint,
+    /// Keeping `kua.db.backup` up to date failed.
+    Backup,
+    /// The state dir's filesystem is full or read-only.
+    Filesystem,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    pub message: String,
+    pub since: String,
+}
+
+/// What is wrong with storage, as `/healthz` answers it; the store produces it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageHealth {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<Problem>,
+    /// Deploys that stopped on a storage error and are recorded `failed` once writes work again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unrecorded_deploys: Vec<DeployId>,
+    /// When `kua.db.backup` was last brought up to date (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<String>,
+}
+
 /// The current time as RFC 3339 with microseconds, UTC: the one format every timestamp uses.
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)

@@ -4,8 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{AppName, CommitSha, Delivery, Deploy, DeployId, Phase};
-pub use crate::model::{ContainerStatus, RuntimeStatus, ServiceStatus};
-use crate::store::{LogLine, StorageHealth};
+pub use crate::model::{ContainerStatus, LogLine, RuntimeStatus, ServiceStatus, StorageHealth};
 
 /// `POST /api/v1/apps/{app}/deploy` body; every field optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,8 +9,7 @@ use futures::StreamExt;
 use super::client::{Client, ClientError};
 use super::{exit, parse_app, ConnArgs};
 use crate::api::types::FollowItem;
-use crate::model::{parse_time, AppName, Deploy, DeployId, Phase, Step, StepStatus};
-use crate::store::LogLine;
+use crate::model::{parse_time, AppName, Deploy, DeployId, LogLine, Phase, Step, StepStatus};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatusArgs {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use crate::host::{HostSpec, SshHost};
 use crate::model::{AppName, BranchName, ProjectName, ServiceName};
 
 pub const DEFAULT_PATH: &str = "deploy-registry.json";
@@ -50,34 +51,6 @@ pub struct AppConfig {
     pub verify: VerifyConfig,
     pub rollback: bool,
     pub webhook: Option<WebhookConfig>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostSpec {
-    Local,
-    Ssh(SshHost),
-}
-
-impl HostSpec {
-    /// How logs and answers name the host: `local`, or the `hosts` key (or URL) it came from.
-    pub fn label(&self) -> String {
-        match self {
-            HostSpec::Local => "local".to_owned(),
-            HostSpec::Ssh(h) => h.name.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SshHost {
-    /// The key in the `hosts` map, or the `ssh://` URL as written in the app.
-    pub name: String,
-    pub user: String,
-    /// A host name or IP address; an IPv6 address is kept without its brackets.
-    pub host: String,
-    pub port: u16,
-    pub identity_file: Option<PathBuf>,
-    pub known_hosts_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

@@ -6,30 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
-use crate::model::{now_rfc3339, DeployId};
-
-/// Which part of storage a problem is about; each kind is set and cleared on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProblemKind {
-    /// A write to the database failed, and none has succeeded since.
-    Write,
-    /// Copying the write-ahead log into the database file failed.
-    Checkpoint,
-    /// Keeping `kua.db.backup` up to date failed.
-    Backup,
-    /// The state dir's filesystem is full or read-only.
-    Filesystem,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Problem {
-    pub kind: ProblemKind,
-    pub message: String,
-    pub since: String,
-}
+use crate::model::{now_rfc3339, DeployId, Problem, ProblemKind, StorageHealth};
 
 /// A deploy that stopped because its state could not be written: it ends `failed` with `error`
 /// as soon as a write succeeds again.
@@ -37,20 +14,6 @@ pub struct Problem {
 pub(super) struct PendingEnd {
     pub id: DeployId,
     pub error: String,
-}
-
-/// A snapshot for `/healthz`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StorageHealth {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub problems: Vec<Problem>,
-    /// Deploys that stopped on a storage error and are recorded `failed` once writes work again.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub unrecorded_deploys: Vec<DeployId>,
-    /// When `kua.db.backup` was last brought up to date (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_backup: Option<String>,
 }
 
 /// How often a problem that goes on, saying something else each time (which write failed), is

@@ -7,11 +7,9 @@ use std::borrow::Cow;
 use std::sync::Mutex;
 
 use rusqlite::params;
-use serde::{Deserialize, Serialize};
 
 use super::Store;
-use crate::host::{LogSink, Stream};
-use crate::model::{now_rfc3339, DeployId};
+use crate::model::{now_rfc3339, DeployId, LogLine, LogSink, Stream};
 
 /// The first lines of a deploy's log, always kept.
 pub const LOG_HEAD_LINES: i64 = 10_000;
@@ -22,14 +20,6 @@ pub const LOG_TAIL_LINES: i64 = 10_000;
 pub const MAX_LOG_LINES: i64 = LOG_HEAD_LINES + LOG_TAIL_LINES;
 /// Characters kept of one line; command output arrives already cut below this (see `host`).
 const MAX_LINE_CHARS: usize = 4_000;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogLine {
-    pub seq: i64,
-    pub ts: String,
-    pub stream: String,
-    pub line: String,
-}
 
 /// Appends lines to one deploy's log. Resumes numbering after what is already stored, so a deploy
 /// continued after approval keeps one ordered log.

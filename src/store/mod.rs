@@ -32,12 +32,12 @@ use rusqlite::Connection;
 pub use backup::{BACKUP_FILE, DB_FILE};
 pub use deliveries::PushRecord;
 pub use deploys::{NewDeploy, Orphans};
-pub use health::{storage_failure, Problem, ProblemKind, StorageHealth};
+pub use health::storage_failure;
 pub use lifecycle::{EndHook, Transition, TABLE as TRANSITIONS};
 pub use lock::{LockError, LOCK_FILE};
-pub use logs::{LogLine, LogWriter, MAX_LOG_LINES};
+pub use logs::{LogWriter, MAX_LOG_LINES};
 
-use crate::model::DeployId;
+use crate::model::{DeployId, ProblemKind, StorageHealth};
 use health::{Health, PendingEnd};
 
 /// How often the maintenance thread looks: checkpoint, filesystem, deploys to record.

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kua_deploy::api::types::{DeployRequest, FollowItem};
+use kua_deploy::model::LogLine;
 use kua_deploy::model::{DeployId, Phase, StepName, StepStatus};
-use kua_deploy::store::{LogLine, MAX_LOG_LINES};
+use kua_deploy::store::MAX_LOG_LINES;
 use serde_json::{json, Value};
 
 use crate::support::{AppOptions, Server, TestApp, TOKEN};

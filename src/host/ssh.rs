@@ -1,0 +1,121 @@
+//! Commands over OpenSSH: one connection per command, the host key checked, the argv quoted word
+//! by word for the remote shell; ssh's own failures told apart from the command's.
+
+use std::path::PathBuf;
+
+use tokio::process::Command;
+
+use super::Cmd;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshHost {
+    /// The key in the `hosts` map, or the `ssh://` URL as written in the app.
+    pub name: String,
+    pub user: String,
+    /// A host name or IP address; an IPv6 address is kept without its brackets.
+    pub host: String,
+    pub port: u16,
+    pub identity_file: Option<PathBuf>,
+    pub known_hosts_file: Option<PathBuf>,
+}
+
+/// The remote side of OpenSSH always goes through a shell, so the argv is quoted word by word.
+pub(super) fn ssh_command(h: &SshHost, cmd: &Cmd) -> Command {
+    let mut c = Command::new("ssh");
+    c.args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10"]);
+    // One connection per command, owned by this process: a shared master from the user's config
+    // would outlive kua-deploy and escape its kill.
+    c.args(["-o", "ControlMaster=no", "-o", "ControlPath=none"]);
+    c.args(["-p", &h.port.to_string()]);
+    if let Some(id) = &h.identity_file {
+        c.arg("-i").arg(id);
+        c.args(["-o", "IdentitiesOnly=yes"]);
+    }
+    if let Some(kh) = &h.known_hosts_file {
+        // Only this file vouches for the host: not the machine-wide known hosts too.
+        c.arg("-o").arg(format!("UserKnownHostsFile={}", kh.display()));
+        c.args(["-o", "GlobalKnownHostsFile=/dev/null"]);
+    }
+    c.arg("--").arg(format!("{}@{}", h.user, h.host));
+    c.arg(remote_command(cmd));
+    c
+}
+
+pub(super) fn is_ssh_failure(stderr: &str) -> bool {
+    stderr.lines().any(|l| {
+        l.starts_with("ssh:")
+            || l.contains("Host key verification failed")
+            || l.contains("Permission denied (")
+            || l.contains("Connection closed by")
+            || l.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+    })
+}
+
+/// The one string OpenSSH hands to the remote shell: `cd DIR && exec env K=V argv…`, every word
+/// quoted, so the argv arrives as it was.
+fn remote_command(cmd: &Cmd) -> String {
+    let mut remote = String::new();
+    if let Some(dir) = &cmd.cwd {
+        remote.push_str(&format!("cd {} && ", shell_quote(&dir.to_string_lossy())));
+    }
+    remote.push_str("exec ");
+    if !cmd.env.is_empty() {
+        remote.push_str("env ");
+        for (k, v) in &cmd.env {
+            remote.push_str(&shell_quote(&format!("{k}={v}")));
+            remote.push(' ');
+        }
+    }
+    remote.push_str(&cmd.display());
+    remote
+}
+
+/// Single-quotes a word for a POSIX shell unless it is plainly safe.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=@,+%".contains(&b)) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::Host;
+
+    #[test]
+    fn quoting_keeps_hostile_words_as_one_argument() {
+        assert_eq!(shell_quote("main"), "main");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("$(rm -rf /)"), "'$(rm -rf /)'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn the_remote_command_changes_directory_sets_the_environment_and_quotes_every_word() {
+        let cmd = Cmd::new(["git", "log", "--format=%H x"]).cwd("/srv/my app").env("LC_ALL", "C");
+        assert_eq!(remote_command(&cmd), "cd '/srv/my app' && exec env LC_ALL=C git log '--format=%H x'");
+        assert_eq!(remote_command(&Cmd::new(["docker", "ps"])), "exec docker ps");
+    }
+
+    #[tokio::test]
+    async fn the_remote_command_runs_in_a_real_shell_as_the_same_argv() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmd = Cmd::new(["sh", "-c", "printf '%s|' \"$PWD\" \"$KV\" \"$0\"", "it's $(here)"])
+            .cwd(dir.path())
+            .env("KV", "a b");
+        let out = Host::local().query(&Cmd::new(["sh", "-c", &remote_command(&cmd)])).await.unwrap();
+        let pwd = std::fs::canonicalize(dir.path()).unwrap();
+        assert_eq!(out.stdout.trim_end(), format!("{}|a b|it's $(here)|", pwd.display()));
+    }
+
+    #[test]
+    fn only_ssh_s_own_complaints_count_as_an_unreachable_host() {
+        assert!(is_ssh_failure("Host key verification failed.\r\n"));
+        assert!(is_ssh_failure("ssh: connect to host 127.0.0.1 port 2: Connection refused"));
+        assert!(is_ssh_failure("root@h: Permission denied (publickey)."));
+        assert!(!is_ssh_failure("migration 0042 failed"));
+    }
+}
