@@ -14,6 +14,8 @@ const LAYERS: &[&[&str]] = &[
     // registry either: `HostSpec` is its own, the registry produces one.
     &["host", "store"],
     &["config", "git", "docker"],
+    // The runtime an app runs on, over the docker wrappers; the pipeline and the self-deploy use it.
+    &["target"],
     &["selfupdate"],
     &["pipeline"],
     &["api"],
