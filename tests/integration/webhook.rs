@@ -730,7 +730,8 @@ async fn gitlab_deliveries_without_the_right_token_are_refused_and_queue_nothing
     let body = serde_json::to_vec(&gitlab_body("gitlab-push.json", "refs/heads/main", &head)).unwrap();
     let with_token = |token: &str| headers(Provider::GitLab, "Push Hook", &uuid_hex(), token);
 
-    let cases: Vec<(&str, Vec<(String, String)>, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(String, String)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "missing token",
             with_token("").into_iter().filter(|(k, _)| k != "X-Gitlab-Token").collect(),
