@@ -1,6 +1,6 @@
 //! kua-deploy: the deploy orchestrator for Docker Compose apps.
 //!
-//! A release trigger (admin API or a Forgejo/Gitea/GitHub push webhook) becomes a deploy; a per-app worker runs the
+//! A release trigger (admin API or a forge's push webhook) becomes a deploy; a per-app worker runs the
 //! pipeline `git_pull → migration_gate → build → (migrate) → recreate → verify → (rollback)` on
 //! the app's host and records every step in SQLite, so a client can follow it to an honest end.
 //!

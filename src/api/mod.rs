@@ -46,9 +46,7 @@ pub fn router(state: ApiState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/webhook/forgejo", post(webhook::forgejo))
-        .route("/webhook/gitea", post(webhook::forgejo))
-        .route("/webhook/github", post(webhook::github))
+        .merge(webhook::routes())
         .nest("/api/v1", admin)
         .fallback(admin::no_route)
         .layer(middleware::map_response(error::json_errors))

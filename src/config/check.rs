@@ -994,13 +994,16 @@ impl<'t> Checker<'t> {
                 let rat = at.child("repository");
                 let start = value_start(&rp.value);
                 self.string(&rp.value, &rat, "a string \"owner/name\"").and_then(|s| {
-                    if is_owner_slash_name(s) {
+                    if is_repository_path(s) {
                         Some(s.to_owned())
                     } else {
                         self.error(
                             &rat,
                             start,
-                            format!("{s:?} is not \"owner/name\": give the repository whose pushes deploy this app, e.g. \"kua/hello\""),
+                            format!(
+                                "{s:?} is not \"owner/name\" (or \"group/subgroup/name\"): give the repository whose \
+                                 pushes deploy this app, e.g. \"kua/hello\""
+                            ),
                         );
                         None
                     }
@@ -1182,14 +1185,16 @@ fn check_compose_file(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn is_owner_slash_name(s: &str) -> bool {
+/// `owner/name`, or for a forge with nested groups (GitLab) `group/sub/name`: two parts or more,
+/// each made of letters, digits, `-`, `_` and `.`, none empty, `.` or `..`.
+fn is_repository_path(s: &str) -> bool {
     let part_ok = |p: &str| {
         !p.is_empty()
             && p != "."
             && p != ".."
             && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
     };
-    matches!(s.split_once('/'), Some((owner, name)) if part_ok(owner) && part_ok(name))
+    s.contains('/') && s.split('/').all(part_ok)
 }
 
 fn is_env_name(s: &str) -> bool {

@@ -81,7 +81,7 @@ impl Default for VerifyConfig {
 
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
-    /// `owner/name`.
+    /// `owner/name`, or `group/sub/name` for a project in nested groups (GitLab).
     pub repository: String,
     pub secret: SecretSource,
 }

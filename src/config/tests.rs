@@ -616,13 +616,30 @@ fn secret_env_must_be_a_variable_name() {
 }
 
 #[test]
-fn webhook_repository_must_be_owner_slash_name() {
-    for bad in ["kua", "kua/", "/hello", "kua/hello/x", "kua/..", "a b/c", "https://forge/kua/hello"] {
+fn webhook_repository_must_be_owner_slash_name_or_a_nested_group_path() {
+    for bad in [
+        "kua",
+        "kua/",
+        "/hello",
+        "kua/..",
+        "a b/c",
+        "https://forge/kua/hello",
+        "a//c",
+        "a/b/",
+        "/a/b/c",
+        "a/../c",
+        "a/./c",
+        "a/b c/d",
+        "",
+    ] {
         let e = only_error(&one_app(&format!(r#""webhook": {{"repository": "{bad}", "secret_env": "S"}}"#)));
         assert_eq!(e.key, "apps.hello.webhook.repository", "{bad}");
         assert!(e.message.contains("e.g. \"kua/hello\""), "{}", e.message);
     }
-    parse(&one_app(r#""webhook": {"repository": "Kua-Org/hello.world_2", "secret_env": "S"}"#)).unwrap();
+    for good in ["Kua-Org/hello.world_2", "kua/hello/x", "group/sub/app", "a/b/c/d/e"] {
+        let r = parse(&one_app(&format!(r#""webhook": {{"repository": "{good}", "secret_env": "S"}}"#))).unwrap();
+        assert_eq!(hello(&r).webhook.as_ref().unwrap().repository, good);
+    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Push webhooks end to end: the recorded Forgejo, Gitea and GitHub bodies (edited where a test
-//! needs its own repository, ref or commit, then signed over the exact bytes sent), with the
-//! headers a real delivery carries, against the running server, a real git remote and the engine.
+//! needs its own repository, ref or commit, then signed over the exact bytes sent) and GitLab's
+//! documented ones, with the headers a real delivery carries, against the running server, a real
+//! git remote and the engine.
 
 use std::time::{Duration, Instant};
 
@@ -37,10 +38,11 @@ enum Provider {
     Forgejo,
     Gitea,
     GitHub,
+    GitLab,
 }
 
 /// The headers a real delivery of `provider` carries (see the fixtures' README). Forgejo sends
-/// every family at once.
+/// every family at once. GitLab's `signature` is its secret token, sent as is.
 fn headers(provider: Provider, event: &str, delivery: &str, signature: &str) -> Vec<(String, String)> {
     let h = |k: &str, v: &str| (k.to_owned(), v.to_owned());
     match provider {
@@ -76,6 +78,14 @@ fn headers(provider: Provider, event: &str, delivery: &str, signature: &str) -> 
             h("X-Hub-Signature-256", &format!("sha256={signature}")),
             h("User-Agent", "GitHub-Hookshot/abc123"),
         ],
+        Provider::GitLab => vec![
+            h("User-Agent", "GitLab/17.6.1"),
+            h("X-Gitlab-Event", event),
+            h("X-Gitlab-Event-UUID", delivery),
+            h("X-Gitlab-Webhook-UUID", "02affd2d-2cba-4033-917d-ec22d5dc4b38"),
+            h("X-Gitlab-Instance", "https://gitlab.example.com"),
+            h("X-Gitlab-Token", signature),
+        ],
     }
 }
 
@@ -88,6 +98,7 @@ async fn send(
 ) -> (StatusCode, Value) {
     let path = match provider {
         Provider::GitHub => "/webhook/github",
+        Provider::GitLab => "/webhook/gitlab",
         _ => "/webhook/forgejo",
     };
     let mut req = server.http().post(format!("{}{path}", server.url)).header("content-type", content_type).body(body);
@@ -588,4 +599,172 @@ async fn a_burst_of_pushes_during_a_slow_build_coalesces_into_one_deploy_of_the_
     }
     let all = server.client.history(&app.name, 50).await.unwrap().deploys;
     assert_eq!(all.iter().filter(|d| d.phase == Phase::Succeeded).count(), 2);
+}
+
+/// The project of GitLab's documented push as `gitlab-push.json` has it: in a subgroup.
+const GITLAB_REPO: &str = "mike/web/diaspora";
+
+fn gitlab_app() -> TestApp {
+    TestApp::new(AppOptions {
+        webhook: Some(json!({"repository": GITLAB_REPO, "secret_file": "SECRET_FILE"})),
+        ..AppOptions::default()
+    })
+}
+
+/// GitLab's documented push (or tag push), pointed at this test's project, ref and commit.
+fn gitlab_body(fixture_name: &str, git_ref: &str, after: &str) -> Value {
+    let mut v: Value = serde_json::from_slice(&fixture(fixture_name)).unwrap();
+    v["project"]["path_with_namespace"] = json!(GITLAB_REPO);
+    v["ref"] = json!(git_ref);
+    v["after"] = json!(after);
+    v["checkout_sha"] = json!(after);
+    v
+}
+
+/// A GitLab delivery with the app's secret token, the event UUID `uuid` and `extra` headers.
+async fn deliver_gitlab(
+    server: &Server,
+    event: &str,
+    uuid: &str,
+    extra: &[(&str, &str)],
+    body: &Value,
+) -> (StatusCode, Value) {
+    let mut h = headers(Provider::GitLab, event, uuid, WEBHOOK_SECRET);
+    h.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    send(server, Provider::GitLab, h, "application/json", serde_json::to_vec(body).unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gitlab_push_from_a_nested_group_deploys_exactly_its_after_and_a_redelivery_is_a_duplicate() {
+    let app = gitlab_app();
+    let server = app.start();
+    let v2 = app.push("v2", Behaviour::Serve);
+    app.push("v3", Behaviour::Serve);
+    let body = gitlab_body("gitlab-push.json", "refs/heads/main", &v2);
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let (status, v) = deliver_gitlab(&server, "Push Hook", &uuid, &[], &body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let a = answer(&v);
+    assert_eq!((a.provider.as_str(), a.event.as_str(), a.delivery.as_deref()), ("gitlab", "Push Hook", Some(&*uuid)));
+    assert_eq!(a.results[0].outcome, "queued", "{v}");
+    let id = a.results[0].deploy_id.clone().unwrap();
+
+    // "Resend request": the same event UUID is recognised as the delivery already accepted.
+    let (status, v) = deliver_gitlab(&server, "Push Hook", &uuid, &[], &body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let again = &answer(&v).results[0];
+    assert_eq!((again.outcome.as_str(), again.deploy_id.as_ref()), ("duplicate", Some(&id)), "{v}");
+    assert!(again.reason.contains("this delivery id was accepted before"), "{v}");
+
+    let d = server.wait_end(&id).await;
+    assert_eq!(d.phase, Phase::Succeeded, "{d:#?}");
+    assert_eq!(d.commit.as_ref().map(|c| c.as_str()), Some(v2.as_str()));
+    assert_eq!(d.trigger.source, kua_deploy::model::TriggerSource::Webhook);
+    assert_eq!(app.fetch().as_deref(), Some("v2"));
+
+    // Where GitLab sends an Idempotency-Key (kept across retries), it is the delivery id: a retry
+    // under a new event UUID is recognised by it.
+    let key = uuid::Uuid::new_v4().to_string();
+    let (_, v) = deliver_gitlab(&server, "Push Hook", &uuid_hex(), &[("Idempotency-Key", &key)], &body).await;
+    assert_eq!((answer(&v).delivery.as_deref(), answer(&v).results[0].outcome.as_str()), (Some(&*key), "duplicate"));
+    let (_, v) = deliver_gitlab(&server, "Push Hook", &uuid_hex(), &[("Idempotency-Key", &key)], &body).await;
+    assert!(answer(&v).results[0].reason.contains("this delivery id was accepted before"), "{v}");
+
+    assert_eq!(server.client.history(&app.name, 10).await.unwrap().deploys.len(), 1);
+    let deliveries = server.client.deliveries(&app.name, 10).await.unwrap().deliveries;
+    let seen: Vec<(&str, Option<&str>)> = deliveries.iter().map(|d| (d.outcome.as_str(), d.id.as_deref())).collect();
+    let (uuid, key) = (Some(uuid.as_str()), Some(key.as_str()));
+    assert_eq!(seen, [("duplicate", key), ("duplicate", key), ("duplicate", uuid), ("queued", uuid)]);
+    assert!(deliveries.iter().all(|d| d.provider == "gitlab" && d.repository == GITLAB_REPO), "{deliveries:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gitlab_tag_pushes_other_branches_deletions_and_other_events_are_answered_202_and_deploy_nothing() {
+    let app = gitlab_app();
+    let server = app.start();
+    let head = git(&app.work, &["rev-parse", "HEAD"]);
+    // A branch deletion: `after` all zeros, `checkout_sha` null, no commits.
+    let mut deletion = gitlab_body("gitlab-push.json", "refs/heads/main", &"0".repeat(40));
+    deletion["checkout_sha"] = Value::Null;
+    deletion["commits"] = json!([]);
+    deletion["total_commits_count"] = json!(0);
+    let merge_request = json!({
+        "object_kind": "merge_request",
+        "event_type": "merge_request",
+        "project": {"path_with_namespace": GITLAB_REPO},
+        "object_attributes": {"source_branch": "feature", "target_branch": "main", "action": "open"}
+    });
+    let cases = [
+        ("Tag Push Hook", gitlab_body("gitlab-tag-push.json", "refs/tags/v1.0.0", &head), "tag v1.0.0 does not deploy"),
+        ("Push Hook", gitlab_body("gitlab-push.json", "refs/heads/feature", &head), "not the app's branch main"),
+        ("Push Hook", deletion, "branch main was deleted"),
+        ("Merge Request Hook", merge_request, "event \"Merge Request Hook\" does not deploy"),
+    ];
+    for (event, body, why) in &cases {
+        let (status, v) = deliver_gitlab(&server, event, &uuid_hex(), &[], body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{event}: {v}");
+        let a = answer(&v);
+        assert_eq!(a.results[0].outcome, "ignored", "{event}: {v}");
+        assert!(a.results[0].reason.contains(why), "{event}: {v}");
+    }
+
+    assert!(server.client.history(&app.name, 10).await.unwrap().deploys.is_empty());
+    let deliveries = server.client.deliveries(&app.name, 10).await.unwrap().deliveries;
+    assert_eq!(deliveries.len(), 4);
+    assert!(deliveries.iter().all(|d| d.outcome == "ignored" && d.deploy_id.is_none() && d.provider == "gitlab"));
+    assert_eq!((deliveries[0].event.as_str(), deliveries[3].event.as_str()), ("Merge Request Hook", "Tag Push Hook"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gitlab_deliveries_without_the_right_token_are_refused_and_queue_nothing() {
+    let app = gitlab_app();
+    // A second project whose secret variable is not set: no secret configured.
+    let mut reg: Value = serde_json::from_str(&std::fs::read_to_string(&app.registry).unwrap()).unwrap();
+    let mut other = reg["apps"]["hello"].clone();
+    other["project"] = json!(format!("{}-x", app.project));
+    other["webhook"] = json!({"repository": "mike/web/nosecret", "secret_env": "KUA_TEST_UNSET_SECRET"});
+    reg["apps"]["nosecret"] = other;
+    std::fs::write(&app.registry, reg.to_string()).unwrap();
+    let server = app.start();
+    let head = git(&app.work, &["rev-parse", "HEAD"]);
+    let body = serde_json::to_vec(&gitlab_body("gitlab-push.json", "refs/heads/main", &head)).unwrap();
+    let with_token = |token: &str| headers(Provider::GitLab, "Push Hook", &uuid_hex(), token);
+
+    type Case<'a> = (&'a str, Vec<(String, String)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "missing token",
+            with_token("").into_iter().filter(|(k, _)| k != "X-Gitlab-Token").collect(),
+            "missing or empty x-gitlab-token",
+        ),
+        ("empty token", with_token(""), "missing or empty x-gitlab-token"),
+        ("wrong token", with_token("not-the-secret"), "token does not match"),
+        ("the token and one byte more", with_token(&format!("{WEBHOOK_SECRET}x")), "token does not match"),
+        ("a prefix of the token", with_token(&WEBHOOK_SECRET[..10]), "token does not match"),
+        ("a signature instead", with_token(&sign(WEBHOOK_SECRET.as_bytes(), &body)), "token does not match"),
+    ];
+    for (what, h, why) in cases {
+        let (status, v) = send(&server, Provider::GitLab, h, "application/json", body.clone()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {v}");
+        assert_eq!(v["error"]["code"], "unauthorized", "{what}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(why), "{what}: {v}");
+        assert!(!v.to_string().contains(WEBHOOK_SECRET), "{what}");
+    }
+    // A project without a secret refuses everything, even its own right token.
+    let mut ns: Value = serde_json::from_slice(&body).unwrap();
+    ns["project"]["path_with_namespace"] = json!("mike/web/nosecret");
+    let (status, v) = deliver_gitlab(&server, "Push Hook", &uuid_hex(), &[], &ns).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("no app with a webhook secret"), "{v}");
+    // A GitLab delivery sent to the Forgejo URL has none of Forgejo's headers.
+    let mut req = server.http().post(format!("{}/webhook/forgejo", server.url)).body(body.clone());
+    for (k, v) in with_token(WEBHOOK_SECRET) {
+        req = req.header(k, v);
+    }
+    assert_eq!(req.send().await.unwrap().status(), StatusCode::BAD_REQUEST);
+
+    assert!(server.client.history(&app.name, 10).await.unwrap().deploys.is_empty());
+    assert!(server.client.deliveries(&app.name, 10).await.unwrap().deliveries.is_empty());
+    assert!(server.log().contains("webhook refused"), "rejections are logged");
+    assert!(!server.log().contains(WEBHOOK_SECRET), "the token is never logged");
 }

@@ -1,9 +1,18 @@
-//! Push webhooks: `POST /webhook/forgejo` (Forgejo and Gitea) and `POST /webhook/github`. The
-//! signature is the authentication: it must verify, over the bytes received, with the secret of
-//! an app configured for the payload's repository. A push to that app's branch queues a deploy of
-//! exactly `after`; everything else is answered 202 with the reason. The answer comes at once —
-//! the deploy runs later, from the queue.
+//! Push webhooks: `POST /webhook/forgejo` (also `/webhook/gitea`), `/webhook/github` and
+//! `/webhook/gitlab`. What differs between forges — how a delivery proves its sender, which
+//! header names its event and delivery, where the push fields sit in the payload — is a
+//! [`Provider`], one file each: [`forgejo`] (Forgejo and Gitea), [`github`], [`gitlab`]. What is
+//! the same for all lives here: the body limit, JSON or form decoding, finding the apps configured
+//! for the payload's repository, what a push means (branch, tag, deletion, test delivery), the
+//! queue submission and the answers.
+//!
+//! The credential is the authentication: it must match the secret of an app configured for the
+//! repository. A push to that app's branch queues a deploy of exactly `after`; everything else is
+//! answered 202 with the reason. The answer comes at once — the deploy runs later, from the queue.
 
+pub mod forgejo;
+pub mod github;
+pub mod gitlab;
 pub mod payload;
 pub mod signature;
 
@@ -11,56 +20,101 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::routing::{post, MethodRouter};
+use axum::{Json, Router};
 
 use super::error::ApiError;
 use super::listener::BodyReadTimeout;
 use super::types::{AppResult, WebhookAnswer};
 use super::ApiState;
 use crate::config::AppConfig;
-use crate::model::{now_rfc3339, Delivery, Trigger, TriggerSource};
+use crate::model::{now_rfc3339, BranchName, CommitSha, Delivery, Trigger, TriggerSource};
 use crate::pipeline::queue::Request as QueueRequest;
 use crate::store::PushRecord;
-use payload::PushRef;
+use payload::{PayloadError, Push, PushRef};
 
 /// The largest body read; a larger one is refused unread.
 pub const MAX_BODY: usize = 5 * 1024 * 1024;
 
-/// The header names one provider family uses.
-struct Provider {
-    /// Header families, in order of preference: (name in records, event, signature, delivery).
-    families: &'static [(&'static str, &'static str, &'static str, &'static str)],
-    /// GitHub prefixes its signature with `sha256=`.
-    signature_prefix: &'static str,
-    /// Forgejo and Gitea sign the JSON inside a form body; GitHub signs the body as sent.
-    signs_form_payload: bool,
+/// What a forge says a delivery is about. Only a push can deploy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A push of commits to a ref (Forgejo, Gitea and GitHub send tag pushes as pushes too).
+    Push,
+    /// An event of its own for tags (GitLab's `Tag Push Hook`): never deploys.
+    TagPush,
+    Other,
 }
 
-const FORGEJO: Provider = Provider {
-    families: &[
-        ("forgejo", "x-forgejo-event", "x-forgejo-signature", "x-forgejo-delivery"),
-        ("gitea", "x-gitea-event", "x-gitea-signature", "x-gitea-delivery"),
-    ],
-    signature_prefix: "",
-    signs_form_payload: true,
-};
-
-const GITHUB: Provider = Provider {
-    families: &[("github", "x-github-event", "x-hub-signature-256", "x-github-delivery")],
-    signature_prefix: "sha256=",
-    signs_form_payload: false,
-};
-
-pub async fn forgejo(State(state): State<ApiState>, req: Request) -> Result<Response, ApiError> {
-    receive(&state, &FORGEJO, req).await
+/// What the headers of one delivery say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The name in records and answers: `forgejo`, `gitea`, `github`, `gitlab`.
+    pub provider: &'static str,
+    /// The event as sent, cut to 64 characters.
+    pub event: String,
+    pub kind: EventKind,
+    /// The forge's id of the delivery, kept for redelivery detection; cut to 100 characters.
+    pub delivery_id: Option<String>,
+    pub credential: Credential,
 }
 
-pub async fn github(State(state): State<ApiState>, req: Request) -> Result<Response, ApiError> {
-    receive(&state, &GITHUB, req).await
+/// The proof a delivery carries that its sender knows the app's secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// The header it came in, named in refusals.
+    pub header: &'static str,
+    /// What it is, for refusals: `signature` or `token`.
+    pub noun: &'static str,
+    /// As sent (a signature without its scheme prefix); empty when missing or malformed.
+    pub value: String,
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// The bytes a credential may cover: the body as received, and the JSON document of the delivery
+/// (the same bytes, or the decoded `payload` field of a form body).
+pub struct Received<'a> {
+    pub body: &'a [u8],
+    pub json: &'a [u8],
+}
+
+/// One forge's way of sending push webhooks. Adding a forge is one file implementing this and one
+/// line in [`routes`].
+pub trait Provider: Send + Sync {
+    /// Reads the headers: the forge (or header family), the event, the delivery id and the
+    /// credential. `Err` says which event header is missing; it is answered 400.
+    fn envelope(&self, headers: &HeaderMap) -> Result<Envelope, String>;
+
+    /// The repository, ref, `before` and `after` of the payload, as sent (checked later, and only
+    /// for a push). The repository must be there for every event: it selects the apps whose secret
+    /// authenticates the delivery.
+    fn fields(&self, json: &[u8]) -> Result<payload::Delivery, PayloadError>;
+
+    /// Whether `credential` (never empty) proves that the sender knows `secret`. Compares in
+    /// constant time, over the exact bytes received where the credential is a signature.
+    fn authenticate(&self, credential: &str, received: &Received<'_>, secret: &[u8]) -> bool;
+}
+
+/// The webhook routes, one per provider.
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/webhook/forgejo", intake(&forgejo::Forgejo))
+        .route("/webhook/gitea", intake(&forgejo::Forgejo))
+        .route("/webhook/github", intake(&github::GitHub))
+        .route("/webhook/gitlab", intake(&gitlab::GitLab))
+}
+
+fn intake(provider: &'static dyn Provider) -> MethodRouter<ApiState> {
+    post(move |State(state): State<ApiState>, req: Request| async move { receive(&state, provider, req).await })
+}
+
+/// A header's value, when it is there and readable.
+pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// At most `max` characters of `s`: header values end up in records and answers.
+pub fn cut(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
 }
 
 fn unauthorized(message: impl Into<String>) -> ApiError {
@@ -83,56 +137,18 @@ async fn read_body(body: Body, headers: &HeaderMap) -> Result<axum::body::Bytes,
     })
 }
 
-async fn receive(state: &ApiState, provider: &Provider, req: Request) -> Result<Response, ApiError> {
+async fn receive(state: &ApiState, provider: &dyn Provider, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let headers = &parts.headers;
-    let Some(&(name, event_h, sig_h, delivery_h)) =
-        provider.families.iter().find(|(_, event_h, _, _)| headers.contains_key(*event_h))
-    else {
-        let expected: Vec<&str> = provider.families.iter().map(|f| f.1).collect();
-        return Err(ApiError::bad_request(format!("no event header: expected one of {}", expected.join(", "))));
-    };
-    let event = header(headers, event_h).unwrap_or_default().chars().take(64).collect::<String>();
-    let delivery_id = header(headers, delivery_h).map(|d| d.chars().take(100).collect::<String>());
+    let envelope = provider.envelope(headers).map_err(ApiError::bad_request)?;
     let body = read_body(body, headers).await?;
     let json =
         payload::json_of(header(headers, "content-type"), &body).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let delivery = payload::parse(&json).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let delivery = provider.fields(&json).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let received = Received { body: &body, json: &json };
+    let apps = authenticated_apps(state, provider, &envelope, &delivery, &received)?;
 
-    let signed: &[u8] = if provider.signs_form_payload { &json } else { &body };
-    let signature = header(headers, sig_h).unwrap_or_default();
-    let signature = signature.strip_prefix(provider.signature_prefix).unwrap_or("");
-    let apps: Vec<&AppConfig> = state
-        .queue
-        .registry()
-        .apps
-        .values()
-        .filter(|a| a.webhook.as_ref().is_some_and(|w| w.repository.eq_ignore_ascii_case(&delivery.repository)))
-        .collect();
-    let reject = |why: &str| {
-        tracing::warn!(provider = name, delivery = ?delivery_id, repository = %delivery.repository, "webhook refused: {why}");
-        unauthorized(format!("{why}; nothing was queued"))
-    };
-    if signature.is_empty() {
-        return Err(reject(&format!("missing or empty {sig_h} header")));
-    }
-    let mut any_secret = false;
-    let verified: Vec<&AppConfig> = apps
-        .into_iter()
-        .filter(|a| {
-            let Some(secret) = a.webhook.as_ref().and_then(|w| w.secret.read()) else { return false };
-            any_secret = true;
-            signature::verify(secret.as_bytes(), signed, signature)
-        })
-        .collect();
-    if verified.is_empty() {
-        return Err(reject(if any_secret {
-            "the signature does not match the secret of any app configured for this repository"
-        } else {
-            "no app with a webhook secret is configured for this repository"
-        }));
-    }
-
+    let Envelope { provider: name, event, kind, delivery_id, .. } = envelope;
     let record = |outcome: &str, reason: String| Delivery {
         id: delivery_id.clone(),
         provider: name.to_owned(),
@@ -146,72 +162,193 @@ async fn receive(state: &ApiState, provider: &Provider, req: Request) -> Result<
         received_at: now_rfc3339(),
     };
     let store = state.queue.store();
+    let push = match kind {
+        EventKind::Push | EventKind::TagPush => {
+            Some(delivery.push().map_err(|e| ApiError::bad_request(e.to_string()))?)
+        }
+        EventKind::Other => None,
+    };
     let mut results = Vec::new();
-    let push =
-        if event == "push" { Some(delivery.push().map_err(|e| ApiError::bad_request(e.to_string()))?) } else { None };
-    for app in verified {
-        let ignore = |reason: String| -> Result<AppResult, ApiError> {
-            store.insert_delivery(&app.name, &record("ignored", reason.clone()))?;
-            Ok(AppResult {
-                app: app.name.clone(),
-                outcome: "ignored".into(),
-                reason,
-                deploy_id: None,
-                superseded: vec![],
-            })
+    for app in apps {
+        let (after, p) = match decide(&app.branch, &event, kind, push.as_ref()) {
+            Decision::Ignore(reason) => {
+                store.insert_delivery(&app.name, &record("ignored", reason.clone()))?;
+                results.push(AppResult {
+                    app: app.name.clone(),
+                    outcome: "ignored".into(),
+                    reason,
+                    deploy_id: None,
+                    superseded: vec![],
+                });
+                continue;
+            }
+            Decision::Deploy(after, p) => (after, p),
         };
-        let result = match &push {
-            None => ignore(format!("event {event:?} does not deploy; only pushes do"))?,
-            Some(p) if p.test_delivery => ignore(match &p.after {
-                None => "a test delivery from an empty repository (`before` and `after` are both the zero id, \
-                         as Gitea's \"Test Delivery\" sends): nothing to deploy"
-                    .to_owned(),
-                Some(c) => format!(
-                    "a test delivery (`before` and `after` are both {}: the branch did not move): nothing to deploy",
-                    c.short()
-                ),
-            })?,
-            Some(p) => match (&p.target, &p.after) {
-                (PushRef::Tag(t), _) => {
-                    ignore(format!("tag {t} does not deploy; only pushes to branch {}", app.branch))?
-                }
-                (PushRef::Branch(b), None) => ignore(format!("branch {b} was deleted; nothing to deploy"))?,
-                (PushRef::Branch(b), Some(_)) if b != &app.branch => {
-                    ignore(format!("branch {b} is not the app's branch {}", app.branch))?
-                }
-                (PushRef::Branch(_), Some(after)) => {
-                    let req = QueueRequest {
-                        app: app.name.clone(),
-                        trigger: Trigger {
-                            source: TriggerSource::Webhook,
-                            delivery: delivery_id.clone(),
-                            git_ref: p.git_ref.clone(),
-                            requested_commit: Some(after.clone()),
-                        },
-                        approve_migrations: false,
-                        reason: Some(format!("{name} push of {} to {}", after.short(), p.git_ref)),
-                    };
-                    match state.queue.submit_push(req, record("", String::new()))? {
-                        PushRecord::Queued { deploy_id, superseded } => AppResult {
-                            app: app.name.clone(),
-                            outcome: "queued".into(),
-                            reason: format!("queued a deploy of {}", after.short()),
-                            deploy_id: Some(deploy_id),
-                            superseded,
-                        },
-                        PushRecord::Duplicate { deploy_id, reason } => AppResult {
-                            app: app.name.clone(),
-                            outcome: "duplicate".into(),
-                            reason,
-                            deploy_id: Some(deploy_id),
-                            superseded: vec![],
-                        },
-                    }
-                }
+        let req = QueueRequest {
+            app: app.name.clone(),
+            trigger: Trigger {
+                source: TriggerSource::Webhook,
+                delivery: delivery_id.clone(),
+                git_ref: p.git_ref.clone(),
+                requested_commit: Some(after.clone()),
             },
+            approve_migrations: false,
+            reason: Some(format!("{name} push of {} to {}", after.short(), p.git_ref)),
         };
-        results.push(result);
+        results.push(match state.queue.submit_push(req, record("", String::new()))? {
+            PushRecord::Queued { deploy_id, superseded } => AppResult {
+                app: app.name.clone(),
+                outcome: "queued".into(),
+                reason: format!("queued a deploy of {}", after.short()),
+                deploy_id: Some(deploy_id),
+                superseded,
+            },
+            PushRecord::Duplicate { deploy_id, reason } => AppResult {
+                app: app.name.clone(),
+                outcome: "duplicate".into(),
+                reason,
+                deploy_id: Some(deploy_id),
+                superseded: vec![],
+            },
+        });
     }
     let answer = WebhookAnswer { provider: name.to_owned(), event, delivery: delivery_id, results };
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+}
+
+/// The apps configured for the delivery's repository whose secret its credential matches; 401
+/// (logged, never with the secret or the body) when there are none.
+fn authenticated_apps<'s>(
+    state: &'s ApiState,
+    provider: &dyn Provider,
+    envelope: &Envelope,
+    delivery: &payload::Delivery,
+    received: &Received<'_>,
+) -> Result<Vec<&'s AppConfig>, ApiError> {
+    let reject = |why: &str| {
+        tracing::warn!(
+            provider = envelope.provider,
+            delivery = ?envelope.delivery_id,
+            repository = %delivery.repository,
+            "webhook refused: {why}"
+        );
+        unauthorized(format!("{why}; nothing was queued"))
+    };
+    let credential = &envelope.credential;
+    if credential.value.is_empty() {
+        return Err(reject(&format!("missing or empty {} header", credential.header)));
+    }
+    let mut any_secret = false;
+    let verified: Vec<&AppConfig> = state
+        .queue
+        .registry()
+        .apps
+        .values()
+        .filter(|a| a.webhook.as_ref().is_some_and(|w| w.repository.eq_ignore_ascii_case(&delivery.repository)))
+        .filter(|a| {
+            let Some(secret) = a.webhook.as_ref().and_then(|w| w.secret.read()) else { return false };
+            any_secret = true;
+            provider.authenticate(&credential.value, received, secret.as_bytes())
+        })
+        .collect();
+    if verified.is_empty() {
+        return Err(reject(&if any_secret {
+            format!("the {} does not match the secret of any app configured for this repository", credential.noun)
+        } else {
+            "no app with a webhook secret is configured for this repository".to_owned()
+        }));
+    }
+    Ok(verified)
+}
+
+/// What a delivery means for an app on `branch`.
+#[derive(Debug, PartialEq, Eq)]
+enum Decision<'p> {
+    /// Deploy exactly this commit, pushed by this push.
+    Deploy(&'p CommitSha, &'p Push),
+    /// Nothing to deploy, and why.
+    Ignore(String),
+}
+
+/// The same for every forge: only a push that moves the app's branch to a commit deploys; a test
+/// delivery, a tag, another branch, a deletion and every other event are ignored with the reason.
+fn decide<'p>(branch: &BranchName, event: &str, kind: EventKind, push: Option<&'p Push>) -> Decision<'p> {
+    let Some(p) = push.filter(|_| kind != EventKind::Other) else {
+        return Decision::Ignore(format!("event {event:?} does not deploy; only pushes do"));
+    };
+    if p.test_delivery {
+        return Decision::Ignore(match &p.after {
+            None => "a test delivery from an empty repository (`before` and `after` are both the zero id, \
+                     as Gitea's \"Test Delivery\" sends): nothing to deploy"
+                .to_owned(),
+            Some(c) => format!(
+                "a test delivery (`before` and `after` are both {}: the branch did not move): nothing to deploy",
+                c.short()
+            ),
+        });
+    }
+    match (&p.target, &p.after) {
+        (PushRef::Tag(t), _) => Decision::Ignore(format!("tag {t} does not deploy; only pushes to branch {branch}")),
+        (PushRef::Branch(b), _) if kind == EventKind::TagPush => Decision::Ignore(format!(
+            "event {event:?} is a tag push, yet names branch {b}: tags do not deploy; only pushes to branch {branch}"
+        )),
+        (PushRef::Branch(b), None) => Decision::Ignore(format!("branch {b} was deleted; nothing to deploy")),
+        (PushRef::Branch(b), Some(_)) if b != branch => {
+            Decision::Ignore(format!("branch {b} is not the app's branch {branch}"))
+        }
+        (PushRef::Branch(_), Some(after)) => Decision::Deploy(after, p),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(git_ref: &str, before: &str, after: &str) -> Push {
+        let body = format!(
+            r#"{{"ref":"{git_ref}","before":"{before}","after":"{after}","repository":{{"full_name":"a/b"}}}}"#
+        );
+        payload::parse(body.as_bytes()).unwrap().push().unwrap()
+    }
+
+    fn ignored(d: Decision<'_>) -> String {
+        match d {
+            Decision::Ignore(reason) => reason,
+            Decision::Deploy(c, _) => panic!("deploys {c}"),
+        }
+    }
+
+    #[test]
+    fn a_push_to_the_apps_branch_deploys_its_after_commit() {
+        let main = BranchName::parse("main").unwrap();
+        let (a, b) = ("a".repeat(40), "b".repeat(40));
+        let p = push("refs/heads/main", &a, &b);
+        match decide(&main, "push", EventKind::Push, Some(&p)) {
+            Decision::Deploy(c, _) => assert_eq!(c.as_str(), b),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn tags_other_branches_deletions_test_deliveries_and_other_events_are_ignored_with_the_reason() {
+        let main = BranchName::parse("main").unwrap();
+        let (zero, a, b) = ("0".repeat(40), "a".repeat(40), "b".repeat(40));
+        let cases = [
+            (EventKind::Push, push("refs/tags/v1", &zero, &b), "tag v1 does not deploy"),
+            (EventKind::TagPush, push("refs/tags/v1", &zero, &b), "tag v1 does not deploy"),
+            (EventKind::TagPush, push("refs/heads/main", &a, &b), "is a tag push"),
+            (EventKind::Push, push("refs/heads/feature", &a, &b), "not the app's branch main"),
+            (EventKind::Push, push("refs/heads/main", &a, &zero), "branch main was deleted"),
+            (EventKind::Push, push("refs/heads/main", &b, &b), "test delivery"),
+            (EventKind::Push, push("refs/heads/main", &zero, &zero), "empty repository"),
+        ];
+        for (kind, p, why) in &cases {
+            let reason = ignored(decide(&main, "e", *kind, Some(p)));
+            assert!(reason.contains(why), "{kind:?} {p:?}: {reason}");
+        }
+        let p = push("refs/heads/main", &a, &b);
+        let reason = ignored(decide(&main, "Merge Request Hook", EventKind::Other, Some(&p)));
+        assert_eq!(reason, "event \"Merge Request Hook\" does not deploy; only pushes do");
+        assert!(ignored(decide(&main, "delete", EventKind::Other, None)).contains("\"delete\""));
+    }
 }

@@ -1,6 +1,8 @@
 //! Reading a delivery: the JSON (raw, or inside a form body's `payload` field) and the few fields
-//! of a push that matter: repository, ref and `after`. Everything is checked before use: a ref
-//! that is not a valid branch or tag name, or an `after` that is not a hex object id, is refused.
+//! of a push that matter: repository, ref, `before` and `after`. Where a forge puts them is its
+//! provider's business ([`parse`] reads the `repository.full_name` of Forgejo, Gitea and GitHub);
+//! what they mean is checked here, the same for every forge: a ref that is not a valid branch or
+//! tag name, or an `after` that is not a hex object id, is refused.
 
 use std::borrow::Cow;
 
@@ -59,6 +61,7 @@ struct RawDelivery {
 
 /// The fields of any delivery kua-deploy looks at; only the repository is needed to check the
 /// signature, so the rest is read (and validated) only for a push.
+#[derive(Debug)]
 pub struct Delivery {
     pub repository: String,
     git_ref: Option<serde_json::Value>,
@@ -66,6 +69,7 @@ pub struct Delivery {
     before: Option<serde_json::Value>,
 }
 
+/// The payload of Forgejo, Gitea and GitHub: the repository is `repository.full_name`.
 pub fn parse(json: &[u8]) -> Result<Delivery, PayloadError> {
     let raw: RawDelivery = serde_json::from_slice(json).map_err(|e| PayloadError::Malformed(e.to_string()))?;
     let repository = raw
@@ -97,6 +101,17 @@ pub struct Push {
 }
 
 impl Delivery {
+    /// A delivery from the fields as its forge sent them, not yet validated; `repository` must
+    /// not be empty.
+    pub fn new(
+        repository: String,
+        git_ref: Option<serde_json::Value>,
+        after: Option<serde_json::Value>,
+        before: Option<serde_json::Value>,
+    ) -> Delivery {
+        Delivery { repository, git_ref, after, before }
+    }
+
     /// The raw ref and after, for the record, before they are validated.
     pub fn raw_ref(&self) -> Option<String> {
         self.git_ref.as_ref().and_then(|v| v.as_str()).map(|s| s.chars().take(300).collect())
