@@ -4,6 +4,9 @@ use std::time::Instant;
 
 use super::{DeployCtx, StepOutcome};
 
+/// A failure of this step is rolled back: no, new images are built beside the running ones.
+pub const ROLLS_BACK: bool = false;
+
 pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     let started = Instant::now();
     let images = match ctx.target.build(&ctx.app.services, &ctx.cancel, ctx.sink()).await {

@@ -6,6 +6,9 @@ use super::{DeployCtx, StepOutcome};
 use crate::git::GitError;
 use crate::host::RunError;
 
+/// A failure of this step is rolled back: no, the checkout is all it changed, and a failure leaves it as it was.
+pub const ROLLS_BACK: bool = false;
+
 pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     let branch = ctx.app.branch.clone();
     let before = match ctx.git.head().await {

@@ -8,6 +8,9 @@ use crate::config::MigrationPolicy;
 
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
+/// A failure of this step is rolled back: no, it runs before anything is recreated.
+pub const ROLLS_BACK: bool = false;
+
 pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     let Some(MigrationPolicy::Run { service, command }) = ctx.app.migrations.as_ref().map(|m| m.policy.clone()) else {
         return StepOutcome::Skipped("the migration policy is not run".into());

@@ -4,6 +4,9 @@
 use super::{DeployCtx, StepOutcome};
 use crate::config::MigrationPolicy;
 
+/// A failure of this step is rolled back: no, it only reads.
+pub const ROLLS_BACK: bool = false;
+
 pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     let Some(migrations) = ctx.app.migrations.clone() else {
         return StepOutcome::Succeeded("no migrations configured for this app: the gate passes".into());

@@ -180,6 +180,20 @@ async fn run_step(step: StepName, ctx: &mut DeployCtx) -> StepOutcome {
     }
 }
 
+/// Whether a failure of `step` is undone by a rollback: each step says so itself (it is a
+/// property of what the step does to the app, not of its name).
+fn rolls_back_on_failure(step: StepName) -> bool {
+    match step {
+        StepName::GitPull => git_pull::ROLLS_BACK,
+        StepName::MigrationGate => migration_gate::ROLLS_BACK,
+        StepName::Build => build::ROLLS_BACK,
+        StepName::Migrate => migrate::ROLLS_BACK,
+        StepName::Recreate => recreate::ROLLS_BACK,
+        StepName::Verify => verify::ROLLS_BACK,
+        StepName::Rollback => rollback::ROLLS_BACK,
+    }
+}
+
 /// How a deploy's run ended, for the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunEnd {
@@ -358,7 +372,7 @@ async fn run_steps(ctx: &mut DeployCtx, pending: Vec<StepName>) -> rusqlite::Res
                 store.step_finish(&id, step, StepStatus::Failed, &detail)?;
                 // kua-deploy's own recreate that failed never replaced this process: nothing to undo,
                 // and recreating the previous image would only restart it.
-                if matches!(step, StepName::Recreate | StepName::Verify) && !ctx.is_self() {
+                if rolls_back_on_failure(step) && !ctx.is_self() {
                     return roll_back(ctx, step, detail).await;
                 }
                 put_back(ctx).await;

@@ -8,6 +8,9 @@ use super::{apply_images, DeployCtx, StepOutcome};
 use crate::model::now_rfc3339;
 use crate::selfupdate::{hand_off, Handoff, HandoffEnd};
 
+/// A failure of this step is rolled back: yes, a half-done recreate may have removed the old containers.
+pub const ROLLS_BACK: bool = true;
+
 pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     if ctx.declared_self && ctx.self_target.is_none() {
         return StepOutcome::Failed(

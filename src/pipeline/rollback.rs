@@ -10,6 +10,9 @@ use super::{apply_images, DeployCtx, StepOutcome};
 use crate::model::now_rfc3339;
 use crate::target::Limits;
 
+/// A failure of this step is rolled back: no, a failed rollback is the end: there is nothing further to go back to.
+pub const ROLLS_BACK: bool = false;
+
 pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     if ctx.previous_images.is_empty() {
         return StepOutcome::Skipped("nothing ran before this deploy, so there is nothing to go back to".into());

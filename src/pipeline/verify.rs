@@ -6,6 +6,9 @@ use std::time::Duration;
 use super::{DeployCtx, StepOutcome};
 use crate::target::Limits;
 
+/// A failure of this step is rolled back: yes, the new containers run and did not prove themselves.
+pub const ROLLS_BACK: bool = true;
+
 pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     let Some(since) = ctx.recreate_started_at.clone() else {
         return StepOutcome::Failed("recreate did not record when it began".into());
