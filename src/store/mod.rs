@@ -307,9 +307,16 @@ impl Store {
     /// One round of the maintenance thread.
     fn maintain(&self, rounds: &mut Rounds) {
         let fs = health::filesystem_problem(&self.inner.dir);
+        let was_short = self.health_state().has(ProblemKind::Filesystem);
+        let room_back = was_short && fs.is_none();
         match fs {
             Some(p) => self.health_state().set(ProblemKind::Filesystem, p),
             None => self.health_state().clear(ProblemKind::Filesystem),
+        }
+        // Room is back: a backup that failed for want of it is retried now, not a minute later.
+        let backup_failed = self.inner.backups.lock().unwrap_or_else(|e| e.into_inner()).failed;
+        if room_back && backup_failed {
+            self.back_up();
         }
         let (pending, write_failed) = {
             let h = self.health_state();
