@@ -13,10 +13,13 @@
 //! - [`git`]: typed wrapper over the git commands the pipeline needs.
 //! - [`docker`]: typed wrappers over `docker` and `docker compose`.
 //! - [`store`]: SQLite state: deploys, steps, logs, webhook deliveries; schema migrations run on open;
-//!   the state dir's lock, the start-up check and backup, storage health.
+//!   the state dir's lock, the start-up check and backup, storage health; `lifecycle`, the one
+//!   writer of a deploy's phase.
+//! - [`target`]: the deploy target seam (`Target`: build, snapshot, apply, verify, restore, one-off
+//!   run); `target::compose` is Docker Compose, `target::fake` the unit tests' in-memory runtime.
 //! - [`pipeline`]: the steps, one file each, the runner that orders them, and the per-app queue.
-//! - [`selfupdate`]: deploying kua-deploy itself: the handoff to a transient container, and
-//!   `complete_self_recreate` at start.
+//! - [`selfupdate`]: deploying kua-deploy itself: discover, the handoff to a transient container,
+//!   the transient container's work, and `complete_self_recreate` at start.
 //! - [`api`]: the axum router: admin API, push webhooks, auth, errors; the listener that serves it
 //!   within timeouts and a connection cap.
 //! - [`app`]: `serve`: opens the store, recovers, starts the queue and the router.
@@ -24,7 +27,7 @@
 //!   over the API types.
 //!
 //! Imports point one way, down. The layers, lowest first: `model`; `host`, `store`; `config`, `git`,
-//! `docker`; `selfupdate`; `pipeline`; `api`; `app`; `cli`. A unit test (`layering.rs`) reads the
+//! `docker`; `target`; `selfupdate`; `pipeline`; `api`; `app`; `cli`. A unit test (`layering.rs`) reads the
 //! sources and refuses an import that points up.
 
 pub mod api;
