@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use super::{DeployCtx, StepOutcome};
+use super::{DeployCtx, Fact, StepOutcome};
 
 /// A failure of this step is rolled back: no, new images are built beside the running ones.
 pub const ROLLS_BACK: bool = false;
@@ -13,8 +13,8 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
         Ok(images) => images,
         Err(e) => return e.into(),
     };
-    if let Err(e) = ctx.store.set_images(&ctx.id, &images) {
-        return StepOutcome::Failed(format!("cannot record the image IDs: {e}"));
+    if let Err(e) = ctx.record(Fact::Images(images.clone())) {
+        return StepOutcome::Failed(e);
     }
     let list: Vec<String> = images.iter().map(|(s, id)| format!("{s}={}", id.short())).collect();
     ctx.images = images;

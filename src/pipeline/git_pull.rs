@@ -2,7 +2,7 @@
 //! refuse a commit not on the branch, a checkout with local changes or local commits, then check
 //! the target out.
 
-use super::{DeployCtx, StepOutcome};
+use super::{DeployCtx, Fact, StepOutcome};
 use crate::git::GitError;
 use crate::host::RunError;
 
@@ -51,8 +51,8 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
             Err(e) => return e.into(),
         },
     };
-    if let Err(e) = ctx.store.set_commits(&ctx.id, Some(&before), &target) {
-        return StepOutcome::Failed(format!("cannot record the commits: {e}"));
+    if let Err(e) = ctx.record(Fact::Commits { before: before.clone(), commit: target.clone() }) {
+        return StepOutcome::Failed(e);
     }
     ctx.commit_before = Some(before.clone());
     ctx.commit = Some(target.clone());
@@ -63,7 +63,7 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     // in the reflog). HEAD is safe to move when origin has it, or when a deploy put it there.
     let known = match ctx.git.is_on_branch(&before, &branch).await {
         Ok(true) => true,
-        Ok(false) => ctx.store.was_deployed(&ctx.app.name, &before).unwrap_or(false),
+        Ok(false) => ctx.was_deployed(&before).unwrap_or(false),
         Err(e) => return e.into(),
     };
     if !known {
@@ -86,8 +86,8 @@ async fn resolve_compose(ctx: &mut DeployCtx, pulled: String) -> StepOutcome {
         Ok(p) => p,
         Err(e) => return e.into(),
     };
-    if let Err(e) = ctx.store.set_compose(&ctx.id, &plan.project, &plan.files) {
-        return StepOutcome::Failed(format!("cannot record the Compose project: {e}"));
+    if let Err(e) = ctx.record(Fact::Plan { project: plan.project.clone(), files: plan.files.clone() }) {
+        return StepOutcome::Failed(e);
     }
     ctx.project = Some(plan.project.clone());
     let files = if plan.files.is_empty() { "as Compose finds them".to_owned() } else { plan.files.join(", ") };

@@ -16,10 +16,9 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     };
     // What runs is the last verified deploy, not HEAD: a deploy that moved the checkout and then
     // stopped (cancelled at the gate, failed build) has not applied its migrations.
-    let deployed = match ctx.store.last_succeeded(&ctx.app.name) {
-        Ok(Some(d)) => d.commit.or(ctx.commit_before.clone()),
-        Ok(None) => ctx.commit_before.clone(),
-        Err(e) => return StepOutcome::Failed(format!("cannot read the last deploy: {e}")),
+    let deployed = match ctx.last_succeeded_commit() {
+        Ok(c) => c.or(ctx.commit_before.clone()),
+        Err(e) => return StepOutcome::Failed(e),
     };
     let Some(deployed) = deployed else {
         return StepOutcome::Failed("no deployed commit to compare with".into());
@@ -44,13 +43,13 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
         MigrationPolicy::Run { .. } => {
             StepOutcome::Succeeded(format!("policy run, the migrate step runs them: {list}"))
         }
-        MigrationPolicy::Block => match ctx.store.migrations_approved(&ctx.id) {
+        MigrationPolicy::Block => match ctx.migrations_approved() {
             Ok(true) => StepOutcome::Succeeded(format!("policy block, approved by the trigger: {list}")),
             Ok(false) => StepOutcome::AwaitApproval(format!(
                 "policy block: {list}; approve with POST /api/v1/deploys/{}/approve",
                 ctx.id
             )),
-            Err(e) => StepOutcome::Failed(format!("cannot read the approval: {e}")),
+            Err(e) => StepOutcome::Failed(e),
         },
     }
 }

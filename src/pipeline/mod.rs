@@ -24,7 +24,7 @@ use crate::config::{AppConfig, MigrationPolicy};
 use crate::docker::DockerError;
 use crate::git::{Git, GitError};
 use crate::host::{Host, LogSink, RunError};
-use crate::model::{CommitSha, Deploy, DeployId, Images, Phase, StepName, StepStatus};
+use crate::model::{CommitSha, Deploy, DeployId, Images, Phase, ProjectName, StepName, StepStatus, VerifyReport};
 use crate::selfupdate::SelfTarget;
 use crate::store::{LogWriter, Store};
 use crate::target::{Target, TargetError};
@@ -93,9 +93,27 @@ impl From<DockerError> for StepOutcome {
     }
 }
 
-/// Everything a step may read or write while a deploy runs.
+/// What a step learned that the deploy's record must keep. Steps hand facts to the runner
+/// ([`DeployCtx::record`]), which writes them; a step never writes the store itself.
+#[derive(Debug, Clone)]
+pub enum Fact {
+    /// git_pull: what was checked out before, and the target.
+    Commits { before: CommitSha, commit: CommitSha },
+    /// git_pull: the project and files the checkout gives.
+    Plan { project: ProjectName, files: Vec<String> },
+    /// build: each service's image ID.
+    Images(Images),
+    /// recreate, before it touches anything: what ran, and when the recreate began. Written before
+    /// the recreate starts, so that a restarted server knows to resume the deploy.
+    RecreateBegun { previous: Images, previous_commit: Option<CommitSha>, at: String },
+    /// verify: what it saw.
+    Verified(VerifyReport),
+}
+
+/// Everything a step may read or write while a deploy runs. The store is the runner's: steps
+/// read and record through the methods below.
 pub struct DeployCtx {
-    pub store: Store,
+    store: Store,
     pub app: AppConfig,
     pub id: DeployId,
     pub requested_commit: Option<CommitSha>,
@@ -113,7 +131,7 @@ pub struct DeployCtx {
     /// The commit whose Compose configuration ran before the recreate.
     pub previous_commit: Option<CommitSha>,
     /// The project git_pull resolved (recorded on the deploy).
-    pub project: Option<crate::model::ProjectName>,
+    pub project: Option<ProjectName>,
     pub recreate_started_at: Option<String>,
     /// This process took the deploy over from one that died in recreate, verify or rollback.
     pub resuming: bool,
@@ -160,6 +178,70 @@ impl DeployCtx {
 
     fn sink(&self) -> &dyn LogSink {
         &self.log
+    }
+
+    /// Writes `fact` into the deploy's record now; the error says what could not be recorded.
+    pub fn record(&self, fact: Fact) -> Result<(), String> {
+        let (what, result) = match &fact {
+            Fact::Commits { before, commit } => ("the commits", self.store.set_commits(&self.id, Some(before), commit)),
+            Fact::Plan { project, files } => ("the Compose project", self.store.set_compose(&self.id, project, files)),
+            Fact::Images(images) => ("the image IDs", self.store.set_images(&self.id, images)),
+            Fact::RecreateBegun { previous, previous_commit, at } => {
+                ("the previous images", self.store.set_recreate_begun(&self.id, previous, previous_commit.as_ref(), at))
+            }
+            Fact::Verified(report) => ("the verify result", self.store.set_verify(&self.id, report)),
+        };
+        result.map_err(|e| format!("cannot record {what}: {e}"))
+    }
+
+    /// Whether some earlier deploy of the app checked `commit` out.
+    pub fn was_deployed(&self, commit: &CommitSha) -> Result<bool, String> {
+        self.store.was_deployed(&self.app.name, commit).map_err(|e| format!("cannot read the app's deploys: {e}"))
+    }
+
+    /// The commit the app's last successful deploy ran.
+    pub fn last_succeeded_commit(&self) -> Result<Option<CommitSha>, String> {
+        match self.store.last_succeeded(&self.app.name) {
+            Ok(d) => Ok(d.and_then(|d| d.commit)),
+            Err(e) => Err(format!("cannot read the last deploy: {e}")),
+        }
+    }
+
+    /// Whether the trigger approved migrations beforehand.
+    pub fn migrations_approved(&self) -> Result<bool, String> {
+        self.store.migrations_approved(&self.id).map_err(|e| format!("cannot read the approval: {e}"))
+    }
+
+    /// The commit the app's containers were made from by the last deploy that ended well.
+    pub fn running_commit(&self) -> Result<Option<CommitSha>, String> {
+        self.store.running_commit(&self.app.name).map_err(|e| format!("cannot read the app's last deploy: {e}"))
+    }
+
+    /// Hands kua-deploy's own recreate to a transient container (the self app's recreate step).
+    async fn hand_off_self(&self, target: &SelfTarget, at: String) -> StepOutcome {
+        let Some(image) = self.images.get(&target.service).cloned() else {
+            return StepOutcome::Failed("the build did not record an image for kua-deploy's own service".into());
+        };
+        let Some(project) = self.project.clone() else {
+            return StepOutcome::Failed("git_pull did not record the Compose project".into());
+        };
+        let handoff = crate::selfupdate::Handoff {
+            store: &self.store,
+            id: &self.id,
+            app: &self.app,
+            project,
+            previous_commit: self.previous_commit.clone(),
+            host: self.host.clone(),
+            image,
+            previous: self.previous_images.get(&target.service).cloned(),
+            recreate_started_at: at,
+            cancel: &self.cancel,
+            log: &self.log,
+        };
+        match crate::selfupdate::hand_off(handoff, target).await {
+            crate::selfupdate::HandoffEnd::Replaced => StepOutcome::HandedOff,
+            crate::selfupdate::HandoffEnd::Failed(why) => StepOutcome::Failed(why),
+        }
     }
 
     /// Whether this deploy recreates kua-deploy itself.

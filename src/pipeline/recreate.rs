@@ -4,9 +4,8 @@
 //! recreate over to a transient container instead. Resumed after a restart, it waits for the
 //! recreate the previous process started and redoes it only if it did not complete.
 
-use super::{apply_images, DeployCtx, StepOutcome};
+use super::{apply_images, DeployCtx, Fact, StepOutcome};
 use crate::model::now_rfc3339;
-use crate::selfupdate::{hand_off, Handoff, HandoffEnd};
 
 /// A failure of this step is rolled back: yes, a half-done recreate may have removed the old containers.
 pub const ROLLS_BACK: bool = true;
@@ -31,41 +30,21 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
         Err(e) => return StepOutcome::NotStarted(format!("cannot read what runs now: {e}")),
     };
     // What runs came from the last deploy that ended well; without one, from what was checked out.
-    let previous_commit = match ctx.store.running_commit(&ctx.app.name) {
+    let previous_commit = match ctx.running_commit() {
         Ok(c) => c.or_else(|| ctx.commit_before.clone()),
-        Err(e) => return StepOutcome::NotStarted(format!("cannot read the app's last deploy: {e}")),
+        Err(e) => return StepOutcome::NotStarted(e),
     };
     let at = now_rfc3339();
-    if let Err(e) = ctx.store.set_recreate_begun(&ctx.id, &previous, previous_commit.as_ref(), &at) {
-        return StepOutcome::NotStarted(format!("cannot record the previous images: {e}"));
+    let begun =
+        Fact::RecreateBegun { previous: previous.clone(), previous_commit: previous_commit.clone(), at: at.clone() };
+    if let Err(e) = ctx.record(begun) {
+        return StepOutcome::NotStarted(e);
     }
     ctx.previous_images = previous;
     ctx.previous_commit = previous_commit;
     ctx.recreate_started_at = Some(at.clone());
     if let Some(target) = ctx.self_target.clone() {
-        let Some(image) = ctx.images.get(&target.service).cloned() else {
-            return StepOutcome::Failed("the build did not record an image for kua-deploy's own service".into());
-        };
-        let handoff = Handoff {
-            store: &ctx.store,
-            id: &ctx.id,
-            app: &ctx.app,
-            project: match ctx.project.clone() {
-                Some(p) => p,
-                None => return StepOutcome::Failed("git_pull did not record the Compose project".into()),
-            },
-            previous_commit: ctx.previous_commit.clone(),
-            host: ctx.host.clone(),
-            image,
-            previous: ctx.previous_images.get(&target.service).cloned(),
-            recreate_started_at: at,
-            cancel: &ctx.cancel,
-            log: &ctx.log,
-        };
-        return match hand_off(handoff, &target).await {
-            HandoffEnd::Replaced => StepOutcome::HandedOff,
-            HandoffEnd::Failed(why) => StepOutcome::Failed(why),
-        };
+        return ctx.hand_off_self(&target, at).await;
     }
     let images = ctx.images.clone();
     if let Err(stop) = apply_images(ctx, &images).await {

@@ -376,3 +376,14 @@ async fn a_recreate_found_not_done_after_a_restart_is_redone() {
     assert_eq!(d.phase, Phase::Succeeded, "{d:#?}");
     assert_eq!(target.calls(), ["wait fake-process", "apply 000000000002", "verify 000000000002"]);
 }
+
+#[test]
+fn no_step_writes_the_store_or_names_a_runtime_module() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/pipeline");
+    for step in ["git_pull", "migration_gate", "build", "migrate", "recreate", "verify", "rollback"] {
+        let text = std::fs::read_to_string(dir.join(format!("{step}.rs"))).unwrap();
+        for needle in ["ctx.store", "crate::store", "crate::docker", "target::compose", "selfupdate::"] {
+            assert!(!text.contains(needle), "{step}.rs names `{needle}`: go through ctx.record, ctx.target");
+        }
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{DeployCtx, StepOutcome};
+use super::{DeployCtx, Fact, StepOutcome};
 use crate::target::Limits;
 
 /// A failure of this step is rolled back: yes, the new containers run and did not prove themselves.
@@ -21,8 +21,8 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
         Ok(o) => o,
         Err(e) => return e.into(),
     };
-    if let Err(e) = ctx.store.set_verify(&ctx.id, &outcome.report) {
-        return StepOutcome::Failed(format!("cannot record the verify result: {e}"));
+    if let Err(e) = ctx.record(Fact::Verified(outcome.report.clone())) {
+        return StepOutcome::Failed(e);
     }
     match outcome.failure {
         None => StepOutcome::Succeeded(format!(
