@@ -146,6 +146,9 @@ impl Store {
         };
         insert_delivery_in(&tx, app, &delivery)?;
         tx.commit()?;
+        if let PushRecord::Queued { superseded, .. } = &result {
+            superseded.iter().for_each(|id| self.notify(id, super::Change::Phase));
+        }
         Ok(result)
     }
 }

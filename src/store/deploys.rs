@@ -171,6 +171,10 @@ impl Store {
                 params![to.as_str(), id.as_str()],
             )?
         };
+        drop(conn);
+        if changed == 1 {
+            self.notify(id, super::Change::Phase);
+        }
         Ok(changed == 1)
     }
 
