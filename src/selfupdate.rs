@@ -287,9 +287,10 @@ pub async fn run_transient(args: TransientArgs) -> i32 {
                 return Err(format!("docker compose up failed: {}", out.last_line()));
             }
             let images: Images = [(service, image)].into();
-            let outcome = verify_services(&compose.docker(), compose.project(), &images, &since, limits, &never)
-                .await
-                .map_err(|e| e.to_string())?;
+            let outcome =
+                verify_services(&compose.docker(), compose.project(), &images, &since, limits, &never, &Print)
+                    .await
+                    .map_err(|e| e.to_string())?;
             outcome.failure.map_or(Ok(()), Err)
         }
     };

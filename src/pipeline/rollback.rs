@@ -38,7 +38,17 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
         timeout: Duration::from_secs(ctx.app.verify.timeout_s),
         stable: Duration::from_secs(ctx.app.verify.stable_s),
     };
-    match verify_services(&ctx.compose.docker(), ctx.compose.project(), &previous, &since, limits, &ctx.cancel).await {
+    match verify_services(
+        &ctx.compose.docker(),
+        ctx.compose.project(),
+        &previous,
+        &since,
+        limits,
+        &ctx.cancel,
+        &ctx.log,
+    )
+    .await
+    {
         Ok(o) if o.failure.is_none() => {
             let list: Vec<String> = previous.iter().map(|(s, id)| format!("{s}={}", id.short())).collect();
             let back = format!("the previous images run again{back_to}: {}", list.join(" "));

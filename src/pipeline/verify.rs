@@ -14,13 +14,20 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
         timeout: Duration::from_secs(ctx.app.verify.timeout_s),
         stable: Duration::from_secs(ctx.app.verify.stable_s),
     };
-    let outcome =
-        match verify_services(&ctx.compose.docker(), ctx.compose.project(), &ctx.images, &since, limits, &ctx.cancel)
-            .await
-        {
-            Ok(o) => o,
-            Err(e) => return e.into(),
-        };
+    let outcome = match verify_services(
+        &ctx.compose.docker(),
+        ctx.compose.project(),
+        &ctx.images,
+        &since,
+        limits,
+        &ctx.cancel,
+        &ctx.log,
+    )
+    .await
+    {
+        Ok(o) => o,
+        Err(e) => return e.into(),
+    };
     if let Err(e) = ctx.store.set_verify(&ctx.id, &outcome.report) {
         return StepOutcome::Failed(format!("cannot record the verify result: {e}"));
     }

@@ -193,7 +193,10 @@ mod tests {
             received_at: now_rfc3339(),
         };
         let record = store.record_push(&new(TriggerSource::Webhook), delivery).unwrap();
-        assert!(matches!(&record, PushRecord::Queued { superseded, .. } if superseded == &[id.clone()]), "{record:?}");
+        assert!(
+            matches!(&record, PushRecord::Queued { superseded, .. } if superseded.as_slice() == std::slice::from_ref(&id)),
+            "{record:?}"
+        );
         assert!(wakes(w.phase_changed()).await, "a deploy superseded by a push wakes its waiters");
         assert_eq!(store.deploy(&id).unwrap().unwrap().phase, Phase::Cancelled);
     }
