@@ -227,44 +227,78 @@ pub async fn logs(
         let page = LogPage { deploy_id: deploy.deploy_id, phase: deploy.phase, lines, next_after, more };
         return Ok(Json(page).into_response());
     }
-    // Follow: poll the store and send new lines as NDJSON until the deploy stops (ends, or waits
-    // for approval), then one last item with its phase.
-    let id = deploy.deploy_id.clone();
-    let shutdown = state.shutdown.clone();
-    let stream = futures::stream::unfold((after, false), move |(after, done)| {
-        let store = store.clone();
-        let id = id.clone();
-        let shutdown = shutdown.clone();
-        async move {
-            if done {
-                return None;
-            }
-            loop {
-                let phase = store.deploy(&id).ok().flatten().map(|d| d.phase).unwrap_or(Phase::Failed);
-                let (lines, _) = store.log_page(&id, after, limit, LOG_PAGE_BYTES).unwrap_or_default();
-                if !lines.is_empty() {
-                    let next = lines.last().map(|l| l.seq).unwrap_or(after);
-                    let mut chunk = String::new();
-                    for l in lines {
-                        chunk.push_str(&serde_json::to_string(&FollowItem::Line(l)).expect("serializes"));
-                        chunk.push('\n');
-                    }
-                    return Some((Ok::<_, std::io::Error>(chunk), (next, false)));
-                }
-                if phase.is_terminal() || phase == Phase::AwaitingApproval {
-                    let end = serde_json::to_string(&FollowItem::End { end: true, phase }).expect("serializes") + "\n";
-                    return Some((Ok(end), (after, true)));
-                }
-                // The server is stopping: end the stream without an end item, so the client
-                // knows it did not see the deploy end and can resume after the restart.
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                    _ = shutdown.cancelled() => return None,
-                }
-            }
-        }
+    // Follow: send new lines as NDJSON as they are written, until the deploy stops (ends, or
+    // waits for approval), then one last item with its phase. The watch is made before the first
+    // read, so nothing written after that read is missed.
+    let follow = Follow {
+        watch: store.watch(&deploy.deploy_id),
+        store,
+        id: deploy.deploy_id.clone(),
+        after,
+        limit,
+        shutdown: state.shutdown.clone(),
+        done: false,
+    };
+    let stream = futures::stream::unfold(follow, |mut f| async move {
+        let chunk = f.next_chunk().await?;
+        Some((Ok::<_, std::io::Error>(chunk), f))
     });
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response())
+}
+
+/// Once woken by a change, a follower waits this long before it reads, so that a burst of log
+/// lines (a build's output) goes out as one chunk rather than one read per line.
+const FOLLOW_BATCH: Duration = Duration::from_millis(20);
+/// A follower reads again after this long even when nothing woke it. Every write of a phase or a
+/// log line notifies (see `store::events`), so this is only a safety net against a write path
+/// that one day forgets to: a stream would then lag by this much instead of hanging.
+const FOLLOW_SAFETY_TICK: Duration = Duration::from_secs(5);
+
+/// A `?follow=1` log stream: where it stands in one deploy's log.
+struct Follow {
+    store: crate::store::Store,
+    watch: crate::store::DeployWatch,
+    id: DeployId,
+    after: i64,
+    limit: usize,
+    shutdown: tokio_util::sync::CancellationToken,
+    done: bool,
+}
+
+impl Follow {
+    /// The next NDJSON chunk: the lines written since the last one, else — once the deploy has
+    /// stopped — its end item. None ends the stream: after the end item, or without one when the
+    /// server is stopping, so the client knows it did not see the deploy end and can resume
+    /// after the restart.
+    async fn next_chunk(&mut self) -> Option<String> {
+        if self.done {
+            return None;
+        }
+        loop {
+            // The phase is read before the lines: when it is terminal and no line is left, no
+            // line can come after.
+            let phase = self.store.deploy(&self.id).ok().flatten().map(|d| d.phase).unwrap_or(Phase::Failed);
+            let (lines, _) = self.store.log_page(&self.id, self.after, self.limit, LOG_PAGE_BYTES).unwrap_or_default();
+            if let Some(last) = lines.last() {
+                self.after = last.seq;
+                let mut chunk = String::new();
+                for l in lines {
+                    chunk.push_str(&serde_json::to_string(&FollowItem::Line(l)).expect("serializes"));
+                    chunk.push('\n');
+                }
+                return Some(chunk);
+            }
+            if phase.is_terminal() || phase == Phase::AwaitingApproval {
+                self.done = true;
+                return Some(serde_json::to_string(&FollowItem::End { end: true, phase }).expect("serializes") + "\n");
+            }
+            tokio::select! {
+                _ = self.watch.changed() => tokio::time::sleep(FOLLOW_BATCH).await,
+                _ = tokio::time::sleep(FOLLOW_SAFETY_TICK) => {}
+                _ = self.shutdown.cancelled() => return None,
+            }
+        }
+    }
 }
 
 pub async fn approve(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<Deploy>, ApiError> {

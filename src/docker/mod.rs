@@ -3,6 +3,7 @@
 //! they prove themselves (verify).
 
 pub mod compose;
+pub mod events;
 pub mod watch;
 
 use std::time::Duration;
@@ -15,6 +16,11 @@ use crate::host::{Cmd, Host, NoLog, RunError};
 use crate::model::{ImageId, ProjectName, ServiceName};
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The labels Compose puts on the containers it creates.
+const PROJECT_LABEL: &str = "com.docker.compose.project";
+const SERVICE_LABEL: &str = "com.docker.compose.service";
+const ONEOFF_LABEL: &str = "com.docker.compose.oneoff";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -38,6 +44,10 @@ pub struct ContainerInfo {
     pub restart_count: i64,
     /// The exit status of a container that has exited (0 while it runs).
     pub exit_code: i64,
+    /// The Compose service it was created for (`com.docker.compose.service`) when Compose created
+    /// it as one (`com.docker.compose.oneoff=False`); None for one-off and transient containers,
+    /// which may carry the service label only because they inherited it from the image.
+    pub service: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -48,6 +58,8 @@ struct InspectContainer {
     image: String,
     state: InspectState,
     restart_count: i64,
+    #[serde(default)]
+    config: Option<InspectConfig>,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +153,18 @@ impl Docker {
         self.inspect_containers(&ids).await
     }
 
+    /// Every container Compose created for a service of `project` (see [`Self::service_containers`]),
+    /// in two commands whatever the number of services.
+    pub async fn project_containers(&self, project: &ProjectName) -> Result<Vec<ContainerInfo>, DockerError> {
+        let filters = [format!("label={PROJECT_LABEL}={project}"), format!("label={ONEOFF_LABEL}=False")];
+        let ids = self.ps(&filters, "{{.ID}}").await?;
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.inspect_containers(&ids).await
+    }
+
     /// `docker ps --all` with these filters, each container printed with `format`.
     async fn ps(&self, filters: &[String], format: &str) -> Result<String, DockerError> {
         let mut args = argv(["docker", "ps", "--all", "--no-trunc", "--format", format]);
@@ -172,6 +196,10 @@ impl Docker {
                 started_at: c.state.started_at,
                 restart_count: c.restart_count,
                 exit_code: c.state.exit_code,
+                service: c.config.and_then(|c| c.labels).and_then(|mut l| {
+                    let created_by_compose = l.get(ONEOFF_LABEL).is_some_and(|v| v == "False");
+                    l.remove(SERVICE_LABEL).filter(|_| created_by_compose)
+                }),
             })
             .collect())
     }

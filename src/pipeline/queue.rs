@@ -40,6 +40,9 @@ pub enum QueueError {
     Store(#[from] rusqlite::Error),
 }
 
+/// How long a cancel waits for the running deploy to stop before it answers with what it sees.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
+
 /// A trigger as the queue takes it.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -311,12 +314,17 @@ impl Queue {
             }
         };
         if stopping {
-            for _ in 0..50 {
+            // Made before the phase is read: an end written in between still wakes it.
+            let mut watch = store.watch(id);
+            let until = tokio::time::Instant::now() + CANCEL_WAIT;
+            loop {
                 let d = store.deploy(id)?.expect("exists");
                 if d.phase.is_terminal() {
                     return Ok(d);
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                if tokio::time::timeout_at(until, watch.phase_changed()).await.is_err() {
+                    break;
+                }
             }
         }
         Ok(store.deploy(id)?.expect("exists"))

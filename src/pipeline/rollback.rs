@@ -44,7 +44,7 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
         timeout: Duration::from_secs(ctx.app.verify.timeout_s),
         stable: Duration::from_secs(ctx.app.verify.stable_s),
     };
-    match ctx.target.verify(&previous, &since, limits, &ctx.cancel).await {
+    match ctx.target.verify(&previous, &since, limits, &ctx.cancel, ctx.sink()).await {
         Ok(o) if o.failure.is_none() => {
             let list: Vec<String> = previous.iter().map(|(s, id)| format!("{s}={}", id.short())).collect();
             let back = format!("the previous images run again{back_to}: {}", list.join(" "));

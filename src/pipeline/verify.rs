@@ -17,7 +17,7 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
         timeout: Duration::from_secs(ctx.app.verify.timeout_s),
         stable: Duration::from_secs(ctx.app.verify.stable_s),
     };
-    let outcome = match ctx.target.verify(&ctx.images, &since, limits, &ctx.cancel).await {
+    let outcome = match ctx.target.verify(&ctx.images, &since, limits, &ctx.cancel, ctx.sink()).await {
         Ok(o) => o,
         Err(e) => return e.into(),
     };

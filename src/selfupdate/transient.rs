@@ -67,7 +67,7 @@ pub async fn run_transient(args: TransientArgs) -> i32 {
             target.resolve(&services, &never, &Print).await.map_err(|e| e.to_string())?;
             let images: Images = [(services[0].clone(), image)].into();
             target.apply(&images, &|_| {}, &never, &Print).await.map_err(|e| e.to_string())?;
-            let outcome = target.verify(&images, &since, limits, &never).await.map_err(|e| e.to_string())?;
+            let outcome = target.verify(&images, &since, limits, &never, &Print).await.map_err(|e| e.to_string())?;
             outcome.failure.map_or(Ok(()), Err)
         }
     };

@@ -141,6 +141,7 @@ impl Store {
         drop(conn);
         if let PushRecord::Queued { superseded, .. } = &result {
             for id in superseded {
+                self.notify(id, super::Change::Phase);
                 self.ended(id, Phase::Cancelled);
             }
         }

@@ -184,6 +184,9 @@ impl Store {
             tx.commit()?;
             moved
         };
+        if moved {
+            self.notify(id, super::Change::Phase);
+        }
         if moved && to.is_terminal() {
             self.ended(id, to);
         }

@@ -48,8 +48,9 @@ impl LogSink for LogWriter {
         let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
         let seq = *next;
         *next += 1;
-        if let Err(e) = self.store.append_log(&self.deploy, seq, stream.as_str(), &text) {
-            self.store.note_write_error(&format!("storing a log line of deploy {}", self.deploy), &e);
+        match self.store.append_log(&self.deploy, seq, stream.as_str(), &text) {
+            Ok(()) => self.store.notify(&self.deploy, super::Change::Log),
+            Err(e) => self.store.note_write_error(&format!("storing a log line of deploy {}", self.deploy), &e),
         }
     }
 }

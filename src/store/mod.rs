@@ -15,6 +15,7 @@
 mod backup;
 mod deliveries;
 mod deploys;
+mod events;
 mod health;
 mod lifecycle;
 mod lock;
@@ -32,6 +33,7 @@ use rusqlite::Connection;
 pub use backup::{BACKUP_FILE, DB_FILE};
 pub use deliveries::PushRecord;
 pub use deploys::{NewDeploy, Orphans};
+pub use events::{Change, DeployWatch};
 pub use health::storage_failure;
 pub use lifecycle::{EndHook, Transition, TABLE as TRANSITIONS};
 pub use lock::{LockError, LOCK_FILE};
@@ -83,6 +85,8 @@ struct Inner {
     maintenance: Mutex<Connection>,
     health: Mutex<Health>,
     backups: Mutex<BackupMark>,
+    /// Who waits on which deploy's changes.
+    events: Arc<events::Bus>,
     dir: PathBuf,
     /// Called once for each deploy that ends (see `lifecycle`).
     end_hooks: Mutex<Vec<EndHook>>,
@@ -139,6 +143,7 @@ impl Store {
                     failed: false,
                     last_deploy: backup_state.last_deploy(),
                 }),
+                events: Arc::default(),
                 dir: state_dir.to_owned(),
                 end_hooks: Mutex::new(Vec::new()),
                 lock: Mutex::new(lock),
@@ -164,6 +169,17 @@ impl Store {
 
     fn health_state(&self) -> MutexGuard<'_, Health> {
         self.inner.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for changes to deploy `id`: make it before reading the deploy, then wait on it.
+    pub fn watch(&self, id: &DeployId) -> DeployWatch {
+        self.inner.events.watch(id)
+    }
+
+    /// Wakes whoever waits on deploy `id`; every write of a phase or a log line calls it once
+    /// the write is done.
+    pub(crate) fn notify(&self, id: &DeployId, change: Change) {
+        self.inner.events.notify(id, change);
     }
 
     /// What is wrong with storage now, if anything.

@@ -200,10 +200,12 @@ impl Target for ComposeTarget {
         since: &str,
         limits: Limits,
         cancel: &CancellationToken,
+        log: &dyn LogSink,
     ) -> Result<Verified, TargetError> {
         let compose = self.compose();
         let limits = watch::Limits { timeout: limits.timeout, stable: limits.stable };
-        let o = watch::verify_services(&compose.docker(), compose.project(), images, since, limits, cancel).await?;
+        let o =
+            watch::verify_services(&compose.docker(), compose.project(), images, since, limits, cancel, log).await?;
         Ok(Verified { report: o.report, failure: o.failure })
     }
 

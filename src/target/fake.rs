@@ -154,6 +154,7 @@ impl Target for FakeTarget {
         since: &str,
         _: Limits,
         cancel: &CancellationToken,
+        _: &dyn LogSink,
     ) -> Result<Verified, TargetError> {
         if cancel.is_cancelled() {
             return Err(TargetError::Stopped);

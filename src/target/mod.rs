@@ -112,6 +112,7 @@ pub trait Target: Send + Sync {
         since: &str,
         limits: Limits,
         cancel: &CancellationToken,
+        log: &dyn LogSink,
     ) -> Result<Verified, TargetError>;
 
     /// Points the services' image names back at `snapshot`'s images, without recreating anything:
