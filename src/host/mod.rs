@@ -234,7 +234,7 @@ impl Host {
             }
             HostSpec::Ssh(h) => ssh_command(h, cmd),
         };
-        // Quick queries (verify inspects every 50 ms) end on their own soon enough; PDEATHSIG
+        // Quick queries (inspect, rev-parse) end on their own soon enough; PDEATHSIG
         // takes them. Anything that may run long gets the guard.
         if let Some(guard) = self.redactor.child_guard.as_ref().filter(|_| cmd.timeout > GUARD_AFTER) {
             command = guarded(guard, command);
