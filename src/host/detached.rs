@@ -5,12 +5,10 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use super::pump::FileFollower;
-use super::ssh::ssh_command;
-use super::{kill_group, Cmd, Host, HostSpec, LogSink, Output, Redactor, RunError};
+use super::{kill_group, Cmd, Host, LogSink, Output, Redactor, RunError};
 
 /// A command started to outlive kua-deploy: in a session of its own, its output going to a file,
 /// never to a pipe whose reader could die. A `compose up` stopped halfway leaves the app without
@@ -88,24 +86,7 @@ fn start_ticks(pid: u32) -> Option<u64> {
 impl Host {
     /// Starts `cmd` detached (see [`Detached`]), its stdout and stderr appended to `output`.
     pub fn spawn_detached(&self, cmd: &Cmd, output: &std::path::Path) -> Result<Detached, RunError> {
-        let program = cmd.argv.first().cloned().unwrap_or_default();
-        let mut command = match &*self.kind {
-            HostSpec::Local => {
-                if let Some(dir) = cmd.cwd.as_ref().filter(|d| !d.is_dir()) {
-                    return Err(RunError::NoWorkDir { program, dir: dir.clone() });
-                }
-                let mut c = Command::new(&program);
-                c.args(&cmd.argv[1..]);
-                if let Some(dir) = &cmd.cwd {
-                    c.current_dir(dir);
-                }
-                for (k, v) in &cmd.env {
-                    c.env(k, v);
-                }
-                c
-            }
-            HostSpec::Ssh(h) => ssh_command(h, cmd),
-        };
+        let (mut command, program) = self.command(cmd)?;
         let spawn_err = |source| RunError::Spawn { program: program.clone(), source };
         if let Some(dir) = output.parent() {
             std::fs::create_dir_all(dir).map_err(spawn_err)?;

@@ -214,10 +214,11 @@ impl Host {
         &self.redactor
     }
 
-    /// Runs `cmd` to completion, or kills its process group on timeout or cancel.
-    pub async fn run(&self, cmd: &Cmd, cancel: &CancellationToken, sink: &dyn LogSink) -> Result<Output, RunError> {
+    /// The process that runs `cmd` here: the argv itself, or `ssh` running it on the host; with
+    /// the command's program name, for errors.
+    pub(crate) fn command(&self, cmd: &Cmd) -> Result<(Command, String), RunError> {
         let program = cmd.argv.first().cloned().unwrap_or_default();
-        let mut command = match &*self.kind {
+        let command = match &*self.kind {
             HostSpec::Local => {
                 if let Some(dir) = cmd.cwd.as_ref().filter(|d| !d.is_dir()) {
                     return Err(RunError::NoWorkDir { program, dir: dir.clone() });
@@ -234,6 +235,12 @@ impl Host {
             }
             HostSpec::Ssh(h) => ssh_command(h, cmd),
         };
+        Ok((command, program))
+    }
+
+    /// Runs `cmd` to completion, or kills its process group on timeout or cancel.
+    pub async fn run(&self, cmd: &Cmd, cancel: &CancellationToken, sink: &dyn LogSink) -> Result<Output, RunError> {
+        let (mut command, program) = self.command(cmd)?;
         // Quick queries (inspect, rev-parse) end on their own soon enough; PDEATHSIG
         // takes them. Anything that may run long gets the guard.
         if let Some(guard) = self.redactor.child_guard.as_ref().filter(|_| cmd.timeout > GUARD_AFTER) {
