@@ -25,9 +25,8 @@ use crate::docker::DockerError;
 use crate::git::{Git, GitError};
 use crate::host::{Host, LogSink, RunError};
 use crate::model::{CommitSha, Deploy, DeployId, Images, Phase, ProjectName, StepName, StepStatus, VerifyReport};
-use crate::selfupdate::SelfTarget;
 use crate::store::{LogWriter, Store};
-use crate::target::{Target, TargetError};
+use crate::target::{HandOffEnd, HandOffRequest, SelfHandOff, Target, TargetError};
 
 /// The steps a deploy of `app` plans when it is queued; `rollback` is added only if needed.
 pub fn planned_steps(app: &AppConfig) -> Vec<StepName> {
@@ -136,7 +135,7 @@ pub struct DeployCtx {
     /// This process took the deploy over from one that died in recreate, verify or rollback.
     pub resuming: bool,
     /// Set when this deploy's app is kua-deploy's own: recreate hands over instead.
-    pub self_target: Option<SelfTarget>,
+    pub self_handoff: Option<Arc<dyn SelfHandOff>>,
     /// The registry's `self` names this app (even if its container was not found).
     pub declared_self: bool,
 }
@@ -170,7 +169,7 @@ impl DeployCtx {
             project: deploy.project.clone(),
             recreate_started_at: None,
             resuming: false,
-            self_target: None,
+            self_handoff: None,
             declared_self: false,
             app,
         }
@@ -217,15 +216,15 @@ impl DeployCtx {
         self.store.running_commit(&self.app.name).map_err(|e| format!("cannot read the app's last deploy: {e}"))
     }
 
-    /// Hands kua-deploy's own recreate to a transient container (the self app's recreate step).
-    async fn hand_off_self(&self, target: &SelfTarget, at: String) -> StepOutcome {
-        let Some(image) = self.images.get(&target.service).cloned() else {
+    /// Hands kua-deploy's own recreate over (the self app's recreate step).
+    async fn hand_off_self(&self, handoff: &dyn SelfHandOff, at: String) -> StepOutcome {
+        let Some(image) = self.images.get(handoff.service()).cloned() else {
             return StepOutcome::Failed("the build did not record an image for kua-deploy's own service".into());
         };
         let Some(project) = self.project.clone() else {
             return StepOutcome::Failed("git_pull did not record the Compose project".into());
         };
-        let handoff = crate::selfupdate::Handoff {
+        let req = HandOffRequest {
             store: &self.store,
             id: &self.id,
             app: &self.app,
@@ -233,20 +232,20 @@ impl DeployCtx {
             previous_commit: self.previous_commit.clone(),
             host: self.host.clone(),
             image,
-            previous: self.previous_images.get(&target.service).cloned(),
+            previous: self.previous_images.get(handoff.service()).cloned(),
             recreate_started_at: at,
             cancel: &self.cancel,
             log: &self.log,
         };
-        match crate::selfupdate::hand_off(handoff, target).await {
-            crate::selfupdate::HandoffEnd::Replaced => StepOutcome::HandedOff,
-            crate::selfupdate::HandoffEnd::Failed(why) => StepOutcome::Failed(why),
+        match handoff.hand_off(req).await {
+            HandOffEnd::Replaced => StepOutcome::HandedOff,
+            HandOffEnd::Failed(why) => StepOutcome::Failed(why),
         }
     }
 
     /// Whether this deploy recreates kua-deploy itself.
     pub fn is_self(&self) -> bool {
-        self.self_target.is_some() || self.declared_self
+        self.self_handoff.is_some() || self.declared_self
     }
 }
 

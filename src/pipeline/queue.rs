@@ -19,6 +19,7 @@ use crate::model::{AppName, Delivery, Deploy, DeployId, Phase, StepName, Trigger
 use crate::selfupdate::{self, SelfTarget};
 use crate::store::{NewDeploy, PushRecord, Store};
 use crate::target::compose::ComposeTarget;
+use crate::target::SelfHandOff;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -265,7 +266,7 @@ impl Queue {
         let mut ctx = DeployCtx::new(store, config, &deploy, host, cancel, control, target);
         ctx.resuming = resuming;
         ctx.declared_self = self.inner.registry.self_app.as_ref() == Some(app);
-        ctx.self_target = match self.inner.self_target.clone().filter(|t| &t.app == app) {
+        let self_target = match self.inner.self_target.clone().filter(|t| &t.app == app) {
             Some(t) => Some(t),
             // Not found at start (the engine may not have answered yet): look again.
             None if ctx.declared_self => {
@@ -274,6 +275,7 @@ impl Queue {
             }
             None => None,
         };
+        ctx.self_handoff = self_target.map(|t| Arc::new(t) as Arc<dyn SelfHandOff>);
         let end = run_deploy(ctx).await;
         tracing::info!(app = %app, deploy = %deploy.deploy_id, "deploy ended: {end:?}");
     }

@@ -11,7 +11,7 @@ use crate::model::now_rfc3339;
 pub const ROLLS_BACK: bool = true;
 
 pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
-    if ctx.declared_self && ctx.self_target.is_none() {
+    if ctx.declared_self && ctx.self_handoff.is_none() {
         return StepOutcome::Failed(
             "the registry's `self` names this app, but kua-deploy did not find itself in one of its containers \
              (is it running in the app's Compose service, with the engine reachable?); recreating it the ordinary \
@@ -43,8 +43,8 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     ctx.previous_images = previous;
     ctx.previous_commit = previous_commit;
     ctx.recreate_started_at = Some(at.clone());
-    if let Some(target) = ctx.self_target.clone() {
-        return ctx.hand_off_self(&target, at).await;
+    if let Some(handoff) = ctx.self_handoff.clone() {
+        return ctx.hand_off_self(handoff.as_ref(), at).await;
     }
     let images = ctx.images.clone();
     if let Err(stop) = apply_images(ctx, &images).await {

@@ -13,7 +13,7 @@ use crate::model::{
     AppName, BranchName, CommitSha, Deploy, Images, Phase, ServiceName, StepName, StepStatus, Trigger, TriggerSource,
 };
 use crate::store::{NewDeploy, Store};
-use crate::target::fake::FakeTarget;
+use crate::target::fake::{FakeHandOff, FakeTarget};
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = std::process::Command::new("git")
@@ -98,6 +98,17 @@ impl World {
 
     /// Runs `deploy` (or resumes it) to its end on `target`.
     async fn run(&self, deploy: &Deploy, target: &Arc<FakeTarget>, run: Run) -> (RunEnd, Deploy) {
+        self.run_self(deploy, target, run, None).await
+    }
+
+    /// Like [`World::run`], for kua-deploy's own app when `handoff` is given.
+    async fn run_self(
+        &self,
+        deploy: &Deploy,
+        target: &Arc<FakeTarget>,
+        run: Run,
+        handoff: Option<FakeHandOff>,
+    ) -> (RunEnd, Deploy) {
         let control = Arc::new(Mutex::new(Control::default()));
         let cancel = CancellationToken::new();
         if let Run::Cancelled = run {
@@ -114,6 +125,7 @@ impl World {
             target.clone(),
         );
         ctx.resuming = matches!(run, Run::Resume);
+        ctx.self_handoff = handoff.map(|h| Arc::new(h) as Arc<dyn crate::target::SelfHandOff>);
         if let Run::ShutdownAfter(ms) = run {
             tokio::spawn(async move {
                 tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
@@ -375,6 +387,34 @@ async fn a_recreate_found_not_done_after_a_restart_is_redone() {
     let (_, d) = w.run(&d, &target, Run::Resume).await;
     assert_eq!(d.phase, Phase::Succeeded, "{d:#?}");
     assert_eq!(target.calls(), ["wait fake-process", "apply 000000000002", "verify 000000000002"]);
+}
+
+#[tokio::test]
+async fn kua_deploys_own_recreate_is_handed_over_and_left_for_the_process_that_comes_back() {
+    let w = World::new(None, true);
+    let target = Arc::new(FakeTarget::default());
+    w.deployed(&target).await;
+    w.push("index.html", "v2");
+    target.with(|s| s.calls.clear());
+    let handoff = FakeHandOff { service: web(), fails: None };
+    let (end, d) = w.run_self(&w.queue(None), &target, Run::Normal, Some(handoff)).await;
+    assert_eq!(end, RunEnd::Paused);
+    assert_eq!(d.phase, Phase::SelfRecreatePending, "{d:#?}");
+    assert_eq!(d.previous_images, images(1), "what ran is recorded before the handoff");
+    assert!(!target.calls().iter().any(|c| c.starts_with("apply")), "no ordinary recreate: {:?}", target.calls());
+}
+
+#[tokio::test]
+async fn a_failed_handoff_fails_the_deploy_without_a_rollback_of_kua_deploy_itself() {
+    let w = World::new(None, true);
+    let target = Arc::new(FakeTarget::default());
+    w.deployed(&target).await;
+    w.push("index.html", "v2");
+    let handoff = FakeHandOff { service: web(), fails: Some("no engine socket mounted".into()) };
+    let (_, d) = w.run_self(&w.queue(None), &target, Run::Normal, Some(handoff)).await;
+    assert_eq!(d.phase, Phase::Failed, "{d:#?}");
+    assert!(d.step(StepName::Rollback).is_none(), "restarting itself on the old image would only stop it");
+    assert!(d.error.as_deref().unwrap().contains("no engine socket mounted"));
 }
 
 #[test]

@@ -3,15 +3,12 @@
 
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
 use super::discover::host_path;
 use super::SelfTarget;
-use crate::config::AppConfig;
 use crate::docker::Docker;
-use crate::host::{Host, LogSink, Stream};
-use crate::model::{CommitSha, DeployId, ImageId, ProjectName};
-use crate::store::Store;
+use crate::host::Stream;
+use crate::model::{DeployId, ServiceName};
+use crate::target::{HandOffEnd, HandOffRequest, SelfHandOff};
 
 /// How long the old process waits to be replaced before it calls the handoff failed.
 pub const HANDOFF_CEILING: Duration = Duration::from_secs(90);
@@ -23,50 +20,34 @@ pub fn transient_name(deploy: &DeployId) -> String {
     format!("kua-self-recreate-{}", deploy.as_str().replace('-', ""))
 }
 
-/// What the handoff needs of the deploy.
-pub struct Handoff<'a> {
-    pub store: &'a Store,
-    pub id: &'a DeployId,
-    pub app: &'a AppConfig,
-    /// The Compose project the deploy resolved.
-    pub project: ProjectName,
-    /// The commit whose Compose configuration ran before: a rollback returns the checkout to it.
-    pub previous_commit: Option<CommitSha>,
-    /// The local host, with the server's redaction and secret variables kept out.
-    pub host: Host,
-    pub image: ImageId,
-    pub previous: Option<ImageId>,
-    pub recreate_started_at: String,
-    pub cancel: &'a CancellationToken,
-    pub log: &'a dyn LogSink,
-}
+#[async_trait::async_trait]
+impl SelfHandOff for SelfTarget {
+    fn service(&self) -> &ServiceName {
+        &self.service
+    }
 
-/// How step 1 ended for the old process.
-#[derive(Debug)]
-pub enum HandoffEnd {
-    /// The engine is stopping this process: the transient container has taken over.
-    Replaced,
-    /// The handoff did not happen; the deploy is `running` again, with this reason.
-    Failed(String),
+    async fn hand_off(&self, req: HandOffRequest<'_>) -> HandOffEnd {
+        hand_off(req, self).await
+    }
 }
 
 /// Step 1: pre-mark, start the transient container, wait to be replaced.
-pub async fn hand_off(h: Handoff<'_>, target: &SelfTarget) -> HandoffEnd {
+pub async fn hand_off(h: HandOffRequest<'_>, target: &SelfTarget) -> HandOffEnd {
     let repo = h.app.repo.to_string_lossy().into_owned();
     let (Some(socket), Some(repo_on_host)) =
         (host_path(&target.container, SOCKET), host_path(&target.container, &repo))
     else {
-        return HandoffEnd::Failed(format!(
+        return HandOffEnd::Failed(format!(
             "kua-deploy's container must have the engine socket ({SOCKET}) and the checkout ({repo}) bind-mounted to hand its recreate over"
         ));
     };
     if repo_on_host != repo {
-        return HandoffEnd::Failed(format!(
+        return HandOffEnd::Failed(format!(
             "the checkout is mounted from {repo_on_host} at {repo}: mount it at the same path as on the host, since Compose resolves the project's paths from it"
         ));
     }
     if h.app.services.len() > 1 {
-        return HandoffEnd::Failed(format!(
+        return HandOffEnd::Failed(format!(
             "the self app lists {} services; it must list only kua-deploy's own ({}), since the handoff recreates and judges that one alone",
             h.app.services.len(),
             target.service
@@ -123,14 +104,14 @@ pub async fn hand_off(h: Handoff<'_>, target: &SelfTarget) -> HandoffEnd {
     }
     match h.store.hand_off(h.id, &format!("handed over to transient container {name}")) {
         Ok(true) => {}
-        other => return HandoffEnd::Failed(format!("cannot pre-mark the deploy self_recreate_pending: {other:?}")),
+        other => return HandOffEnd::Failed(format!("cannot pre-mark the deploy self_recreate_pending: {other:?}")),
     }
     let docker = Docker::new(h.host.clone());
     if let Err(e) = docker.run_detached(args, h.log).await {
         // `docker run` may have timed out after the container started: make sure it is gone.
         let _ = docker.remove_container(&name).await;
         let _ = h.store.take_back(h.id);
-        return HandoffEnd::Failed(format!("could not start the transient container: {e}"));
+        return HandOffEnd::Failed(format!("could not start the transient container: {e}"));
     }
     h.log.line(
         Stream::Info,
@@ -139,17 +120,17 @@ pub async fn hand_off(h: Handoff<'_>, target: &SelfTarget) -> HandoffEnd {
     tokio::select! {
         _ = tokio::time::sleep(HANDOFF_CEILING) => {}
         // The engine stopping this container is the handoff working: leave the marker as it is.
-        _ = h.cancel.cancelled() => return HandoffEnd::Replaced,
+        _ = h.cancel.cancelled() => return HandOffEnd::Replaced,
     }
     let report = docker.container_logs(&name, 20).await.unwrap_or_default();
     // Still here: stop the transient container before it replaces this process after all, then
     // end the deploy — unless the engine began stopping this process meanwhile.
     let _ = docker.remove_container(&name).await;
     if h.cancel.is_cancelled() {
-        return HandoffEnd::Replaced;
+        return HandOffEnd::Replaced;
     }
     let _ = h.store.take_back(h.id);
-    HandoffEnd::Failed(format!(
+    HandOffEnd::Failed(format!(
         "kua-deploy was still running {}s after the handoff; the transient container reported: {}",
         HANDOFF_CEILING.as_secs(),
         last_lines(&report, 5)

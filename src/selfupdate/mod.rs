@@ -25,5 +25,5 @@ mod transient;
 
 pub use complete::complete_self_recreate;
 pub use discover::{discover, SelfTarget};
-pub use handoff::{hand_off, transient_name, Handoff, HandoffEnd, HANDOFF_CEILING};
+pub use handoff::{hand_off, transient_name, HANDOFF_CEILING};
 pub use transient::{run_transient, TransientArgs};

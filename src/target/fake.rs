@@ -1,6 +1,7 @@
 //! An in-memory [`Target`] for the pipeline's unit tests: builds count up image IDs, what runs is
 //! a map, and each operation can be told to fail, an image to fail verify, or an apply to block
 //! until it is stopped (a recreate in flight when the server stops). It records every call.
+//! [`FakeHandOff`] stands in for the self-deploy's transient container.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use super::{Limits, Plan, Started, Target, TargetError, Verified};
+use super::{HandOffEnd, HandOffRequest, Limits, Plan, SelfHandOff, Started, Target, TargetError, Verified};
 use crate::host::LogSink;
 use crate::model::{ImageId, Images, ProjectName, ServiceCheck, ServiceName, VerifyReport};
 
@@ -198,5 +199,31 @@ impl Target for FakeTarget {
         _: &dyn LogSink,
     ) -> Result<(), TargetError> {
         self.call(&format!("oneoff {service} {}", command.join(" ")), "oneoff")
+    }
+}
+
+/// A [`SelfHandOff`] that marks the deploy handed over, as the real one does before it starts the
+/// transient container, or fails as told.
+#[derive(Debug)]
+pub struct FakeHandOff {
+    pub service: ServiceName,
+    /// Why the handoff fails, if it should.
+    pub fails: Option<String>,
+}
+
+#[async_trait]
+impl SelfHandOff for FakeHandOff {
+    fn service(&self) -> &ServiceName {
+        &self.service
+    }
+
+    async fn hand_off(&self, req: HandOffRequest<'_>) -> HandOffEnd {
+        if let Some(why) = &self.fails {
+            return HandOffEnd::Failed(why.clone());
+        }
+        match req.store.hand_off(req.id, "handed over to a fake") {
+            Ok(true) => HandOffEnd::Replaced,
+            other => HandOffEnd::Failed(format!("cannot mark the deploy handed over: {other:?}")),
+        }
     }
 }

@@ -14,8 +14,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::host::{LogSink, RunError};
-use crate::model::{Images, ProjectName, ServiceName, VerifyReport};
+use crate::config::AppConfig;
+use crate::host::{Host, LogSink, RunError};
+use crate::model::{CommitSha, DeployId, ImageId, Images, ProjectName, ServiceName, VerifyReport};
+use crate::store::Store;
 
 /// What the checkout at hand deploys, as the runtime reads it.
 #[derive(Debug, Clone)]
@@ -128,4 +130,42 @@ pub trait Target: Send + Sync {
         cancel: &CancellationToken,
         log: &dyn LogSink,
     ) -> Result<(), TargetError>;
+}
+
+/// What a handoff of kua-deploy's own recreate needs of the deploy.
+pub struct HandOffRequest<'a> {
+    pub store: &'a Store,
+    pub id: &'a DeployId,
+    pub app: &'a AppConfig,
+    /// The project the deploy resolved.
+    pub project: ProjectName,
+    /// The commit whose configuration ran before: a rollback returns the checkout to it.
+    pub previous_commit: Option<CommitSha>,
+    /// The local host, with the server's redaction and secret variables kept out.
+    pub host: Host,
+    pub image: ImageId,
+    pub previous: Option<ImageId>,
+    pub recreate_started_at: String,
+    pub cancel: &'a CancellationToken,
+    pub log: &'a dyn LogSink,
+}
+
+/// How a handoff ended for the process that asked for it.
+#[derive(Debug)]
+pub enum HandOffEnd {
+    /// This process is being replaced: the one that comes back ends the deploy.
+    Replaced,
+    /// The handoff did not happen; the deploy is `running` again, with this reason.
+    Failed(String),
+}
+
+/// Recreating kua-deploy's own service kills the process doing it: the recreate is handed to
+/// something that outlives it (for Compose, `selfupdate`'s transient container), which the
+/// deploy is marked as handed to through the store's lifecycle.
+#[async_trait]
+pub trait SelfHandOff: Send + Sync {
+    /// kua-deploy's own service.
+    fn service(&self) -> &ServiceName;
+
+    async fn hand_off(&self, req: HandOffRequest<'_>) -> HandOffEnd;
 }
