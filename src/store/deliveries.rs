@@ -226,6 +226,22 @@ mod tests {
     }
 
     #[test]
+    fn a_deploy_superseded_by_a_newer_push_ends_cancelled_and_the_end_hook_sees_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ended: std::sync::Arc<std::sync::Mutex<Vec<(DeployId, Phase)>>> = Default::default();
+        let e = ended.clone();
+        store.on_deploy_end(std::sync::Arc::new(move |id, phase| e.lock().unwrap().push((id.clone(), phase))));
+        let PushRecord::Queued { deploy_id: first, .. } = push(&store, X) else { panic!("queued") };
+        let PushRecord::Queued { superseded, .. } = push(&store, Y) else { panic!("queued") };
+        assert_eq!(superseded, [first.clone()]);
+        let d = store.deploy(&first).unwrap().unwrap();
+        assert_eq!(d.phase, Phase::Cancelled);
+        assert!(d.superseded_by.is_some());
+        assert_eq!(ended.lock().unwrap().clone(), [(first, Phase::Cancelled)]);
+    }
+
+    #[test]
     fn a_push_of_the_commit_an_api_deploy_resolved_is_a_duplicate_while_it_runs_and_once_it_succeeded() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
