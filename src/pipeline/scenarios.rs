@@ -144,6 +144,15 @@ impl World {
     }
 }
 
+/// An app whose first deploy left build 1 running, with a v2 pushed and not yet deployed.
+async fn v1_running_v2_pushed(rollback: bool) -> (World, Arc<FakeTarget>) {
+    let w = World::new(None, rollback);
+    let target = Arc::new(FakeTarget::default());
+    w.deployed(&target).await;
+    w.push("index.html", "v2");
+    (w, target)
+}
+
 #[derive(Clone, Copy)]
 enum Run {
     Normal,
@@ -247,10 +256,7 @@ async fn a_release_that_fails_verify_is_rolled_back_to_what_ran() {
 
 #[tokio::test]
 async fn a_recreate_that_fails_is_rolled_back_too() {
-    let w = World::new(None, true);
-    let target = Arc::new(FakeTarget::default());
-    w.deployed(&target).await;
-    w.push("index.html", "v2");
+    let (w, target) = v1_running_v2_pushed(true).await;
     // The new images' apply fails; the rollback's apply works.
     target.with(|s| {
         s.unstartable.insert(FakeTarget::image(2));
@@ -264,10 +270,7 @@ async fn a_recreate_that_fails_is_rolled_back_too() {
 
 #[tokio::test]
 async fn a_rollback_that_fails_too_ends_failed_saying_both() {
-    let w = World::new(None, true);
-    let target = Arc::new(FakeTarget::default());
-    w.deployed(&target).await;
-    w.push("index.html", "v2");
+    let (w, target) = v1_running_v2_pushed(true).await;
     target.with(|s| {
         s.next_build_broken = true;
         s.broken.insert(FakeTarget::image(1));
@@ -280,10 +283,7 @@ async fn a_rollback_that_fails_too_ends_failed_saying_both() {
 
 #[tokio::test]
 async fn with_rollback_off_a_failed_verify_ends_failed_and_nothing_is_brought_back() {
-    let w = World::new(None, false);
-    let target = Arc::new(FakeTarget::default());
-    w.deployed(&target).await;
-    w.push("index.html", "v2");
+    let (w, target) = v1_running_v2_pushed(false).await;
     target.with(|s| s.next_build_broken = true);
     let (_, d) = w.run(&w.queue(None), &target, Run::Normal).await;
     assert_eq!(d.phase, Phase::Failed);
@@ -330,10 +330,7 @@ async fn the_migration_gate_parks_the_deploy_until_it_is_approved() {
 
 #[tokio::test]
 async fn a_shutdown_during_the_recreate_leaves_the_deploy_running_and_the_next_start_verifies_it() {
-    let w = World::new(None, true);
-    let target = Arc::new(FakeTarget::default());
-    w.deployed(&target).await;
-    w.push("index.html", "v2");
+    let (w, target) = v1_running_v2_pushed(true).await;
     target.with(|s| s.apply_blocks = true);
     let deploy = w.queue(None);
     let (end, d) = w.run(&deploy, &target, Run::ShutdownAfter(300)).await;
@@ -353,10 +350,7 @@ async fn a_shutdown_during_the_recreate_leaves_the_deploy_running_and_the_next_s
 
 #[tokio::test]
 async fn a_deploy_resumed_after_its_verify_failed_rolls_back() {
-    let w = World::new(None, true);
-    let target = Arc::new(FakeTarget::default());
-    w.deployed(&target).await;
-    w.push("index.html", "v2");
+    let (w, target) = v1_running_v2_pushed(true).await;
     target.with(|s| {
         s.next_build_broken = true;
         s.apply_blocks = true;
@@ -372,10 +366,7 @@ async fn a_deploy_resumed_after_its_verify_failed_rolls_back() {
 
 #[tokio::test]
 async fn a_recreate_found_not_done_after_a_restart_is_redone() {
-    let w = World::new(None, true);
-    let target = Arc::new(FakeTarget::default());
-    w.deployed(&target).await;
-    w.push("index.html", "v2");
+    let (w, target) = v1_running_v2_pushed(true).await;
     target.with(|s| s.apply_blocks = true);
     let (_, d) = w.run(&w.queue(None), &target, Run::ShutdownAfter(300)).await;
     // As if the machine went down with the recreate: what ran before still runs.
@@ -391,10 +382,7 @@ async fn a_recreate_found_not_done_after_a_restart_is_redone() {
 
 #[tokio::test]
 async fn kua_deploys_own_recreate_is_handed_over_and_left_for_the_process_that_comes_back() {
-    let w = World::new(None, true);
-    let target = Arc::new(FakeTarget::default());
-    w.deployed(&target).await;
-    w.push("index.html", "v2");
+    let (w, target) = v1_running_v2_pushed(true).await;
     target.with(|s| s.calls.clear());
     let handoff = FakeHandOff { service: web(), fails: None };
     let (end, d) = w.run_self(&w.queue(None), &target, Run::Normal, Some(handoff)).await;
@@ -406,10 +394,7 @@ async fn kua_deploys_own_recreate_is_handed_over_and_left_for_the_process_that_c
 
 #[tokio::test]
 async fn a_failed_handoff_fails_the_deploy_without_a_rollback_of_kua_deploy_itself() {
-    let w = World::new(None, true);
-    let target = Arc::new(FakeTarget::default());
-    w.deployed(&target).await;
-    w.push("index.html", "v2");
+    let (w, target) = v1_running_v2_pushed(true).await;
     let handoff = FakeHandOff { service: web(), fails: Some("no engine socket mounted".into()) };
     let (_, d) = w.run_self(&w.queue(None), &target, Run::Normal, Some(handoff)).await;
     assert_eq!(d.phase, Phase::Failed, "{d:#?}");
