@@ -422,24 +422,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix=f"kua-bench-{run_id}-"))
     state: dict = {}
 
-    def on_term(signum, frame):  # SIGTERM: unwind like Ctrl-C, so cleanup runs
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        bench(args, root, run_id, state)
-        return 0
-    except KeyboardInterrupt:
-        log("\ninterrupted")
-        return 130
-    except BenchError as e:
-        log(f"\nbenchmark failed: {e}")
-        return 1
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        cleanup(root, run_id, state)
+    return do.run_and_clean_up(bench, cleanup, args, root, run_id, state)
 
 
 if __name__ == "__main__":

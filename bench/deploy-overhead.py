@@ -750,6 +750,30 @@ def cleanup(root: Path, run_id: str, state: dict) -> None:
     log(f"cleanup: removed {', '.join(removed) if removed else 'no Docker objects'} and {root}")
 
 
+def run_and_clean_up(bench_fn, cleanup_fn, args, root: Path, run_id: str, state: dict) -> int:
+    """Runs `bench_fn`, then `cleanup_fn` whatever happens (Ctrl-C, SIGTERM, a failure): 0, 130
+    on interruption, 1 on a `BenchError`. Shared by the other benchmarks in this folder."""
+
+    def on_term(signum, frame):  # SIGTERM: unwind like Ctrl-C, so cleanup runs
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
+    try:
+        bench_fn(args, root, run_id, state)
+        return 0
+    except KeyboardInterrupt:
+        log("\ninterrupted")
+        return 130
+    except BenchError as e:
+        log(f"\nbenchmark failed: {e}")
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        cleanup_fn(root, run_id, state)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="kua-deploy deploy overhead, idle memory and healthy->succeeded latency")
     ap.add_argument("--rounds", type=int, default=7, help="timed deploys per side (default 7)")
@@ -768,24 +792,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix=f"kua-bench-{run_id}-"))
     state: dict = {}
 
-    def on_term(signum, frame):  # SIGTERM: unwind like Ctrl-C, so cleanup runs
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
-    try:
-        bench(args, root, run_id, state)
-        return 0
-    except KeyboardInterrupt:
-        log("\ninterrupted")
-        return 130
-    except BenchError as e:
-        log(f"\nbenchmark failed: {e}")
-        return 1
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        cleanup(root, run_id, state)
+    return run_and_clean_up(bench, cleanup, args, root, run_id, state)
 
 
 CHILD_ENV = dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C")
