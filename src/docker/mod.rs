@@ -252,6 +252,14 @@ impl Docker {
         Ok(out.stdout.trim().to_owned())
     }
 
+    /// Waits until the container `id` has stopped (at most `limit`); its exit status.
+    pub async fn wait_container(&self, id: &str, limit: Duration) -> Result<i64, DockerError> {
+        let what = format!("waiting for container {id}");
+        let cmd = Cmd::new(argv(["docker", "wait", id])).timeout(limit);
+        let out = self.host.run_ok(&what, &cmd, &CancellationToken::new(), &NoLog).await?;
+        out.stdout.trim().parse().map_err(|_| DockerError::BadOutput { what, detail: out.stdout.trim().to_owned() })
+    }
+
     pub async fn remove_container(&self, id: &str) -> Result<(), DockerError> {
         self.query(&format!("removing container {id}"), argv(["docker", "rm", "--force", id])).await.map(drop)
     }

@@ -54,8 +54,19 @@ impl ProcessRef {
         }
     }
 
-    /// Waits until the process has ended, at most `limit`; whether it did.
+    /// Waits until the process has ended, at most `limit`; whether it did. The kernel says when
+    /// (a pidfd turns readable as the process exits); where pidfds are missing, it looks every
+    /// 100 ms.
     pub async fn wait_gone(&self, limit: Duration) -> bool {
+        // Opened before the check, so that the pid cannot be reused for another process between.
+        let pidfd = pidfd_open(self.pid);
+        if !self.is_alive() {
+            return true;
+        }
+        // SAFETY: the OwnedFd is moved in and owned by the AsyncFd alone, which closes it.
+        if let Some(fd) = pidfd.and_then(|fd| unsafe { tokio::io::unix::AsyncFd::register(fd) }.ok()) {
+            return tokio::time::timeout(limit, fd.readable()).await.is_ok() || !self.is_alive();
+        }
         let until = tokio::time::Instant::now() + limit;
         while self.is_alive() {
             if tokio::time::Instant::now() >= until {
@@ -65,6 +76,14 @@ impl ProcessRef {
         }
         true
     }
+}
+
+/// A file descriptor that becomes readable when process `pid` exits (Linux 5.3 and later).
+fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a plain syscall; a non-negative result is a new descriptor this function owns.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
 impl std::fmt::Display for ProcessRef {

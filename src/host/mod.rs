@@ -344,6 +344,19 @@ fn kill_group(pgid: Option<u32>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn waiting_for_a_detached_process_ends_when_it_exits_and_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let quick = Host::local().spawn_detached(&Cmd::new(["sleep", "0.3"]), &dir.path().join("a.log")).unwrap();
+        let started = std::time::Instant::now();
+        assert!(quick.process().wait_gone(Duration::from_secs(10)).await);
+        assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+        let slow = Host::local().spawn_detached(&Cmd::new(["sleep", "30"]), &dir.path().join("b.log")).unwrap();
+        assert!(!slow.process().wait_gone(Duration::from_millis(300)).await, "it still runs");
+        slow.process().kill_group();
+        assert!(slow.process().wait_gone(Duration::from_secs(10)).await);
+    }
     use std::sync::Mutex;
 
     struct Collect(Mutex<Vec<String>>);

@@ -64,23 +64,37 @@ async fn judge(
     let verify_s = registry.app(&deploy.app).map_or(120, |a| a.verify.timeout_s);
     let limit = Duration::from_secs(2 * (verify_s + 5 * 60) + 60);
     let started = std::time::Instant::now();
+    // Waited for with `docker wait`, which the engine answers when the container ends: no polling.
     let verdict = loop {
-        match docker.inspect_containers(&[&name]).await {
-            Ok(c) => match c.first() {
-                Some(c) if c.state == "running" || c.state == "created" || c.state == "restarting" => {}
-                Some(c) => break Some(c.exit_code),
-                None => break None,
-            },
-            Err(e) => tracing::warn!("inspecting {name} (retrying): {e}"),
-        }
-        if started.elapsed() > limit {
+        let left = limit.saturating_sub(started.elapsed());
+        if left.is_zero() {
             let why = format!(
                 "the transient container {name} gave no verdict within {}s; it was left running",
                 limit.as_secs()
             );
             return (Phase::Failed, Some(why), None);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        match docker.inspect_containers(&[&name]).await {
+            Ok(c) => match c.first() {
+                // Between `docker run` creating it and starting it: a moment.
+                Some(c) if c.state == "created" => tokio::time::sleep(Duration::from_millis(200)).await,
+                Some(c) if c.state == "running" || c.state == "restarting" => {
+                    match docker.wait_container(&name, left).await {
+                        Ok(code) => break Some(code),
+                        Err(e) => {
+                            tracing::warn!("waiting for {name} (retrying): {e}");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+                Some(c) => break Some(c.exit_code),
+                None => break None,
+            },
+            Err(e) => {
+                tracing::warn!("inspecting {name} (retrying): {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     };
     if let Ok(report) = docker.container_logs(&name, 200).await {
         for line in report.lines() {
