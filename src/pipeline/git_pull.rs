@@ -76,6 +76,7 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     if let Err(e) = ctx.git.checkout(&branch, &target, &ctx.cancel, ctx.sink()).await {
         return e.into();
     }
+    ctx.checked_out = true;
     resolve_compose(ctx, format!("{branch}: {} → {}", before.short(), target.short())).await
 }
 

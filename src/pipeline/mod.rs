@@ -134,6 +134,8 @@ pub struct DeployCtx {
     pub recreate_started_at: Option<String>,
     /// This process took the deploy over from one that died in recreate, verify or rollback.
     pub resuming: bool,
+    /// git_pull moved the checkout in this run (even if the step failed after that).
+    pub checked_out: bool,
     /// Set when this deploy's app is kua-deploy's own: recreate hands over instead.
     pub self_handoff: Option<Arc<dyn SelfHandOff>>,
     /// The registry's `self` names this app (even if its container was not found).
@@ -169,6 +171,7 @@ impl DeployCtx {
             project: deploy.project.clone(),
             recreate_started_at: None,
             resuming: false,
+            checked_out: false,
             self_handoff: None,
             declared_self: false,
             app,
@@ -391,6 +394,11 @@ fn resume_point(deploy: &Deploy) -> ResumeAt {
 
 /// Takes over a deploy a previous process left in recreate, verify or rollback.
 async fn resume(ctx: &mut DeployCtx) -> rusqlite::Result<RunEnd> {
+    if !ctx.store.resume(&ctx.id)? {
+        // Ended meanwhile (a storage failure recorded late): nothing to take over.
+        let phase = ctx.store.deploy(&ctx.id)?.map(|d| d.phase).unwrap_or(Phase::Failed);
+        return Ok(RunEnd::Finished(phase));
+    }
     let deploy = ctx.store.deploy(&ctx.id)?.expect("a deploy being resumed exists");
     ctx.recreate_started_at = ctx.store.recreate_started_at(&ctx.id)?;
     ctx.control.lock().unwrap_or_else(|e| e.into_inner()).recreate_began = true;
@@ -483,7 +491,7 @@ async fn put_back(ctx: &DeployCtx) {
     let (Some(before), Some(commit)) = (&ctx.commit_before, &ctx.commit) else { return };
     // Only a checkout git_pull itself made is undone: one it refused (local commits) is left alone.
     let pulled = ctx.store.deploy(&ctx.id).ok().flatten().and_then(|d| d.step(StepName::GitPull).map(|s| s.status));
-    if pulled != Some(StepStatus::Succeeded) {
+    if !ctx.checked_out && pulled != Some(StepStatus::Succeeded) {
         return;
     }
     let never = CancellationToken::new();

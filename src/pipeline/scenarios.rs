@@ -115,6 +115,9 @@ impl World {
             control.lock().unwrap().cancel_requested = true;
             cancel.cancel();
         }
+        if let Run::ShutDown = run {
+            cancel.cancel();
+        }
         let mut ctx = DeployCtx::new(
             self.store.clone(),
             self.app.clone(),
@@ -158,6 +161,8 @@ enum Run {
     Normal,
     /// A cancel arrived before the deploy started.
     Cancelled,
+    /// The server was stopping as the deploy started.
+    ShutDown,
     /// The server stops (shutdown) this many ms into the run.
     ShutdownAfter(u64),
     /// A restarted process takes it over.
@@ -309,6 +314,27 @@ async fn a_cancel_before_the_recreate_ends_cancelled_with_nothing_recreated() {
     assert_eq!(end, RunEnd::Finished(Phase::Cancelled));
     assert_eq!(d.phase, Phase::Cancelled, "{d:#?}");
     assert!(!target.calls().iter().any(|c| c.starts_with("apply")));
+}
+
+#[tokio::test]
+async fn a_shutdown_before_the_recreate_ends_interrupted_and_puts_nothing_in_place() {
+    let (w, target) = v1_running_v2_pushed(true).await;
+    let (_, d) = w.run(&w.queue(None), &target, Run::ShutDown).await;
+    assert_eq!(d.phase, Phase::Interrupted, "{d:#?}");
+    assert_eq!(target.state.lock().unwrap().running, images(1));
+}
+
+#[tokio::test]
+async fn a_checkout_whose_configuration_cannot_be_read_is_put_back() {
+    let (w, target) = v1_running_v2_pushed(true).await;
+    let v1 = w.head();
+    target.with(|s| {
+        s.failing.insert("resolve");
+    });
+    let (_, d) = w.run(&w.queue(None), &target, Run::Normal).await;
+    assert_eq!(d.phase, Phase::Failed, "{d:#?}");
+    assert_eq!(status(&d, StepName::GitPull), StepStatus::Failed);
+    assert_eq!(w.head(), v1, "the checkout git_pull moved is back at the commit that runs");
 }
 
 #[tokio::test]

@@ -5,9 +5,11 @@
 //! (start, finish, detail) live here too.
 //!
 //! A transition that ends a deploy calls the store's end hooks ([`Store::on_deploy_end`]) once it
-//! is committed: the guarded update succeeds once per deploy, so each hook sees each deploy end
-//! exactly once, whatever ended it (the runner, a cancel, a newer push, startup recovery, the
-//! self-deploy's completion, a storage failure recorded late).
+//! is committed. The guarded update succeeds once per deploy, so each hook sees each deploy end
+//! once, whatever ended it: the runner, a cancel, a newer push, startup recovery, the
+//! self-deploy's completion, a storage failure recorded late. A crash between the commit and the
+//! call loses the call, never the end (the record is right). A hook must be quick and must not
+//! call into the queue: a superseded deploy's end is reported under the queue's lock.
 
 use rusqlite::{params, Connection};
 
@@ -397,6 +399,73 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The lifecycle as the spec tells it, written out independently of `TABLE`.
+    #[test]
+    fn the_table_says_what_the_spec_says() {
+        let expected: &[(Transition, Phase, Phase)] = &[
+            (Transition::Start, Queued, Running),
+            (Transition::Park, Running, AwaitingApproval),
+            (Transition::Approve, AwaitingApproval, Queued),
+            (Transition::Cancel, Queued, Cancelled),
+            (Transition::Cancel, AwaitingApproval, Cancelled),
+            (Transition::Supersede, Queued, Cancelled),
+            (Transition::Supersede, AwaitingApproval, Cancelled),
+            (Transition::HandOff, Running, SelfRecreatePending),
+            (Transition::TakeBack, SelfRecreatePending, Running),
+            (Transition::Interrupt, Queued, Interrupted),
+            (Transition::Interrupt, Running, Interrupted),
+            (Transition::Fail, Queued, Failed),
+            (Transition::Fail, Running, Failed),
+            (Transition::Resume, Running, Running),
+        ];
+        let mut table: Vec<(Transition, Phase, Phase)> = TABLE
+            .iter()
+            .flat_map(|(t, froms, tos)| froms.iter().flat_map(move |f| tos.iter().map(move |to| (*t, *f, *to))))
+            .filter(|(t, _, _)| *t != Transition::Finish)
+            .collect();
+        let mut want = expected.to_vec();
+        let key = |x: &(Transition, Phase, Phase)| format!("{:?} {} {}", x.0, x.1, x.2);
+        table.sort_by_key(key);
+        want.sort_by_key(key);
+        assert_eq!(table, want);
+        // Finish: from running or handed over, to every terminal phase, and nowhere else.
+        for &from in Phase::ALL {
+            for &to in Phase::ALL {
+                let allowed =
+                    TABLE.iter().any(|(t, f, tos)| *t == Transition::Finish && f.contains(&from) && tos.contains(&to));
+                assert_eq!(
+                    allowed,
+                    matches!(from, Running | SelfRecreatePending) && to.is_terminal(),
+                    "Finish {from} → {to}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_named_methods_make_the_transitions_they_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = deploy_in(&store, Queued);
+        let phase = |id: &DeployId| store.deploy(id).unwrap().unwrap().phase;
+        assert!(store.start(&id).unwrap());
+        assert_eq!(phase(&id), Running);
+        assert!(store.park(&id, StepName::MigrationGate, "approve").unwrap());
+        assert_eq!(phase(&id), AwaitingApproval);
+        assert!(store.approve(&id, "ok").unwrap());
+        assert_eq!(phase(&id), Queued);
+        assert!(store.start(&id).unwrap() && store.resume(&id).unwrap());
+        assert!(store.hand_off(&id, "to t").unwrap());
+        assert_eq!(phase(&id), SelfRecreatePending);
+        assert!(!store.resume(&id).unwrap(), "a handed-over deploy is not resumed as running");
+        assert!(store.take_back(&id).unwrap());
+        assert!(store.finish(&id, RolledBack, Some("back"), "").unwrap());
+        assert_eq!(phase(&id), RolledBack);
+        let other = deploy_in(&store, AwaitingApproval);
+        assert!(store.cancel_waiting(&other, "no").unwrap());
+        assert_eq!(phase(&other), Cancelled);
     }
 
     #[test]

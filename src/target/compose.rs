@@ -78,7 +78,9 @@ impl Target for ComposeTarget {
         log: &dyn LogSink,
     ) -> Result<Plan, TargetError> {
         let resolved = self.compose().resolve(cancel, log).await?;
-        let image_names = Compose::image_names(&resolved, services)?;
+        // A service that is missing or has nothing to build is the build's failure to report,
+        // in its words; resolving only says what the checkout gives.
+        let image_names = Compose::image_names(&resolved, services).unwrap_or_default();
         self.remember(&image_names);
         let mut compose = self.compose.lock().unwrap_or_else(|e| e.into_inner());
         *compose = compose.clone().with_project(resolved.project.clone());
