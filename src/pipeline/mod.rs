@@ -21,7 +21,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AppConfig, MigrationPolicy};
-use crate::docker::DockerError;
 use crate::git::{Git, GitError};
 use crate::host::{Host, LogSink, RunError};
 use crate::model::{CommitSha, Deploy, DeployId, Images, Phase, ProjectName, StepName, StepStatus, VerifyReport};
@@ -79,15 +78,6 @@ impl From<TargetError> for StepOutcome {
         match e {
             TargetError::Stopped => StepOutcome::Stopped,
             TargetError::Failed(why) => StepOutcome::Failed(why),
-        }
-    }
-}
-
-impl From<DockerError> for StepOutcome {
-    fn from(e: DockerError) -> Self {
-        match e {
-            DockerError::Run(RunError::Cancelled { .. }) => StepOutcome::Stopped,
-            e => StepOutcome::Failed(e.to_string()),
         }
     }
 }
