@@ -338,6 +338,22 @@ async fn a_checkout_whose_configuration_cannot_be_read_is_put_back() {
 }
 
 #[tokio::test]
+async fn a_recreate_that_cannot_read_what_runs_fails_without_a_rollback_and_puts_the_checkout_back() {
+    let (w, target) = v1_running_v2_pushed(true).await;
+    let v1 = w.head();
+    target.with(|s| {
+        s.failing.insert("snapshot");
+        s.calls.clear();
+    });
+    let (_, d) = w.run(&w.queue(None), &target, Run::Normal).await;
+    assert_eq!(d.phase, Phase::Failed, "{d:#?}");
+    assert_eq!(status(&d, StepName::Recreate), StepStatus::Failed);
+    assert!(d.step(StepName::Rollback).is_none(), "nothing was touched, nothing is rolled back");
+    assert!(!target.calls().iter().any(|c| c.starts_with("apply")));
+    assert_eq!(w.head(), v1);
+}
+
+#[tokio::test]
 async fn the_migration_gate_parks_the_deploy_until_it_is_approved() {
     let w = World::new(Some(MigrationPolicy::Block), true);
     let target = Arc::new(FakeTarget::default());
