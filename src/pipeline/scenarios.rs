@@ -9,10 +9,11 @@ use tokio_util::sync::CancellationToken;
 use super::{planned_steps, run_deploy, Control, DeployCtx, RunEnd};
 use crate::config::{AppConfig, HostSpec, MigrationPolicy, MigrationsConfig, VerifyConfig};
 use crate::host::Host;
+use crate::model::Delivery;
 use crate::model::{
     AppName, BranchName, CommitSha, Deploy, Images, Phase, ServiceName, StepName, StepStatus, Trigger, TriggerSource,
 };
-use crate::store::{NewDeploy, Store};
+use crate::store::{NewDeploy, PushRecord, Store};
 use crate::target::fake::{FakeHandOff, FakeTarget};
 
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -368,6 +369,54 @@ async fn the_migration_gate_parks_the_deploy_until_it_is_approved() {
     let (_, d) = w.run(&w.store.deploy(&deploy.deploy_id).unwrap().unwrap(), &target, Run::Normal).await;
     assert_eq!(d.phase, Phase::Succeeded, "{d:#?}");
     assert_eq!(status(&d, StepName::MigrationGate), StepStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn a_newer_push_supersedes_a_parked_deploy_and_is_the_one_that_runs() {
+    let w = World::new(Some(MigrationPolicy::Block), true);
+    let target = Arc::new(FakeTarget::default());
+    w.deployed(&target).await;
+    w.push("migrations/002.sql", "alter");
+    let parked = w.queue(None);
+    assert_eq!(w.run(&parked, &target, Run::Normal).await.1.phase, Phase::AwaitingApproval);
+
+    let fixed = w.push("migrations/002.sql", "alter, fixed");
+    let push = NewDeploy {
+        app: w.app.name.clone(),
+        trigger: Trigger {
+            source: TriggerSource::Webhook,
+            delivery: Some("d-2".into()),
+            git_ref: "refs/heads/main".into(),
+            requested_commit: Some(CommitSha::parse(&fixed).unwrap()),
+        },
+        approve_migrations: true,
+        reason: None,
+        steps: planned_steps(&w.app),
+    };
+    let delivery = Delivery {
+        id: Some("d-2".into()),
+        provider: "forgejo".into(),
+        event: "push".into(),
+        repository: "kua/hello".into(),
+        git_ref: Some("refs/heads/main".into()),
+        after: Some(fixed.clone()),
+        outcome: String::new(),
+        reason: String::new(),
+        deploy_id: None,
+        received_at: crate::model::now_rfc3339(),
+    };
+    let PushRecord::Queued { deploy_id, superseded } = w.store.record_push(&push, delivery).unwrap() else {
+        panic!("the push is queued");
+    };
+    assert_eq!(superseded, [parked.deploy_id.clone()]);
+    let old = w.store.deploy(&parked.deploy_id).unwrap().unwrap();
+    assert_eq!(old.phase, Phase::Cancelled);
+    assert_eq!(old.superseded_by.as_ref(), Some(&deploy_id));
+    assert_eq!(status(&old, StepName::MigrationGate), StepStatus::Failed, "the gate that held it is closed");
+
+    let (_, d) = w.run(&w.store.deploy(&deploy_id).unwrap().unwrap(), &target, Run::Normal).await;
+    assert_eq!(d.phase, Phase::Succeeded, "{d:#?}");
+    assert_eq!(d.commit.map(|c| c.to_string()), Some(fixed));
 }
 
 #[tokio::test]
