@@ -408,7 +408,7 @@ async fn a_newer_push_supersedes_a_parked_deploy_and_is_the_one_that_runs() {
     let PushRecord::Queued { deploy_id, superseded } = w.store.record_push(&push, delivery).unwrap() else {
         panic!("the push is queued");
     };
-    assert_eq!(superseded, [parked.deploy_id.clone()]);
+    assert_eq!(superseded, std::slice::from_ref(&parked.deploy_id));
     let old = w.store.deploy(&parked.deploy_id).unwrap().unwrap();
     assert_eq!(old.phase, Phase::Cancelled);
     assert_eq!(old.superseded_by.as_ref(), Some(&deploy_id));

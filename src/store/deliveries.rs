@@ -234,7 +234,7 @@ mod tests {
         store.on_deploy_end(std::sync::Arc::new(move |id, phase| e.lock().unwrap().push((id.clone(), phase))));
         let PushRecord::Queued { deploy_id: first, .. } = push(&store, X) else { panic!("queued") };
         let PushRecord::Queued { superseded, .. } = push(&store, Y) else { panic!("queued") };
-        assert_eq!(superseded, [first.clone()]);
+        assert_eq!(superseded, std::slice::from_ref(&first));
         let d = store.deploy(&first).unwrap().unwrap();
         assert_eq!(d.phase, Phase::Cancelled);
         assert!(d.superseded_by.is_some());

@@ -60,6 +60,25 @@ pub const TABLE: &[(Transition, &[Phase], &[Phase])] = &[
     (Transition::Resume, &[Running], &[Running]),
 ];
 
+/// A step's own changes: which statuses a step may be started or finished from (a step the
+/// deploy did not plan — rollback — is added when it starts or finishes). A succeeded or skipped
+/// step is never changed again; a running one may start again (resumed after a restart), a failed
+/// one too (a rollback that a restart interrupted).
+pub const STEP_TABLE: &[(&str, &[StepStatus], &[StepStatus])] = &[
+    ("start", &[StepStatus::Pending, StepStatus::Running, StepStatus::Failed], &[StepStatus::Running]),
+    (
+        "finish",
+        &[StepStatus::Pending, StepStatus::Running, StepStatus::Failed],
+        &[StepStatus::Succeeded, StepStatus::Failed, StepStatus::Skipped],
+    ),
+];
+
+/// `status IN (…)` for the statuses `change` may leave, from [`STEP_TABLE`].
+fn step_from_sql(change: &str) -> String {
+    let (_, from, _) = STEP_TABLE.iter().find(|(c, _, _)| *c == change).expect("a step change in the table");
+    from.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(",")
+}
+
 /// Called with each deploy that ends, once.
 pub type EndHook = std::sync::Arc<dyn Fn(&DeployId, Phase) + Send + Sync>;
 
@@ -129,16 +148,24 @@ fn step_finish_in(
     step: StepName,
     status: StepStatus,
     detail: &str,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<bool> {
+    let ends_in = |c: &&(&str, &[StepStatus], &[StepStatus])| c.0 == "finish" && c.2.contains(&status);
+    if !STEP_TABLE.iter().any(|c| ends_in(&c)) {
+        return Ok(false);
+    }
     let now = now_rfc3339();
-    conn.execute(
-        "INSERT INTO steps (deploy_id, idx, name, status, started_at, finished_at, detail)
-         VALUES (?1, (SELECT COALESCE(MAX(idx), -1) + 1 FROM steps WHERE deploy_id = ?1), ?2, ?3, ?4, ?4, ?5)
-         ON CONFLICT (deploy_id, name) DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at,
-             detail = excluded.detail, started_at = COALESCE(steps.started_at, excluded.started_at)",
+    let changed = conn.execute(
+        &format!(
+            "INSERT INTO steps (deploy_id, idx, name, status, started_at, finished_at, detail)
+             VALUES (?1, (SELECT COALESCE(MAX(idx), -1) + 1 FROM steps WHERE deploy_id = ?1), ?2, ?3, ?4, ?4, ?5)
+             ON CONFLICT (deploy_id, name) DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at,
+                 detail = excluded.detail, started_at = COALESCE(steps.started_at, excluded.started_at)
+             WHERE steps.status IN ({})",
+            step_from_sql("finish")
+        ),
         params![id.as_str(), step.as_str(), status.as_str(), now, detail],
     )?;
-    Ok(())
+    Ok(changed == 1)
 }
 
 /// Supersedes `old` by `by` inside the caller's transaction (the push that replaces it is recorded
@@ -214,7 +241,7 @@ impl Store {
     /// `Approve`: awaiting_approval → queued, the migration gate succeeded with `detail`.
     pub fn approve(&self, id: &DeployId, detail: &str) -> rusqlite::Result<bool> {
         self.apply(id, Transition::Approve, Queued, None, |c| {
-            step_finish_in(c, id, StepName::MigrationGate, StepStatus::Succeeded, detail)
+            step_finish_in(c, id, StepName::MigrationGate, StepStatus::Succeeded, detail).map(drop)
         })
     }
 
@@ -268,20 +295,32 @@ impl Store {
 
     /// Starts a step; a step the deploy did not plan (rollback) is added at the end. A step started
     /// again (resumed after a restart) keeps its first start time.
-    pub fn step_start(&self, id: &DeployId, step: StepName, detail: &str) -> rusqlite::Result<()> {
-        self.conn().execute(
-            "INSERT INTO steps (deploy_id, idx, name, status, started_at, detail)
-             VALUES (?1, (SELECT COALESCE(MAX(idx), -1) + 1 FROM steps WHERE deploy_id = ?1), ?2, 'running', ?3, ?4)
-             ON CONFLICT (deploy_id, name) DO UPDATE SET status = 'running',
-                 started_at = COALESCE(steps.started_at, excluded.started_at), finished_at = NULL,
-                 detail = excluded.detail",
+    /// Whether it started: a succeeded or skipped step is not started again ([`STEP_TABLE`]).
+    pub fn step_start(&self, id: &DeployId, step: StepName, detail: &str) -> rusqlite::Result<bool> {
+        let changed = self.conn().execute(
+            &format!(
+                "INSERT INTO steps (deploy_id, idx, name, status, started_at, detail)
+                 VALUES (?1, (SELECT COALESCE(MAX(idx), -1) + 1 FROM steps WHERE deploy_id = ?1), ?2, 'running', ?3, ?4)
+                 ON CONFLICT (deploy_id, name) DO UPDATE SET status = 'running',
+                     started_at = COALESCE(steps.started_at, excluded.started_at), finished_at = NULL,
+                     detail = excluded.detail
+                 WHERE steps.status IN ({})",
+                step_from_sql("start")
+            ),
             params![id.as_str(), step.as_str(), now_rfc3339(), detail],
         )?;
-        Ok(())
+        Ok(changed == 1)
     }
 
-    /// Ends a step; a step the deploy did not plan (rollback) is added at the end.
-    pub fn step_finish(&self, id: &DeployId, step: StepName, status: StepStatus, detail: &str) -> rusqlite::Result<()> {
+    /// Ends a step; a step the deploy did not plan (rollback) is added at the end. Whether it
+    /// changed: a succeeded or skipped step keeps its end ([`STEP_TABLE`]).
+    pub fn step_finish(
+        &self,
+        id: &DeployId,
+        step: StepName,
+        status: StepStatus,
+        detail: &str,
+    ) -> rusqlite::Result<bool> {
         step_finish_in(&self.conn(), id, step, status, detail)
     }
 }
@@ -466,6 +505,38 @@ mod tests {
         let other = deploy_in(&store, AwaitingApproval);
         assert!(store.cancel_waiting(&other, "no").unwrap());
         assert_eq!(phase(&other), Cancelled);
+    }
+
+    #[test]
+    fn every_step_change_in_the_step_table_works_and_every_other_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for &from in StepStatus::ALL {
+            for (change, to) in
+                [("start", StepStatus::Running)].into_iter().chain(StepStatus::ALL.iter().map(|&to| ("finish", to)))
+            {
+                let id = deploy_in(&store, Running);
+                store
+                    .conn()
+                    .execute(
+                        "UPDATE steps SET status = ?1 WHERE deploy_id = ?2 AND name = 'git_pull'",
+                        params![from.as_str(), id.as_str()],
+                    )
+                    .unwrap();
+                let changed = match change {
+                    "start" => store.step_start(&id, StepName::GitPull, "").unwrap(),
+                    _ => store.step_finish(&id, StepName::GitPull, to, "").unwrap(),
+                };
+                let allowed = STEP_TABLE.iter().any(|(c, f, t)| *c == change && f.contains(&from) && t.contains(&to));
+                assert_eq!(changed, allowed, "{change} {from} → {to}");
+                let now = store.deploy(&id).unwrap().unwrap().step(StepName::GitPull).unwrap().status;
+                assert_eq!(now, if allowed { to } else { from }, "{change} {from} → {to}");
+            }
+        }
+        // A step the deploy did not plan is added by its first change.
+        let id = deploy_in(&store, Running);
+        assert!(store.step_start(&id, StepName::Rollback, "").unwrap());
+        assert_eq!(store.deploy(&id).unwrap().unwrap().steps.last().unwrap().name, StepName::Rollback);
     }
 
     #[test]
