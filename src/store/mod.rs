@@ -35,7 +35,7 @@ pub use deliveries::PushRecord;
 pub use deploys::{NewDeploy, Orphans};
 pub use events::{Change, DeployWatch};
 pub use health::storage_failure;
-pub use lifecycle::{EndHook, Transition, TABLE as TRANSITIONS};
+pub use lifecycle::{EndHook, Transition};
 pub use lock::{LockError, LOCK_FILE};
 pub use logs::{LogWriter, MAX_LOG_LINES};
 
