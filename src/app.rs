@@ -15,9 +15,10 @@ use crate::api::{self, listener, ApiState};
 use crate::config::{HostSpec, Registry, SecretSource};
 use crate::docker::Docker;
 use crate::host::{Host, Redactor};
-use crate::pipeline::queue::Queue;
+use crate::pipeline::{self, queue::Queue};
 use crate::selfupdate;
 use crate::store::Store;
+use crate::target::compose::ComposeTargets;
 
 /// `kua-deploy serve` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -135,14 +136,14 @@ async fn serve_inner(
         Some(t) => tracing::info!(app = %t.app, service = %t.service, "running as the self app's container"),
         None => tracing::debug!("not running in a self app's container"),
     }
-    let runs_dir = settings.state_dir.join("runs");
+    let targets = Arc::new(ComposeTargets { runs_dir: settings.state_dir.join("runs") });
     let queue = Queue::new(
         store.clone(),
         settings.registry.clone(),
         redactor.clone(),
         stop.clone(),
         self_target.clone(),
-        runs_dir,
+        targets,
     );
     queue.resume(orphans.resume);
     queue.resume_queued()?;
@@ -152,7 +153,8 @@ async fn serve_inner(
     {
         let (queue, registry) = (queue.clone(), settings.registry.clone());
         tokio::spawn(async move {
-            selfupdate::complete_self_recreate(&store, self_target.as_ref(), &registry, &local).await;
+            let witness = selfupdate::Witness::new(local, self_target);
+            pipeline::complete::complete_handoffs(&store, &witness, &registry).await;
             if let Err(e) = queue.resume_queued() {
                 tracing::error!("cannot resume the queue after a self-recreate: {e}");
             }
@@ -248,4 +250,10 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down: stopping running deploys");
+}
+
+/// `kua-deploy self-recreate`, inside the self-deploy's transient container: the pipeline's
+/// recreate, verify and rollback; the exit status is the verdict.
+pub async fn self_recreate(args: selfupdate::TransientArgs) -> i32 {
+    pipeline::transient::run(args).await
 }

@@ -117,7 +117,9 @@ pub async fn runtime_status(State(state): State<ApiState>, Path(app): Path<Strin
     let store = state.queue.store();
     let last = store.latest(&app.name)?;
     let ok = store.last_succeeded(&app.name)?;
-    match runtime::runtime_status(app, &state.redactor, last, ok.as_ref()).await {
+    let project = last.as_ref().and_then(|d| d.project.clone());
+    let target = state.queue.target(app, project);
+    match runtime::runtime_status(app, target.as_ref(), &state.redactor, last, ok.as_ref()).await {
         Ok(status) => Ok(Json(status).into_response()),
         Err(e) => Err(ApiError::new(
             StatusCode::BAD_GATEWAY,

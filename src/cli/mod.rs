@@ -113,7 +113,7 @@ pub async fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Serve(args) => report(crate::app::run(args).await),
         Command::Demo(args) => report(demo::run(args).await),
-        Command::SelfRecreate(args) => crate::selfupdate::run_transient(args).await,
+        Command::SelfRecreate(args) => crate::app::self_recreate(args).await,
         Command::CheckConfig(args) => check_config(&args),
         Command::Status(args) => show::status(args).await,
         Command::History(args) => show::history(args).await,

@@ -62,6 +62,11 @@ impl Compose {
 
     /// The project; before [`Compose::resolve`] of an app without one, a placeholder no container
     /// carries, so that nothing is taken for the app's.
+    /// Whether the project is known (given, or fixed by a resolve).
+    pub fn has_project(&self) -> bool {
+        self.project.is_some()
+    }
+
     pub fn project(&self) -> &ProjectName {
         static UNRESOLVED: std::sync::OnceLock<ProjectName> = std::sync::OnceLock::new();
         self.project

@@ -4,6 +4,7 @@
 //! [`DeployCtx`]; steps never call each other. [`queue`] decides which deploy runs when.
 
 mod build;
+pub mod complete;
 mod git_pull;
 mod migrate;
 mod migration_gate;
@@ -13,6 +14,7 @@ mod rollback;
 pub mod runtime;
 #[cfg(test)]
 mod scenarios;
+pub mod transient;
 mod verify;
 
 use std::sync::{Arc, Mutex};
@@ -25,7 +27,7 @@ use crate::git::{Git, GitError};
 use crate::host::{Host, LogSink, RunError};
 use crate::model::{CommitSha, Deploy, DeployId, Images, Phase, ProjectName, StepName, StepStatus, VerifyReport};
 use crate::store::{LogWriter, Store};
-use crate::target::{HandOffEnd, HandOffRequest, SelfHandOff, Target, TargetError};
+use crate::target::{HandOffEnd, HandOffRequest, Limits, SelfHandOff, Started, Target, TargetError};
 
 /// The steps a deploy of `app` plans when it is queued; `rollback` is added only if needed.
 pub fn planned_steps(app: &AppConfig) -> Vec<StepName> {
@@ -99,6 +101,20 @@ pub enum Fact {
     Verified(VerifyReport),
 }
 
+/// What recreate, verify and rollback work on: the runtime, the checkout, verify's limits, and who
+/// hears of the process that applies images. A deploy lends one from its [`DeployCtx`]; the
+/// self-deploy's transient container, which has no store, makes its own ([`transient`]) — so both
+/// run the same recreate, verify and rollback code.
+pub struct Runtime<'a> {
+    pub target: &'a dyn Target,
+    pub git: &'a Git,
+    pub limits: Limits,
+    pub cancel: &'a CancellationToken,
+    pub log: &'a dyn LogSink,
+    /// Told the process that applies images as soon as it runs.
+    pub started: Started<'a>,
+}
+
 /// Everything a step may read or write while a deploy runs. The store is the runner's: steps
 /// read and record through the methods below.
 pub struct DeployCtx {
@@ -130,6 +146,8 @@ pub struct DeployCtx {
     pub self_handoff: Option<Arc<dyn SelfHandOff>>,
     /// The registry's `self` names this app (even if its container was not found).
     pub declared_self: bool,
+    /// Records the process that applies images (see [`Runtime::started`]).
+    record_process: Box<dyn Fn(String) + Send + Sync>,
 }
 
 impl DeployCtx {
@@ -143,7 +161,14 @@ impl DeployCtx {
         target: Arc<dyn Target>,
     ) -> Self {
         let git = Git::new(host.clone(), app.repo.clone());
+        let (recorder, id) = (store.clone(), deploy.deploy_id.clone());
+        let record_process = Box::new(move |process: String| {
+            if let Err(e) = recorder.set_recreate_process(&id, Some(&process)) {
+                tracing::warn!(deploy = %id, "cannot record the recreate process {process}: {e}");
+            }
+        });
         Self {
+            record_process,
             log: LogWriter::new(store.clone(), deploy.deploy_id.clone()),
             store,
             id: deploy.deploy_id.clone(),
@@ -170,6 +195,22 @@ impl DeployCtx {
 
     fn sink(&self) -> &dyn LogSink {
         &self.log
+    }
+
+    /// The deploy's [`Runtime`]; the process that applies images is recorded on the deploy as soon
+    /// as it runs, so a restarted server can wait for it.
+    fn runtime(&self) -> Runtime<'_> {
+        Runtime {
+            target: self.target.as_ref(),
+            git: &self.git,
+            limits: Limits {
+                timeout: Duration::from_secs(self.app.verify.timeout_s),
+                stable: Duration::from_secs(self.app.verify.stable_s),
+            },
+            cancel: &self.cancel,
+            log: &self.log,
+            started: &*self.record_process,
+        }
     }
 
     /// Writes `fact` into the deploy's record now; the error says what could not be recorded.
@@ -278,21 +319,18 @@ pub enum RunEnd {
     LeftForResume,
 }
 
-/// Makes exactly `images` run through the target, recording the process that does it as soon as
-/// it runs, so a restarted server can wait for it. `Err` is the step's outcome.
+/// Makes exactly `images` run (recreate's own work, which rollback does too); the recorded
+/// process is cleared once it is done. `Err` is the step's outcome.
 async fn apply_images(ctx: &DeployCtx, images: &Images) -> Result<(), StepOutcome> {
-    let (store, id, log) = (ctx.store.clone(), ctx.id.clone(), &ctx.log);
-    let started = move |process: String| {
-        if let Err(e) = store.set_recreate_process(&id, Some(&process)) {
-            tracing::warn!(deploy = %id, "cannot record the recreate process {process}: {e}");
-        }
-    };
-    match ctx.target.apply(images, &started, &ctx.cancel, log).await {
-        Ok(()) => {
-            let _ = ctx.store.set_recreate_process(&ctx.id, None);
-            Ok(())
-        }
-        Err(e) => Err(e.into()),
+    recreate::apply(&ctx.runtime(), images).await?;
+    clear_recorded_recreate(ctx);
+    Ok(())
+}
+
+/// Forgets the recorded apply process once it is done.
+fn clear_recorded_recreate(ctx: &DeployCtx) {
+    if let Err(e) = ctx.store.set_recreate_process(&ctx.id, None) {
+        tracing::warn!(deploy = %ctx.id, "cannot clear the recorded recreate process: {e}");
     }
 }
 
@@ -441,17 +479,17 @@ async fn run_steps(ctx: &mut DeployCtx, pending: Vec<StepName>) -> rusqlite::Res
             StepOutcome::HandedOff => return Ok(RunEnd::Paused),
             StepOutcome::NotStarted(detail) => {
                 ctx.log.info(&format!("step {step} failed before it changed anything: {detail}"));
-                store.step_finish(&id, step, StepStatus::Failed, &detail)?;
                 ctx.control.lock().unwrap_or_else(|e| e.into_inner()).recreate_began = false;
                 put_back(ctx).await;
-                return finish(ctx, Phase::Failed, Some(format!("{step} failed: {detail}")), "not run");
+                let error = format!("{step} failed: {detail}");
+                return finish(ctx, Phase::Failed, Some(error), &[(step, StepStatus::Failed, &detail)], "not run");
             }
             StepOutcome::Failed(detail) => {
                 ctx.log.info(&format!("step {step} failed: {detail}"));
-                store.step_finish(&id, step, StepStatus::Failed, &detail)?;
                 // kua-deploy's own recreate that failed never replaced this process: nothing to undo,
                 // and recreating the previous image would only restart it.
                 if rolls_back_on_failure(step) && !ctx.is_self() {
+                    store.step_finish(&id, step, StepStatus::Failed, &detail)?;
                     return roll_back(ctx, step, detail).await;
                 }
                 put_back(ctx).await;
@@ -459,12 +497,13 @@ async fn run_steps(ctx: &mut DeployCtx, pending: Vec<StepName>) -> rusqlite::Res
                     ctx,
                     Phase::Failed,
                     Some(format!("{step} failed: {detail}")),
+                    &[(step, StepStatus::Failed, &detail)],
                     "not run: an earlier step failed",
                 );
             }
         }
     }
-    finish(ctx, Phase::Succeeded, None, "")
+    finish(ctx, Phase::Succeeded, None, &[], "")
 }
 
 fn stop_requested(ctx: &DeployCtx) -> bool {
@@ -528,7 +567,7 @@ fn stopped(ctx: &DeployCtx, when: &str) -> (Phase, String) {
 /// Ends the deploy before `step` starts.
 fn stop_before(ctx: &DeployCtx, step: StepName) -> rusqlite::Result<RunEnd> {
     let (phase, msg) = stopped(ctx, &format!("before step {step}"));
-    finish(ctx, phase, Some(msg), "not run")
+    finish(ctx, phase, Some(msg), &[], "not run")
 }
 
 /// Marks that recreate began, unless a cancel got there first.
@@ -541,39 +580,45 @@ fn begin_recreate(ctx: &DeployCtx) -> bool {
     true
 }
 
-fn finish(ctx: &DeployCtx, phase: Phase, error: Option<String>, skip_detail: &str) -> rusqlite::Result<RunEnd> {
+/// Ends the deploy in `phase`, closing the steps in `closing` in the same transaction.
+fn finish(
+    ctx: &DeployCtx,
+    phase: Phase,
+    error: Option<String>,
+    closing: &[(StepName, StepStatus, &str)],
+    skip_detail: &str,
+) -> rusqlite::Result<RunEnd> {
     // The last log line is written before the phase ends, so a follower sees it before the end.
     ctx.log.info(&format!("deploy ended: {phase}{}", error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()));
-    ctx.store.finish(&ctx.id, phase, error.as_deref(), skip_detail)?;
+    ctx.store.finish(&ctx.id, phase, error.as_deref(), closing, skip_detail)?;
     Ok(RunEnd::Finished(phase))
 }
 
 /// Ends the deploy after `step`'s command was killed, or a cancel came while it ran.
 fn finish_stopped(ctx: &DeployCtx, step: StepName) -> rusqlite::Result<RunEnd> {
     let (phase, msg) = stopped(ctx, &format!("during step {step}"));
-    ctx.store.step_finish(&ctx.id, step, StepStatus::Failed, &msg)?;
-    finish(ctx, phase, Some(msg), "not run")
+    finish(ctx, phase, Some(msg.clone()), &[(step, StepStatus::Failed, &msg)], "not run")
 }
 
 async fn roll_back(ctx: &mut DeployCtx, failed: StepName, why: String) -> rusqlite::Result<RunEnd> {
     let error = format!("{failed} failed: {why}");
     if !ctx.app.rollback {
-        return finish(ctx, Phase::Failed, Some(format!("{error}; rollback is off for this app")), "not run");
+        return finish(ctx, Phase::Failed, Some(format!("{error}; rollback is off for this app")), &[], "not run");
     }
     ctx.store.step_start(&ctx.id, StepName::Rollback, "")?;
     ctx.log.info("step rollback started");
     match rollback::run(ctx).await {
         StepOutcome::Succeeded(detail) => {
-            ctx.store.step_finish(&ctx.id, StepName::Rollback, StepStatus::Succeeded, &detail)?;
-            finish(ctx, Phase::RolledBack, Some(format!("{error}; rolled back: {detail}")), "not run")
+            let closing = [(StepName::Rollback, StepStatus::Succeeded, detail.as_str())];
+            finish(ctx, Phase::RolledBack, Some(format!("{error}; rolled back: {detail}")), &closing, "not run")
         }
         StepOutcome::Skipped(detail) => {
-            ctx.store.step_finish(&ctx.id, StepName::Rollback, StepStatus::Skipped, &detail)?;
-            finish(ctx, Phase::Failed, Some(format!("{error}; no rollback: {detail}")), "not run")
+            let closing = [(StepName::Rollback, StepStatus::Skipped, detail.as_str())];
+            finish(ctx, Phase::Failed, Some(format!("{error}; no rollback: {detail}")), &closing, "not run")
         }
         StepOutcome::Failed(detail) | StepOutcome::NotStarted(detail) | StepOutcome::AwaitApproval(detail) => {
-            ctx.store.step_finish(&ctx.id, StepName::Rollback, StepStatus::Failed, &detail)?;
-            finish(ctx, Phase::Failed, Some(format!("{error}; rollback failed too: {detail}")), "not run")
+            let closing = [(StepName::Rollback, StepStatus::Failed, detail.as_str())];
+            finish(ctx, Phase::Failed, Some(format!("{error}; rollback failed too: {detail}")), &closing, "not run")
         }
         StepOutcome::Stopped if left_for_resume(ctx, StepName::Rollback) => Ok(RunEnd::LeftForResume),
         StepOutcome::Stopped | StepOutcome::HandedOff => finish_stopped(ctx, StepName::Rollback),

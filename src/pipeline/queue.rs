@@ -4,7 +4,6 @@
 //! they must agree with the worker about what is running.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,14 +11,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{planned_steps, run_deploy, Control, DeployCtx, SharedControl};
-use crate::config::Registry;
+use crate::config::{AppConfig, Registry};
 use crate::docker::Docker;
 use crate::host::{Host, Redactor};
-use crate::model::{AppName, Delivery, Deploy, DeployId, Phase, StepName, Trigger};
+use crate::model::{AppName, Delivery, Deploy, DeployId, Phase, ProjectName, StepName, Trigger};
 use crate::selfupdate::{self, SelfTarget};
 use crate::store::{NewDeploy, PushRecord, Store};
-use crate::target::compose::ComposeTarget;
-use crate::target::SelfHandOff;
+use crate::target::{SelfHandOff, Target, Targets};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -74,7 +72,7 @@ struct Inner {
     redactor: Redactor,
     shutdown: CancellationToken,
     self_target: Option<SelfTarget>,
-    runs_dir: PathBuf,
+    targets: Arc<dyn Targets>,
     tracker: TaskTracker,
     slots: Mutex<HashMap<AppName, AppSlot>>,
 }
@@ -92,7 +90,7 @@ impl Queue {
         redactor: Redactor,
         shutdown: CancellationToken,
         self_target: Option<SelfTarget>,
-        runs_dir: PathBuf,
+        targets: Arc<dyn Targets>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -101,7 +99,7 @@ impl Queue {
                 redactor,
                 shutdown,
                 self_target,
-                runs_dir,
+                targets,
                 tracker: TaskTracker::new(),
                 slots: Mutex::new(HashMap::new()),
             }),
@@ -114,6 +112,12 @@ impl Queue {
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.inner.registry
+    }
+
+    /// The runtime of `app` on its host, as deploys see it; `project` as a deploy resolved it.
+    pub fn target(&self, app: &AppConfig, project: Option<ProjectName>) -> Arc<dyn Target> {
+        let host = Host::new(app.host.clone(), self.inner.redactor.clone());
+        self.inner.targets.target(app, project, "status", host)
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<AppName, AppSlot>> {
@@ -256,13 +260,8 @@ impl Queue {
         };
         let host = Host::new(config.host.clone(), self.inner.redactor.clone());
         // A deploy that already resolved its project (resumed, or approved) keeps it.
-        let target = Arc::new(ComposeTarget::new(
-            host.clone(),
-            config.repo.clone(),
-            deploy.project.clone().or_else(|| config.project.clone()),
-            config.compose_files.clone(),
-            self.inner.runs_dir.join(format!("{}.log", deploy.deploy_id)),
-        ));
+        let target =
+            self.inner.targets.target(&config, deploy.project.clone(), deploy.deploy_id.as_str(), host.clone());
         let mut ctx = DeployCtx::new(store, config, &deploy, host, cancel, control, target);
         ctx.resuming = resuming;
         ctx.declared_self = self.inner.registry.self_app.as_ref() == Some(app);

@@ -4,8 +4,9 @@
 //! recreate over to a transient container instead. Resumed after a restart, it waits for the
 //! recreate the previous process started and redoes it only if it did not complete.
 
-use super::{apply_images, DeployCtx, Fact, StepOutcome};
+use super::{apply_images, DeployCtx, Fact, Runtime, StepOutcome};
 use crate::model::now_rfc3339;
+use crate::model::Images;
 
 /// A failure of this step is rolled back: yes, a half-done recreate may have removed the old containers.
 pub const ROLLS_BACK: bool = true;
@@ -70,4 +71,10 @@ async fn resume(ctx: &mut DeployCtx) -> StepOutcome {
         return stop;
     }
     StepOutcome::Succeeded("recreated again after a restart, with the built image IDs".into())
+}
+
+/// Makes exactly `images` run through the runtime and waits for it — for a deploy's recreate and
+/// rollback, and for the self-deploy's transient container alike.
+pub(super) async fn apply(rt: &Runtime<'_>, images: &Images) -> Result<(), StepOutcome> {
+    rt.target.apply(images, rt.started, rt.cancel, rt.log).await.map_err(StepOutcome::from)
 }

@@ -6,15 +6,20 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
+use super::complete::complete_handoffs;
+use super::queue::{Queue, QueueError, Request};
 use super::{planned_steps, run_deploy, Control, DeployCtx, RunEnd};
+use crate::config::Registry;
 use crate::config::{AppConfig, HostSpec, MigrationPolicy, MigrationsConfig, VerifyConfig};
 use crate::host::Host;
+use crate::host::Redactor;
 use crate::model::Delivery;
 use crate::model::{
     AppName, BranchName, CommitSha, Deploy, Images, Phase, ServiceName, StepName, StepStatus, Trigger, TriggerSource,
 };
 use crate::store::{NewDeploy, PushRecord, Store};
-use crate::target::fake::{FakeHandOff, FakeTarget};
+use crate::target::fake::{FakeHandOff, FakeTarget, FakeTargets, FakeWitness};
+use crate::target::{HandOffSeen, SelfRuns};
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = std::process::Command::new("git")
@@ -84,12 +89,7 @@ impl World {
         self.store
             .insert_deploy(&NewDeploy {
                 app: self.app.name.clone(),
-                trigger: Trigger {
-                    source: TriggerSource::Api,
-                    delivery: None,
-                    git_ref: "refs/heads/main".into(),
-                    requested_commit: commit.map(|c| CommitSha::parse(c).unwrap()),
-                },
+                trigger: api_trigger(commit),
                 approve_migrations: false,
                 reason: None,
                 steps: planned_steps(&self.app),
@@ -491,6 +491,207 @@ async fn a_failed_handoff_fails_the_deploy_without_a_rollback_of_kua_deploy_itse
     assert_eq!(d.phase, Phase::Failed, "{d:#?}");
     assert!(d.step(StepName::Rollback).is_none(), "restarting itself on the old image would only stop it");
     assert!(d.error.as_deref().unwrap().contains("no engine socket mounted"));
+}
+
+/// The queue as the server runs it, with `target` as every deploy's runtime.
+fn queue_over(w: &World, target: &Arc<FakeTarget>) -> Queue {
+    let registry = Registry {
+        path: w.checkout.join("registry.json"),
+        apps: [(w.app.name.clone(), w.app.clone())].into(),
+        hosts: Default::default(),
+        self_app: None,
+    };
+    Queue::new(
+        w.store.clone(),
+        Arc::new(registry),
+        Redactor::new(Vec::<String>::new()),
+        CancellationToken::new(),
+        None,
+        Arc::new(FakeTargets(target.clone())),
+    )
+}
+
+fn api_request(w: &World) -> Request {
+    Request {
+        app: w.app.name.clone(),
+        trigger: api_trigger(None),
+        approve_migrations: false,
+        reason: None,
+    }
+}
+
+/// A release through the admin API, of `commit` or the branch head.
+fn api_trigger(commit: Option<&str>) -> Trigger {
+    Trigger {
+        source: TriggerSource::Api,
+        delivery: None,
+        git_ref: "refs/heads/main".into(),
+        requested_commit: commit.map(|c| CommitSha::parse(c).unwrap()),
+    }
+}
+
+/// Waits until the fake has been asked for an operation starting with `op`.
+async fn called(target: &FakeTarget, op: &str) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !target.calls().iter().any(|c| c.starts_with(op)) {
+        assert!(tokio::time::Instant::now() < deadline, "never called {op}: {:?}", target.calls());
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits for the deploy to end, woken by the store's notifications.
+async fn ended(store: &Store, id: &crate::model::DeployId) -> Deploy {
+    let mut watch = store.watch(id);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let d = store.deploy(id).unwrap().unwrap();
+        if d.phase.is_terminal() {
+            return d;
+        }
+        assert!(tokio::time::timeout_at(deadline, watch.phase_changed()).await.is_ok(), "never ended: {d:#?}");
+    }
+}
+
+#[tokio::test]
+async fn a_cancel_during_a_build_kills_it_and_the_deploy_ends_cancelled_with_the_checkout_put_back() {
+    let (w, target) = v1_running_v2_pushed(true).await;
+    let v1 = w.head();
+    target.with(|s| {
+        s.calls.clear();
+        s.build_blocks = true;
+    });
+    let queue = queue_over(&w, &target);
+    let d = queue.submit(api_request(&w)).unwrap();
+    called(&target, "build").await;
+    let d = queue.cancel(&d.deploy_id).await.unwrap();
+    assert_eq!(d.phase, Phase::Cancelled, "{d:#?}");
+    assert_eq!(status(&d, StepName::Build), StepStatus::Failed);
+    assert!(d.error.as_deref().unwrap().contains("cancelled during step build"), "{:?}", d.error);
+    assert_eq!(w.head(), v1, "the checkout is back where it was");
+    assert!(!target.calls().iter().any(|c| c.starts_with("apply")), "nothing recreated: {:?}", target.calls());
+}
+
+#[tokio::test]
+async fn a_cancel_during_the_recreate_is_refused_and_the_deploy_goes_on_to_verify() {
+    let (w, target) = v1_running_v2_pushed(true).await;
+    let gate = Arc::new(tokio::sync::Notify::new());
+    target.with(|s| {
+        s.calls.clear();
+        s.apply_gate = Some(gate.clone());
+    });
+    let queue = queue_over(&w, &target);
+    let d = queue.submit(api_request(&w)).unwrap();
+    called(&target, "apply").await;
+    let refused = queue.cancel(&d.deploy_id).await;
+    assert!(matches!(refused, Err(QueueError::CancelRefused(_))), "{refused:?}");
+    gate.notify_one();
+    let d = ended(&w.store, &d.deploy_id).await;
+    assert_eq!(d.phase, Phase::Succeeded, "{d:#?}");
+    assert_eq!(target.state.lock().unwrap().running, images(2));
+}
+
+/// Hands kua-deploy's own v2 deploy over; the deploy, and the ends the hook sees from then on.
+async fn handed_over() -> (World, Deploy, Arc<Mutex<Vec<Phase>>>) {
+    let (w, target) = v1_running_v2_pushed(true).await;
+    let ends = Arc::new(Mutex::new(Vec::new()));
+    let seen = ends.clone();
+    w.store.on_deploy_end(Arc::new(move |_, phase| seen.lock().unwrap().push(phase)));
+    let handoff = FakeHandOff { service: web(), fails: None };
+    let (_, d) = w.run_self(&w.queue(None), &target, Run::Normal, Some(handoff)).await;
+    assert_eq!(d.phase, Phase::SelfRecreatePending, "{d:#?}");
+    (w, d, ends)
+}
+
+fn registry_of(w: &World) -> Registry {
+    Registry {
+        path: w.checkout.join("registry.json"),
+        apps: [(w.app.name.clone(), w.app.clone())].into(),
+        hosts: Default::default(),
+        self_app: Some(w.app.name.clone()),
+    }
+}
+
+/// kua-deploy's own container as the process that came back finds it, running `image`.
+async fn came_back_on(image: &crate::model::ImageId) -> SelfRuns {
+    // Started after the recreate began.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    SelfRuns {
+        service: web(),
+        container_id: "own".into(),
+        image: image.to_string(),
+        state: "running".into(),
+        health: "healthy".into(),
+        started_at: crate::model::now_rfc3339(),
+    }
+}
+
+#[tokio::test]
+async fn kua_deploys_own_deploy_ends_succeeded_once_when_it_came_back_on_the_verified_new_image() {
+    let (w, d, ends) = handed_over().await;
+    let own = came_back_on(&d.images[&web()]).await;
+    let witness = FakeWitness(Ok(HandOffSeen { verdict: Some(0), own: Some(own) }));
+    complete_handoffs(&w.store, &witness, &registry_of(&w)).await;
+    let d = w.store.deploy(&d.deploy_id).unwrap().unwrap();
+    assert_eq!(d.phase, Phase::Succeeded, "{d:#?}");
+    assert_eq!(
+        (status(&d, StepName::Recreate), status(&d, StepName::Verify)),
+        (StepStatus::Succeeded, StepStatus::Succeeded)
+    );
+    assert!(d.verify.as_ref().is_some_and(|v| v.ok), "{:?}", d.verify);
+    // A second start finds nothing pending and ends nothing again.
+    complete_handoffs(&w.store, &witness, &registry_of(&w)).await;
+    assert_eq!(*ends.lock().unwrap(), [Phase::Succeeded], "the end is observed once");
+}
+
+#[tokio::test]
+async fn kua_deploys_own_deploy_ends_rolled_back_when_the_transient_container_brought_the_old_image_back() {
+    let (w, d, _) = handed_over().await;
+    let own = came_back_on(&d.previous_images[&web()]).await;
+    let witness = FakeWitness(Ok(HandOffSeen { verdict: Some(1), own: Some(own) }));
+    complete_handoffs(&w.store, &witness, &registry_of(&w)).await;
+    let d = w.store.deploy(&d.deploy_id).unwrap().unwrap();
+    assert_eq!(d.phase, Phase::RolledBack, "{d:#?}");
+    assert_eq!(status(&d, StepName::Verify), StepStatus::Failed);
+    assert_eq!(status(&d, StepName::Rollback), StepStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn kua_deploys_own_deploy_fails_when_the_new_image_runs_without_a_verdict_or_nothing_can_be_seen() {
+    for (seen, says) in [
+        (Ok(()), "did not verify the new image (exit status 2)"),
+        (Err("the transient container gave no verdict within 10s".to_owned()), "no verdict within"),
+    ] {
+        let (w, d, _) = handed_over().await;
+        let seen = match seen {
+            Ok(_) => Ok(HandOffSeen { verdict: Some(2), own: Some(came_back_on(&d.images[&web()]).await) }),
+            Err(e) => Err(e),
+        };
+        complete_handoffs(&w.store, &FakeWitness(seen), &registry_of(&w)).await;
+        let d = w.store.deploy(&d.deploy_id).unwrap().unwrap();
+        assert_eq!(d.phase, Phase::Failed, "{d:#?}");
+        assert!(d.error.as_deref().unwrap().contains(says), "{:?}", d.error);
+        assert!(d.steps.iter().all(|s| s.status != StepStatus::Running), "no step left running: {:#?}", d.steps);
+    }
+}
+
+#[tokio::test]
+async fn runtime_status_reads_the_target_and_flags_drift_when_what_runs_is_not_what_was_verified() {
+    let w = World::new(None, true);
+    let target = Arc::new(FakeTarget::default());
+    let d = w.deployed(&target).await;
+    let redactor = Redactor::new(Vec::<String>::new());
+    let status = super::runtime::runtime_status(&w.app, target.as_ref(), &redactor, Some(d.clone()), Some(&d))
+        .await
+        .unwrap();
+    assert!(!status.drift, "{status:#?}");
+    assert_eq!(status.git_head.as_deref(), Some(w.head().as_str()));
+    // Someone ran another image by hand.
+    target.with(|s| s.running = images(7));
+    let status = super::runtime::runtime_status(&w.app, target.as_ref(), &redactor, Some(d.clone()), Some(&d))
+        .await
+        .unwrap();
+    assert!(status.drift, "{status:#?}");
+    assert!(!status.services[0].containers[0].matches_last_deploy);
 }
 
 #[test]

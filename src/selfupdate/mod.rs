@@ -8,22 +8,23 @@
 //!    takes it for a service container) and waits, at most 90 s, to be killed. Still alive after
 //!    that: the deploy fails with what the transient container reported. A SIGTERM meanwhile
 //!    leaves the marker as it is.
-//! 2. [`run_transient`] (inside the transient container) recreates the service pinned to the new
-//!    image ID and verifies it; if it does not verify, it brings the previous image back.
-//! 3. [`complete_self_recreate`] runs at every start: for a pending deploy it waits for the
-//!    transient container to finish, inspects its own container and ends the deploy `succeeded`,
-//!    `rolled_back` or `failed`, with the verify object. No marker: nothing to do; a second start
-//!    changes nothing.
+//! 2. Inside the transient container, `kua-deploy self-recreate` ([`TransientArgs`]) runs the
+//!    pipeline's own recreate and verify on the new image ID (`pipeline/transient.rs`); if it does
+//!    not verify, the pipeline's rollback brings the previous image and commit back.
+//! 3. At every start, the pipeline's completion (`pipeline/complete.rs`) ends each pending deploy
+//!    `succeeded`, `rolled_back` or `failed`, with the verify object, from what [`Witness`] sees:
+//!    the transient container's exit status (waited for) and what this process's own container
+//!    runs. No marker: nothing to do; a second start changes nothing.
 //!
 //! One file a job: `discover.rs` finds the self app (this process's own container, matched to an
-//! app), `handoff.rs` is step 1, `transient.rs` step 2, `complete.rs` step 3.
+//! app), `handoff.rs` is step 1, `transient.rs` step 2's entry, `witness.rs` step 3's eyes.
 
-mod complete;
 mod discover;
 mod handoff;
 mod transient;
+mod witness;
 
-pub use complete::complete_self_recreate;
 pub use discover::{discover, SelfTarget};
 pub use handoff::{hand_off, transient_name, HANDOFF_CEILING};
-pub use transient::{run_transient, TransientArgs};
+pub use transient::TransientArgs;
+pub use witness::Witness;

@@ -220,7 +220,7 @@ mod tests {
         store.start(&id).unwrap();
         store.set_commits(&id, None, &sha(commit)).unwrap();
         if phase != Phase::Running {
-            store.finish(&id, phase, None, "").unwrap();
+            store.finish(&id, phase, None, &[], "").unwrap();
         }
         id
     }
@@ -253,7 +253,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        store.finish(&id, Phase::Succeeded, None, "").unwrap();
+        store.finish(&id, Phase::Succeeded, None, &[], "").unwrap();
         match push(&store, X) {
             PushRecord::Duplicate { deploy_id, reason } => {
                 assert_eq!(deploy_id, id);

@@ -171,7 +171,7 @@ mod tests {
         };
         let id = store.insert_deploy(&new(TriggerSource::Api)).unwrap().deploy_id;
         let mut w = store.watch(&id);
-        assert!(!store.finish(&id, Phase::Failed, None, "").unwrap());
+        assert!(!store.finish(&id, Phase::Failed, None, &[], "").unwrap());
         assert!(!wakes(w.changed()).await, "a transition that did not happen changes nothing");
         assert!(store.start(&id).unwrap() && store.park(&id, StepName::GitPull, "approve").unwrap());
         assert!(wakes(w.phase_changed()).await);

@@ -266,16 +266,23 @@ impl Store {
         self.apply(id, Transition::TakeBack, Running, None, |_| Ok(()))
     }
 
-    /// `Finish`: a running (or handed-off) deploy ends in `phase`; open steps are closed with
-    /// `skip_detail`.
+    /// `Finish`: a running (or handed-off) deploy ends in `phase`. The steps in `closing` end as
+    /// they say, in the same transaction (the step that ended the deploy, and the end the deploy
+    /// came to are never seen apart); the other open steps are closed with `skip_detail`.
     pub fn finish(
         &self,
         id: &DeployId,
         phase: Phase,
         error: Option<&str>,
+        closing: &[(StepName, StepStatus, &str)],
         skip_detail: &str,
     ) -> rusqlite::Result<bool> {
-        self.apply(id, Transition::Finish, phase, error, |c| close_open_steps_in(c, id, skip_detail))
+        self.apply(id, Transition::Finish, phase, error, |c| {
+            for (step, status, detail) in closing {
+                step_finish_in(c, id, *step, *status, detail)?;
+            }
+            close_open_steps_in(c, id, skip_detail)
+        })
     }
 
     /// `Interrupt`: stopped before its recreate; the running step fails with `msg`.
@@ -500,11 +507,29 @@ mod tests {
         assert_eq!(phase(&id), SelfRecreatePending);
         assert!(!store.resume(&id).unwrap(), "a handed-over deploy is not resumed as running");
         assert!(store.take_back(&id).unwrap());
-        assert!(store.finish(&id, RolledBack, Some("back"), "").unwrap());
+        assert!(store.finish(&id, RolledBack, Some("back"), &[], "").unwrap());
         assert_eq!(phase(&id), RolledBack);
         let other = deploy_in(&store, AwaitingApproval);
         assert!(store.cancel_waiting(&other, "no").unwrap());
         assert_eq!(phase(&other), Cancelled);
+    }
+
+    #[test]
+    fn a_finish_closes_the_step_that_ended_the_deploy_with_it_and_a_refused_one_closes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = deploy_in(&store, Running);
+        store.step_start(&id, StepName::GitPull, "").unwrap();
+        let closing = [(StepName::GitPull, StepStatus::Failed, "no such commit")];
+        assert!(store.finish(&id, Failed, Some("git_pull failed"), &closing, "not run").unwrap());
+        let d = store.deploy(&id).unwrap().unwrap();
+        assert_eq!(d.phase, Failed);
+        let pull = d.step(StepName::GitPull).unwrap();
+        assert_eq!((pull.status, pull.detail.as_str()), (StepStatus::Failed, "no such commit"));
+        assert_eq!(d.step(StepName::MigrationGate).unwrap().detail, "not run");
+        let late = [(StepName::MigrationGate, StepStatus::Failed, "late")];
+        assert!(!store.finish(&id, Succeeded, None, &late, "").unwrap(), "a second end is refused");
+        assert_eq!(store.deploy(&id).unwrap().unwrap().step(StepName::MigrationGate).unwrap().detail, "not run");
     }
 
     #[test]
@@ -556,8 +581,8 @@ mod tests {
         let ends: Vec<DeployId> = vec![
             {
                 let id = deploy_in(&store, Running);
-                assert!(store.finish(&id, Succeeded, None, "").unwrap());
-                assert!(!store.finish(&id, Failed, Some("late"), "").unwrap(), "a second end is refused");
+                assert!(store.finish(&id, Succeeded, None, &[], "").unwrap());
+                assert!(!store.finish(&id, Failed, Some("late"), &[], "").unwrap(), "a second end is refused");
                 id
             },
             {
@@ -573,7 +598,7 @@ mod tests {
             },
             {
                 let id = deploy_in(&store, SelfRecreatePending);
-                assert!(store.finish(&id, RolledBack, Some("back"), "").unwrap());
+                assert!(store.finish(&id, RolledBack, Some("back"), &[], "").unwrap());
                 id
             },
             {

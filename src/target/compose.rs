@@ -4,17 +4,19 @@
 //! containers Compose created for them.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use super::{Limits, Plan, Started, Target, TargetError, Verified};
+use super::{Container, Limits, Plan, Started, Target, TargetError, Targets, Verified};
+use crate::config::AppConfig;
 use crate::docker::compose::Compose;
 use crate::docker::watch;
 use crate::host::{Host, LogSink, ProcessRef, RunError, Stream};
 use crate::model::{parse_time, ImageId, Images, ProjectName, ServiceName};
+use std::collections::BTreeMap;
 
 /// How long one `compose up` may take before it is killed.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -66,6 +68,23 @@ impl ComposeTarget {
 
     fn remember(&self, names: &std::collections::BTreeMap<ServiceName, String>) {
         *self.names.lock().unwrap_or_else(|e| e.into_inner()) = names.clone();
+    }
+}
+
+/// A [`ComposeTarget`] per deploy, its detached `compose up` writing to `<runs_dir>/<deploy>.log`.
+pub struct ComposeTargets {
+    pub runs_dir: PathBuf,
+}
+
+impl Targets for ComposeTargets {
+    fn target(&self, app: &AppConfig, project: Option<ProjectName>, run: &str, host: Host) -> Arc<dyn Target> {
+        Arc::new(ComposeTarget::new(
+            host,
+            app.repo.clone(),
+            project.or_else(|| app.project.clone()),
+            app.compose_files.clone(),
+            self.runs_dir.join(format!("{run}.log")),
+        ))
     }
 }
 
@@ -220,6 +239,32 @@ impl Target for ComposeTarget {
             log.line(Stream::Info, &format!("{} points at {} again, the image that runs", names[service], id.short()));
         }
         Ok(())
+    }
+
+    async fn containers(&self, services: &[ServiceName]) -> Result<BTreeMap<ServiceName, Vec<Container>>, TargetError> {
+        if !self.compose().has_project() {
+            self.resolve(services, &CancellationToken::new(), &crate::host::NoLog).await?;
+        }
+        let compose = self.compose();
+        // Two commands for the whole project, however many services.
+        let all = compose.docker().project_containers(compose.project()).await?;
+        let mut by_service: BTreeMap<ServiceName, Vec<Container>> =
+            services.iter().map(|s| (s.clone(), Vec::new())).collect();
+        for c in all {
+            let Some(list) = c.service.as_deref().and_then(|s| by_service.iter_mut().find(|(k, _)| k.as_str() == s))
+            else {
+                continue;
+            };
+            list.1.push(Container {
+                id: c.id,
+                name: c.name,
+                image: c.image,
+                state: c.state,
+                health: c.health,
+                started_at: c.started_at,
+            });
+        }
+        Ok(by_service)
     }
 
     async fn run_oneoff(

@@ -1,18 +1,23 @@
 //! An in-memory [`Target`] for the pipeline's unit tests: builds count up image IDs, what runs is
 //! a map, and each operation can be told to fail, an image to fail verify, or an apply to block
-//! until it is stopped (a recreate in flight when the server stops). It records every call.
-//! [`FakeHandOff`] stands in for the self-deploy's transient container.
+//! until it is stopped (a recreate in flight when the server stops) or let go (a cancel that
+//! comes during it), a build to run until cancelled. It records every call. [`FakeHandOff`] and
+//! [`FakeWitness`] stand in for the self-deploy's transient container.
 
-use std::collections::BTreeSet;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use super::{HandOffEnd, HandOffRequest, Limits, Plan, SelfHandOff, Started, Target, TargetError, Verified};
-use crate::host::LogSink;
-use crate::model::{ImageId, Images, ProjectName, ServiceCheck, ServiceName, VerifyReport};
+use super::{
+    Container, HandOffEnd, HandOffRequest, HandOffSeen, HandOffWitness, Limits, Plan, SelfHandOff, Started, Target,
+    TargetError, Targets, Verified,
+};
+use crate::config::AppConfig;
+use crate::host::{Host, LogSink};
+use crate::model::{Deploy, ImageId, Images, ProjectName, ServiceCheck, ServiceName, VerifyReport};
 
 /// What the fake runtime holds and how it is told to misbehave.
 #[derive(Debug, Default)]
@@ -29,6 +34,10 @@ pub struct FakeState {
     pub next_build_broken: bool,
     /// An apply blocks until it is stopped, then goes on "detached": the images run.
     pub apply_blocks: bool,
+    /// An apply waits for this to be notified before it completes (a recreate in flight).
+    pub apply_gate: Option<Arc<tokio::sync::Notify>>,
+    /// A build runs until it is cancelled (a long build a cancel kills).
+    pub build_blocks: bool,
     /// Every call, in order: "build", "apply sha256:…", "restore", …
     pub calls: Vec<String>,
     builds: u32,
@@ -92,10 +101,14 @@ impl Target for FakeTarget {
     async fn build(
         &self,
         services: &[ServiceName],
-        _: &CancellationToken,
+        cancel: &CancellationToken,
         _: &dyn LogSink,
     ) -> Result<Images, TargetError> {
         self.call("build", "build")?;
+        if self.state.lock().unwrap().build_blocks {
+            cancel.cancelled().await;
+            return Err(TargetError::Stopped);
+        }
         let mut s = self.state.lock().unwrap();
         let mut images = Images::new();
         for service in services {
@@ -128,6 +141,10 @@ impl Target for FakeTarget {
             return Err(TargetError::Failed("the runtime could not start the image".into()));
         }
         started("fake-process".into());
+        let gate = self.state.lock().unwrap().apply_gate.clone();
+        if let Some(gate) = gate {
+            gate.notified().await;
+        }
         let blocks = self.state.lock().unwrap().apply_blocks;
         if blocks {
             stop.cancelled().await;
@@ -190,6 +207,26 @@ impl Target for FakeTarget {
         self.call(&format!("restore {}", list(snapshot)), "restore")
     }
 
+    async fn containers(&self, services: &[ServiceName]) -> Result<BTreeMap<ServiceName, Vec<Container>>, TargetError> {
+        self.call("containers", "containers")?;
+        let s = self.state.lock().unwrap();
+        let of = |service: &ServiceName| -> Vec<Container> {
+            s.running
+                .get(service)
+                .map(|image| Container {
+                    id: format!("fake-{service}"),
+                    name: format!("fake-{service}-1"),
+                    image: image.to_string(),
+                    state: "running".into(),
+                    health: if s.broken.contains(image) { "unhealthy" } else { "none" }.into(),
+                    started_at: String::new(),
+                })
+                .into_iter()
+                .collect()
+        };
+        Ok(services.iter().map(|svc| (svc.clone(), of(svc))).collect())
+    }
+
     async fn run_oneoff(
         &self,
         service: &ServiceName,
@@ -199,6 +236,15 @@ impl Target for FakeTarget {
         _: &dyn LogSink,
     ) -> Result<(), TargetError> {
         self.call(&format!("oneoff {service} {}", command.join(" ")), "oneoff")
+    }
+}
+
+/// Hands every deploy the same [`FakeTarget`].
+pub struct FakeTargets(pub Arc<FakeTarget>);
+
+impl Targets for FakeTargets {
+    fn target(&self, _: &AppConfig, _: Option<ProjectName>, _: &str, _: Host) -> Arc<dyn Target> {
+        self.0.clone()
     }
 }
 
@@ -225,5 +271,17 @@ impl SelfHandOff for FakeHandOff {
             Ok(true) => HandOffEnd::Replaced,
             other => HandOffEnd::Failed(format!("cannot mark the deploy handed over: {other:?}")),
         }
+    }
+}
+
+/// A [`HandOffWitness`] that saw what the test says.
+#[derive(Debug)]
+pub struct FakeWitness(pub Result<HandOffSeen, String>);
+
+#[async_trait]
+impl HandOffWitness for FakeWitness {
+    async fn seen(&self, _: &Deploy, _: Duration, log: &dyn LogSink) -> Result<HandOffSeen, String> {
+        log.line(crate::host::Stream::Info, "[transient] (fake)");
+        self.0.clone()
     }
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AppConfig;
 use crate::host::{Host, LogSink, RunError};
-use crate::model::{CommitSha, DeployId, ImageId, Images, ProjectName, ServiceName, VerifyReport};
+use crate::model::{CommitSha, Deploy, DeployId, ImageId, Images, ProjectName, ServiceName, VerifyReport};
 use crate::store::Store;
 
 /// What the checkout at hand deploys, as the runtime reads it.
@@ -121,6 +121,9 @@ pub trait Target: Send + Sync {
     /// a deploy that ends before its recreate leaves the names as it found them.
     async fn restore(&self, snapshot: &Images, log: &dyn LogSink) -> Result<(), TargetError>;
 
+    /// Every container of each of `services`, running or not (none: an empty list).
+    async fn containers(&self, services: &[ServiceName]) -> Result<BTreeMap<ServiceName, Vec<Container>>, TargetError>;
+
     /// Runs `command` in a one-off container of `service` from the image just built.
     async fn run_oneoff(
         &self,
@@ -130,6 +133,31 @@ pub trait Target: Send + Sync {
         cancel: &CancellationToken,
         log: &dyn LogSink,
     ) -> Result<(), TargetError>;
+}
+
+/// Makes the target a deploy (or a runtime-status read) works on, so a runtime is chosen in one
+/// place ([`compose::ComposeTargets`] in the server, [`fake::FakeTargets`] in unit tests).
+pub trait Targets: Send + Sync {
+    /// The runtime of `app`'s services on `host`. `project`: as a deploy resolved it (None: the
+    /// registry's, else the runtime's own). `run` names what a detached apply writes its output to.
+    fn target(
+        &self,
+        app: &AppConfig,
+        project: Option<ProjectName>,
+        run: &str,
+        host: Host,
+    ) -> std::sync::Arc<dyn Target>;
+}
+
+/// One container of a service, as the runtime reports it.
+#[derive(Debug, Clone)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub state: String,
+    pub health: String,
+    pub started_at: String,
 }
 
 /// What a handoff of kua-deploy's own recreate needs of the deploy.
@@ -168,4 +196,35 @@ pub trait SelfHandOff: Send + Sync {
     fn service(&self) -> &ServiceName;
 
     async fn hand_off(&self, req: HandOffRequest<'_>) -> HandOffEnd;
+}
+
+/// kua-deploy's own container, as the process that came back after a handoff sees it.
+#[derive(Debug, Clone)]
+pub struct SelfRuns {
+    pub service: ServiceName,
+    pub container_id: String,
+    pub image: String,
+    pub state: String,
+    pub health: String,
+    pub started_at: String,
+}
+
+/// What the process that came back after a handoff finds.
+#[derive(Debug, Clone)]
+pub struct HandOffSeen {
+    /// The transient container's exit status (0 verified, 1 rolled back, else neither); None: it
+    /// left none (removed before it was read).
+    pub verdict: Option<i64>,
+    /// kua-deploy's own container; None: this process runs outside the self app's container.
+    pub own: Option<SelfRuns>,
+}
+
+/// Reads the outcome of a handoff, for the process that came back: the pipeline's completion
+/// judges it and ends the deploy.
+#[async_trait]
+pub trait HandOffWitness: Send + Sync {
+    /// Waits, at most `limit`, for what took `deploy`'s recreate over to end, hands on what it
+    /// printed, and looks at kua-deploy's own container. `Err`: why nothing can be judged (it did
+    /// not end in time, the own container cannot be read).
+    async fn seen(&self, deploy: &Deploy, limit: Duration, log: &dyn LogSink) -> Result<HandOffSeen, String>;
 }
