@@ -16,10 +16,12 @@
 //!   the state dir's lock, the start-up check and backup, storage health; `lifecycle`, the one
 //!   writer of a deploy's phase.
 //! - [`target`]: the deploy target seam (`Target`: build, snapshot, apply, verify, restore, one-off
-//!   run); `target::compose` is Docker Compose, `target::fake` the unit tests' in-memory runtime.
-//! - [`pipeline`]: the steps, one file each, the runner that orders them, and the per-app queue.
-//! - [`selfupdate`]: deploying kua-deploy itself: discover, the handoff to a transient container,
-//!   the transient container's work, and `complete_self_recreate` at start.
+//!   run; `Targets` makes one per app; `SelfHandOff`/`HandOffWitness` for the self-deploy);
+//!   `target::compose` is Docker Compose, `target::fake` the unit tests' in-memory runtime.
+//! - [`selfupdate`]: the Docker side of deploying kua-deploy itself: discover its own container,
+//!   start the transient container, and witness what it did.
+//! - [`pipeline`]: the steps, one file each, the runner that orders them, the per-app queue, the
+//!   transient container's recreate/verify/rollback and the self-deploy's completion at start.
 //! - [`api`]: the axum router: admin API, push webhooks, auth, errors; the listener that serves it
 //!   within timeouts and a connection cap.
 //! - [`app`]: `serve`: opens the store, recovers, starts the queue and the router.

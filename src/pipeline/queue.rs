@@ -207,7 +207,7 @@ impl Queue {
                 let mut slots = self.slots();
                 let slot = slots.entry(app.clone()).or_default();
                 // A self-recreate still being judged holds the app: what is queued behind it waits
-                // until complete_self_recreate has ended it and calls resume_queued.
+                // until the completion (`complete.rs`) has ended it and calls resume_queued.
                 let held = self.inner.shutdown.is_cancelled() || self.handing_over(&app);
                 let resumed = if held || slot.resume.is_empty() { None } else { Some(slot.resume.remove(0)) };
                 let resuming = resumed.is_some();

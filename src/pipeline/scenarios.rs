@@ -512,12 +512,7 @@ fn queue_over(w: &World, target: &Arc<FakeTarget>) -> Queue {
 }
 
 fn api_request(w: &World) -> Request {
-    Request {
-        app: w.app.name.clone(),
-        trigger: api_trigger(None),
-        approve_migrations: false,
-        reason: None,
-    }
+    Request { app: w.app.name.clone(), trigger: api_trigger(None), approve_migrations: false, reason: None }
 }
 
 /// A release through the admin API, of `commit` or the branch head.
@@ -680,16 +675,14 @@ async fn runtime_status_reads_the_target_and_flags_drift_when_what_runs_is_not_w
     let target = Arc::new(FakeTarget::default());
     let d = w.deployed(&target).await;
     let redactor = Redactor::new(Vec::<String>::new());
-    let status = super::runtime::runtime_status(&w.app, target.as_ref(), &redactor, Some(d.clone()), Some(&d))
-        .await
-        .unwrap();
+    let status =
+        super::runtime::runtime_status(&w.app, target.as_ref(), &redactor, Some(d.clone()), Some(&d)).await.unwrap();
     assert!(!status.drift, "{status:#?}");
     assert_eq!(status.git_head.as_deref(), Some(w.head().as_str()));
     // Someone ran another image by hand.
     target.with(|s| s.running = images(7));
-    let status = super::runtime::runtime_status(&w.app, target.as_ref(), &redactor, Some(d.clone()), Some(&d))
-        .await
-        .unwrap();
+    let status =
+        super::runtime::runtime_status(&w.app, target.as_ref(), &redactor, Some(d.clone()), Some(&d)).await.unwrap();
     assert!(status.drift, "{status:#?}");
     assert!(!status.services[0].containers[0].matches_last_deploy);
 }
