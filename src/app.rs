@@ -35,6 +35,11 @@ pub struct ServeArgs {
     /// File holding the admin token, used when KUA_ADMIN_TOKEN is not set.
     #[arg(long, env = "KUA_ADMIN_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// Seconds a self-deploy waits to be replaced by its transient container before it ends the
+    /// deploy `failed` (and stops the transient container).
+    #[arg(long = "handoff-ceiling", env = "KUA_HANDOFF_CEILING_S", default_value_t = selfupdate::HANDOFF_CEILING.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub handoff_ceiling_s: u64,
 }
 
 /// What `serve` needs, already loaded and checked.
@@ -42,6 +47,8 @@ pub struct Settings {
     pub registry: Arc<Registry>,
     pub state_dir: PathBuf,
     pub admin_token: String,
+    /// See [`ServeArgs::handoff_ceiling_s`].
+    pub handoff_ceiling: Duration,
 }
 
 /// The admin token: `KUA_ADMIN_TOKEN`, else the token file, else `<state-dir>/admin-token`,
@@ -131,7 +138,8 @@ async fn serve_inner(
     }
     let stop = CancellationToken::new();
     let local = Host::new(HostSpec::Local, redactor.clone());
-    let self_target = selfupdate::discover(&settings.registry, &Docker::new(local.clone())).await;
+    let self_target =
+        selfupdate::discover(&settings.registry, &Docker::new(local.clone()), settings.handoff_ceiling).await;
     match &self_target {
         Some(t) => tracing::info!(app = %t.app, service = %t.service, "running as the self app's container"),
         None => tracing::debug!("not running in a self app's container"),
@@ -143,6 +151,7 @@ async fn serve_inner(
         redactor.clone(),
         stop.clone(),
         self_target.clone(),
+        settings.handoff_ceiling,
         targets,
     );
     queue.resume(orphans.resume);
@@ -237,7 +246,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
     // Tests and scripts read this line to find a port-0 server.
     println!("kua-deploy listening on http://{addr}");
     tracing::info!(apps = registry.apps.len(), state_dir = %args.state_dir.display(), "serving on http://{addr}");
-    let settings = Settings { registry: Arc::new(registry), state_dir: args.state_dir, admin_token };
+    let settings = Settings {
+        registry: Arc::new(registry),
+        state_dir: args.state_dir,
+        admin_token,
+        handoff_ceiling: Duration::from_secs(args.handoff_ceiling_s),
+    };
     serve_store(settings, store, listener, shutdown_signal()).await?;
     Ok(0)
 }

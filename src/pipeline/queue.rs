@@ -72,6 +72,8 @@ struct Inner {
     redactor: Redactor,
     shutdown: CancellationToken,
     self_target: Option<SelfTarget>,
+    /// For a self app found only later (see `run_one`).
+    handoff_ceiling: Duration,
     targets: Arc<dyn Targets>,
     tracker: TaskTracker,
     slots: Mutex<HashMap<AppName, AppSlot>>,
@@ -90,6 +92,7 @@ impl Queue {
         redactor: Redactor,
         shutdown: CancellationToken,
         self_target: Option<SelfTarget>,
+        handoff_ceiling: Duration,
         targets: Arc<dyn Targets>,
     ) -> Self {
         Self {
@@ -99,6 +102,7 @@ impl Queue {
                 redactor,
                 shutdown,
                 self_target,
+                handoff_ceiling,
                 targets,
                 tracker: TaskTracker::new(),
                 slots: Mutex::new(HashMap::new()),
@@ -270,7 +274,8 @@ impl Queue {
             // Not found at start (the engine may not have answered yet): look again.
             None if ctx.declared_self => {
                 let local = Host::new(crate::config::HostSpec::Local, self.inner.redactor.clone());
-                selfupdate::discover(&self.inner.registry, &Docker::new(local)).await.filter(|t| &t.app == app)
+                let ceiling = self.inner.handoff_ceiling;
+                selfupdate::discover(&self.inner.registry, &Docker::new(local), ceiling).await.filter(|t| &t.app == app)
             }
             None => None,
         };

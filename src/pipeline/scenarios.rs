@@ -507,6 +507,7 @@ fn queue_over(w: &World, target: &Arc<FakeTarget>) -> Queue {
         Redactor::new(Vec::<String>::new()),
         CancellationToken::new(),
         None,
+        crate::selfupdate::HANDOFF_CEILING,
         Arc::new(FakeTargets(target.clone())),
     )
 }

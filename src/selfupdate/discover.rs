@@ -1,6 +1,8 @@
 //! Finding the self app: the container this process runs in (from its bind mounts), matched to
 //! the registry's `self` app or, without one, by its Compose project and service labels.
 
+use std::time::Duration;
+
 use crate::config::{AppConfig, HostSpec, Registry};
 use crate::docker::{Docker, OwnContainer};
 use crate::model::{AppName, ServiceName};
@@ -11,6 +13,8 @@ pub struct SelfTarget {
     pub app: AppName,
     pub service: ServiceName,
     pub container: OwnContainer,
+    /// How long the old process waits to be replaced before it calls the handoff failed.
+    pub ceiling: Duration,
 }
 
 /// The id of the container this process runs in, from the engine's bind mounts of
@@ -26,7 +30,7 @@ fn own_container_id() -> Option<String> {
 
 /// Finds the self app: the registry's `self`, or the app whose Compose project and service are
 /// this container's labels. Only an app on the local host can be this process's own.
-pub async fn discover(registry: &Registry, docker: &Docker) -> Option<SelfTarget> {
+pub async fn discover(registry: &Registry, docker: &Docker, ceiling: Duration) -> Option<SelfTarget> {
     let own = docker.own_container(&own_container_id()?).await.ok()?;
     // A one-off (`compose run`) or transient container of the image is not the service.
     if own.labels.get("com.docker.compose.oneoff").map(String::as_str) != Some("False") {
@@ -46,7 +50,7 @@ pub async fn discover(registry: &Registry, docker: &Docker) -> Option<SelfTarget
         None => registry.apps.values().find(|a| same_project(a) && a.services.contains(&service))?,
     };
     let ours = app.host == HostSpec::Local && same_project(app) && app.services.contains(&service);
-    ours.then(|| SelfTarget { app: app.name.clone(), service, container: own })
+    ours.then(|| SelfTarget { app: app.name.clone(), service, container: own, ceiling })
 }
 
 /// Where `inside` (a path in this container) is on the engine's host, through the bind mounts.

@@ -10,7 +10,8 @@ use crate::host::Stream;
 use crate::model::{DeployId, ServiceName};
 use crate::target::{HandOffEnd, HandOffRequest, SelfHandOff};
 
-/// How long the old process waits to be replaced before it calls the handoff failed.
+/// How long the old process waits to be replaced before it calls the handoff failed, unless
+/// `serve --handoff-ceiling` says otherwise.
 pub const HANDOFF_CEILING: Duration = Duration::from_secs(90);
 
 pub(super) const SOCKET: &str = "/var/run/docker.sock";
@@ -118,7 +119,7 @@ pub async fn hand_off(h: HandOffRequest<'_>, target: &SelfTarget) -> HandOffEnd 
         &format!("handed the recreate of {} over to {name}; waiting to be replaced", target.service),
     );
     tokio::select! {
-        _ = tokio::time::sleep(HANDOFF_CEILING) => {}
+        _ = tokio::time::sleep(target.ceiling) => {}
         // The engine stopping this container is the handoff working: leave the marker as it is.
         _ = h.cancel.cancelled() => return HandOffEnd::Replaced,
     }
@@ -132,7 +133,7 @@ pub async fn hand_off(h: HandOffRequest<'_>, target: &SelfTarget) -> HandOffEnd 
     let _ = h.store.take_back(h.id);
     HandOffEnd::Failed(format!(
         "kua-deploy was still running {}s after the handoff; the transient container reported: {}",
-        HANDOFF_CEILING.as_secs(),
+        target.ceiling.as_secs(),
         last_lines(&report, 5)
     ))
 }
