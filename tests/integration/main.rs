@@ -7,6 +7,7 @@ mod deploy;
 mod faults;
 mod recovery;
 mod selfdeploy;
+mod shipped;
 mod ssh;
 mod support;
 mod webhook;

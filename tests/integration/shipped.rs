@@ -1,0 +1,266 @@
+//! kua-deploy as the fleet runs it: the shipped `Dockerfile` and `docker-compose.yml`, built from a
+//! copy of this repository on base images made by `scripts/base-images.sh`, with only a test
+//! override (a published port, a short healthcheck interval, labels) and a `.env` for the host's
+//! paths. It starts healthy, as a non-root user, on the fleet's two networks, and releases itself
+//! with `release-app`: a good commit ends `succeeded`, one whose image cannot start comes back
+//! `rolled_back`, a second start changes nothing, and a transient container that never replaces
+//! it ends the deploy `failed` at the handoff ceiling — never `running`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kua_deploy::api::types::DeployRequest;
+use kua_deploy::cli::client::Client;
+use kua_deploy::model::{AppName, Deploy, DeployId, Phase};
+
+use crate::support::{preflight, sh, uuid_hex, TEST_LABEL, TOKEN};
+
+/// The uid:gid the image runs kua-deploy as.
+const KUA_USER: &str = "10001:10001";
+/// Short, so the ceiling case takes seconds; long enough for a handoff on a busy machine.
+const CEILING_S: u64 = 20;
+
+/// git as root on files owned by kua-deploy's user: git would refuse them as "dubious".
+fn git(dir: &Path, args: &[&str]) -> String {
+    let mut argv = vec![
+        "git",
+        "-c",
+        "safe.directory=*",
+        "-c",
+        "user.name=Test",
+        "-c",
+        "user.email=test@example.invalid",
+        "-c",
+        "init.defaultBranch=main",
+    ];
+    argv.extend_from_slice(args);
+    sh(dir, &argv)
+}
+
+struct Shipped {
+    _dir: tempfile::TempDir,
+    project: String,
+    work: PathBuf,
+    checkout: PathBuf,
+    port: u16,
+    networks: [String; 2],
+}
+
+impl Shipped {
+    fn new() -> Shipped {
+        preflight();
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        sh(repo, &["scripts/base-images.sh"]);
+        let dir = tempfile::tempdir().unwrap();
+        let apps = dir.path().join("apps");
+        let (remote, work, checkout) = (apps.join("kua-deploy.git"), apps.join("work"), apps.join("kua-deploy"));
+        let project = format!("kship{}", &uuid_hex()[..8]);
+        let networks = [format!("{project}-services"), format!("{project}-proxy")];
+        for net in &networks {
+            sh(Path::new("/"), &["docker", "network", "create", "--label", &format!("{TEST_LABEL}=1"), net]);
+        }
+        // This repository as it is (committed or not), without what git ignores.
+        let files = sh(repo, &["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"]);
+        for f in files.split('\0').filter(|f| !f.is_empty() && repo.join(f).is_file()) {
+            let to = work.join(f);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(repo.join(f), to).unwrap();
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        std::fs::write(
+            work.join("docker-compose.override.yml"),
+            format!(
+                "services:\n  kua-deploy:\n    build:\n      labels: [\"{TEST_LABEL}=1\"]\n    \
+                 labels: [\"{TEST_LABEL}=1\"]\n    ports: [\"127.0.0.1:{port}:8790\"]\n    \
+                 healthcheck:\n      interval: 1s\n      timeout: 5s\n      start_period: 30s\n"
+            ),
+        )
+        .unwrap();
+        git(dir.path(), &["init", "--quiet", "--bare", remote.to_str().unwrap()]);
+        git(&work, &["init", "--quiet"]);
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "--quiet", "-m", "v1"]);
+        git(&work, &["remote", "add", "origin", remote.to_str().unwrap()]);
+        git(&work, &["push", "--quiet", "origin", "HEAD:refs/heads/main"]);
+        git(dir.path(), &["clone", "--quiet", "--branch", "main", remote.to_str().unwrap(), checkout.to_str().unwrap()]);
+        // What an operator writes next to the compose file (all ignored by git).
+        let socket_gid = sh(Path::new("/"), &["stat", "-c", "%g", "/var/run/docker.sock"]);
+        std::fs::write(
+            checkout.join(".env"),
+            format!(
+                "KUA_APPS_DIR={}\nDOCKER_GID={socket_gid}\nKUA_SERVICES_NETWORK={}\nKUA_PROXY_NETWORK={}\n\
+                 KUA_HANDOFF_CEILING_S={CEILING_S}\n",
+                apps.display(),
+                networks[0],
+                networks[1]
+            ),
+        )
+        .unwrap();
+        std::fs::write(checkout.join("admin-token"), format!("{TOKEN}\n")).unwrap();
+        let registry = serde_json::json!({"self": "kua-deploy", "apps": {"kua-deploy": {
+            "repo": checkout, "project": project, "services": ["kua-deploy"],
+            "verify": {"timeout_s": 90, "stable_s": 2}
+        }}});
+        std::fs::write(checkout.join("deploy-registry.json"), registry.to_string()).unwrap();
+        // kua-deploy runs as its own user: the checkouts are that user's.
+        sh(Path::new("/"), &["chown", "-R", KUA_USER, apps.to_str().unwrap()]);
+        let app = Shipped { _dir: dir, project, work, checkout, port, networks };
+        // Installed as the README says: `docker compose up -d` in the checkout.
+        sh(&app.checkout, &["docker", "compose", "-p", &app.project, "up", "-d", "--build", "--quiet-pull"]);
+        app
+    }
+
+    /// Appends `lines` to the Dockerfile's last stage, commits and pushes.
+    fn push_dockerfile_change(&self, version: &str, lines: &str) -> String {
+        let path = self.work.join("Dockerfile");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(lines);
+        std::fs::write(&path, text).unwrap();
+        git(&self.work, &["commit", "--quiet", "-am", version]);
+        git(&self.work, &["push", "--quiet", "origin", "HEAD:refs/heads/main"]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn client(&self) -> Client {
+        Client::new(self.url(), TOKEN)
+    }
+
+    fn container(&self) -> Option<String> {
+        let ids = sh(
+            Path::new("/"),
+            &[
+                "docker",
+                "ps",
+                "-q",
+                "--filter",
+                &format!("label=com.docker.compose.project={}", self.project),
+                "--filter",
+                "label=com.docker.compose.oneoff=False",
+            ],
+        );
+        ids.lines().next().map(str::to_owned)
+    }
+
+    fn inspect(&self, format: &str) -> String {
+        let id = self.container().unwrap_or_else(|| panic!("no kua-deploy container runs\n{}", self.logs()));
+        sh(Path::new("/"), &["docker", "inspect", "-f", format, &id])
+    }
+
+    fn running_image(&self) -> Option<String> {
+        self.container().map(|_| self.inspect("{{.Image}}"))
+    }
+
+    /// Waits until the engine's healthcheck (`kua-deploy health`) says healthy.
+    async fn wait_healthy(&self) {
+        let start = Instant::now();
+        loop {
+            if self.container().is_some() && self.inspect("{{.State.Health.Status}}") == "healthy" {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(120), "kua-deploy did not become healthy\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Follows the deploy through the restart (refused connections are expected) until it ends.
+    async fn wait_end(&self, id: &DeployId) -> Deploy {
+        let start = Instant::now();
+        loop {
+            match self.client().deploy_status(id).await {
+                Ok(d) if d.phase.is_terminal() => return d,
+                Ok(_) => {}
+                Err(e) => assert!(e.is_retryable(), "{e}"),
+            }
+            assert!(start.elapsed() < Duration::from_secs(240), "deploy {id} did not end\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        let out = Command::new("docker")
+            .args(["compose", "-p", &self.project, "logs", "--tail", "60"])
+            .current_dir(&self.checkout)
+            .output();
+        out.map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Shipped {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["compose", "-p", &self.project, "down", "--volumes", "--rmi", "all", "--timeout", "2"])
+            .current_dir(&self.checkout)
+            .output();
+        let _ = Command::new("sh")
+            .args(["-c", &format!("docker rm -f $(docker ps -aq --filter name=kua-self-recreate-) 2>/dev/null")])
+            .output();
+        for net in &self.networks {
+            let _ = Command::new("docker").args(["network", "rm", net]).output();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shipped_image_runs_on_the_fleet_networks_and_releases_itself_through_the_handoff() {
+    let app = Shipped::new();
+    app.wait_healthy().await;
+    // As the fleet runs it: non-root, on both networks, the registry read-only.
+    assert_eq!(app.inspect("{{.Config.User}}"), KUA_USER);
+    let nets = app.inspect("{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}");
+    for net in &app.networks {
+        assert!(nets.split_whitespace().any(|n| n == net), "{net} not in {nets}");
+    }
+    let kua = AppName::parse("kua-deploy").unwrap();
+    let v1_image = app.running_image().unwrap();
+
+    // A release whose final stage changed (a new image, the build stage from cache), with
+    // `release-app kua-deploy` as a user runs it: it rides through the restart and exits 0.
+    app.push_dockerfile_change("v2", "LABEL org.opencontainers.image.version=v2\n");
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_release-app"))
+        .args(["kua-deploy", "--url", &app.url(), "--timeout", "4m"])
+        .env("KUA_ADMIN_TOKEN", TOKEN)
+        .current_dir(&app.checkout)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", app.logs());
+    eprintln!("self-deploy through the shipped image took {:.1}s", started.elapsed().as_secs_f64());
+    let d = app.wait_end(&app.client().progress(&kua).await.unwrap().deploy_id).await;
+    assert_eq!(d.phase, Phase::Succeeded, "{d:#?}\n{}", app.logs());
+    let v2_image = d.images.values().next().unwrap().to_string();
+    assert_ne!(v2_image, v1_image);
+    assert_eq!(app.running_image().as_deref(), Some(v2_image.as_str()));
+    app.wait_healthy().await;
+
+    // An image that cannot start: the transient container brings v2 back.
+    app.push_dockerfile_change("v3-broken", "CMD [\"no-such-command\"]\n");
+    let acc = app.client().deploy(&kua, &DeployRequest::default()).await.unwrap();
+    let d = app.wait_end(&acc.deploy_id).await;
+    assert_eq!(d.phase, Phase::RolledBack, "{d:#?}\n{}", app.logs());
+    app.wait_healthy().await;
+    assert_eq!(app.running_image().as_deref(), Some(v2_image.as_str()));
+
+    // A second start changes nothing.
+    sh(&app.checkout, &["docker", "compose", "-p", &app.project, "restart"]);
+    app.wait_healthy().await;
+    assert_eq!(app.client().deploy_status(&acc.deploy_id).await.unwrap().phase, Phase::RolledBack);
+
+    // A transient container that never replaces kua-deploy (its binary does nothing in the new
+    // image): at the ceiling the deploy ends failed, and v2 still runs.
+    app.push_dockerfile_change("v4-inert", "USER root\nRUN ln -sf /bin/true /usr/local/bin/kua-deploy\nUSER kua\n");
+    let acc = app.client().deploy(&kua, &DeployRequest::default()).await.unwrap();
+    let d = app.wait_end(&acc.deploy_id).await;
+    assert_eq!(d.phase, Phase::Failed, "{d:#?}\n{}", app.logs());
+    let error = d.error.clone().unwrap_or_default();
+    assert!(error.contains(&format!("still running {CEILING_S}s after the handoff")), "{error}");
+    assert_eq!(app.running_image().as_deref(), Some(v2_image.as_str()));
+    let transient = sh(Path::new("/"), &["docker", "ps", "-aq", "--filter", "name=kua-self-recreate-"]);
+    assert!(transient.is_empty(), "the transient container is removed at the ceiling");
+}
