@@ -88,6 +88,10 @@ pub struct OwnContainer {
     pub path: String,
     /// `(source on the engine's host, destination inside)` of each bind mount.
     pub mounts: Vec<(String, String)>,
+    /// The user it runs as (`user:`; empty: the image's), and its supplementary groups
+    /// (`group_add:`, e.g. the engine socket's group).
+    pub user: String,
+    pub group_add: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -98,7 +102,16 @@ struct InspectOwn {
     path: String,
     config: InspectConfig,
     #[serde(default)]
+    host_config: Option<InspectHostConfig>,
+    #[serde(default)]
     mounts: Vec<InspectMount>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectHostConfig {
+    #[serde(default)]
+    group_add: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +119,8 @@ struct InspectOwn {
 struct InspectConfig {
     #[serde(default)]
     labels: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    user: String,
 }
 
 #[derive(Deserialize)]
@@ -233,6 +248,8 @@ impl Docker {
             labels: c.config.labels.unwrap_or_default(),
             path: c.path,
             mounts: c.mounts.into_iter().map(|m| (m.source, m.destination)).collect(),
+            user: c.config.user,
+            group_add: c.host_config.and_then(|h| h.group_add).unwrap_or_default(),
         })
     }
 

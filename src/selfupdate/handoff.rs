@@ -79,6 +79,16 @@ pub async fn hand_off(h: HandOffRequest<'_>, target: &SelfTarget) -> HandOffEnd 
         repo.clone(),
         "--entrypoint".into(),
         entrypoint,
+    ];
+    // The same user and groups as this container (the socket's group among them), so that the
+    // transient container can reach the engine and write the checkout as this one does.
+    if !target.container.user.is_empty() {
+        args.extend(["--user".into(), target.container.user.clone()]);
+    }
+    for group in &target.container.group_add {
+        args.extend(["--group-add".into(), group.clone()]);
+    }
+    args.extend([
         h.image.to_string(),
         "self-recreate".into(),
         "--project".into(),
@@ -93,7 +103,7 @@ pub async fn hand_off(h: HandOffRequest<'_>, target: &SelfTarget) -> HandOffEnd 
         h.app.verify.timeout_s.to_string(),
         "--stable".into(),
         h.app.verify.stable_s.to_string(),
-    ];
+    ]);
     if let Some(prev) = &h.previous {
         args.extend(["--previous".into(), prev.to_string()]);
     }

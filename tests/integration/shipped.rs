@@ -83,7 +83,10 @@ impl Shipped {
         git(&work, &["commit", "--quiet", "-m", "v1"]);
         git(&work, &["remote", "add", "origin", remote.to_str().unwrap()]);
         git(&work, &["push", "--quiet", "origin", "HEAD:refs/heads/main"]);
-        git(dir.path(), &["clone", "--quiet", "--branch", "main", remote.to_str().unwrap(), checkout.to_str().unwrap()]);
+        git(
+            dir.path(),
+            &["clone", "--quiet", "--branch", "main", remote.to_str().unwrap(), checkout.to_str().unwrap()],
+        );
         // What an operator writes next to the compose file (all ignored by git).
         let socket_gid = sh(Path::new("/"), &["stat", "-c", "%g", "/var/run/docker.sock"]);
         std::fs::write(
