@@ -145,7 +145,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let settings = Settings { registry: Arc::new(registry), state_dir: state_dir.clone(), admin_token: token.clone() };
+    let settings =
+        Settings { registry: Arc::new(registry), state_dir: state_dir.clone(), admin_token: token.clone(), tls: None };
     let server = tokio::spawn(serve(settings, listener, async move {
         let _ = stop_rx.await;
     }));
