@@ -21,6 +21,9 @@ use crate::selfupdate;
 use crate::store::Store;
 use crate::target::compose::ComposeTargets;
 
+/// Where `serve` listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8790";
+
 /// `kua-deploy serve` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
@@ -31,7 +34,7 @@ pub struct ServeArgs {
     #[arg(long, env = "KUA_STATE_DIR", default_value = "./kua-state")]
     pub state_dir: PathBuf,
     /// Address to listen on; port 0 picks a free port (printed at start).
-    #[arg(long, env = "KUA_LISTEN", default_value = "127.0.0.1:8790")]
+    #[arg(long, env = "KUA_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: String,
     /// File holding the admin token, used when KUA_ADMIN_TOKEN is not set.
     #[arg(long, env = "KUA_ADMIN_TOKEN_FILE")]

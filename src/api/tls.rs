@@ -69,7 +69,7 @@ impl ServerTls {
     /// Reads and checks the files: each must hold what it should, and the key must be the
     /// certificate's. The errors name the file.
     pub fn load(files: &TlsFiles) -> anyhow::Result<ServerTls> {
-        let certs = read_certificates(&files.cert).map_err(anyhow::Error::msg)?;
+        let certs = read_certificates(&files.cert, "TLS certificate file").map_err(anyhow::Error::msg)?;
         let key = read_private_key(&files.key).map_err(anyhow::Error::msg)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -121,31 +121,33 @@ impl ServerTls {
     }
 }
 
-/// Every certificate in a PEM file, in order; an error names the file and what is wrong with it.
-pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = read_file(path, "certificate")?;
+/// Every certificate in a PEM file, in order; an error names the file (`what` it is for) and
+/// what is wrong with it.
+pub fn read_certificates(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = read_file(path, what)?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{} is not a valid PEM certificate file: {e}", path.display()))?;
+        .map_err(|e| format!("the {what} {} is not a valid PEM file: {e}", path.display()))?;
     if certs.is_empty() {
-        return Err(format!("{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", path.display()));
+        return Err(format!("the {what} {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", path.display()));
     }
     Ok(certs)
 }
 
 /// The first private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
 fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let bytes = read_file(path, "private key")?;
+    let what = "TLS key file";
+    let bytes = read_file(path, what)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => {
-            format!("{} holds no PEM private key (-----BEGIN PRIVATE KEY-----)", path.display())
+            format!("the {what} {} holds no PEM private key (-----BEGIN PRIVATE KEY-----)", path.display())
         }
-        e => format!("{} is not a valid PEM private key file: {e}", path.display()),
+        e => format!("the {what} {} is not a valid PEM file: {e}", path.display()),
     })
 }
 
 fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read the TLS {what} file {}: {e}", path.display()))
+    std::fs::read(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))
 }
 
 /// Answers a plain-HTTP request on the HTTPS port with a 400 in the API's error shape.
@@ -214,10 +216,11 @@ mod tests {
     fn a_missing_or_empty_certificate_file_is_named_in_the_error() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
-        assert!(read_certificates(&missing).unwrap_err().contains("missing.pem"));
+        let err = read_certificates(&missing, "CA file").unwrap_err();
+        assert!(err.contains("CA file") && err.contains("missing.pem"), "{err}");
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
-        let err = read_certificates(&empty).unwrap_err();
+        let err = read_certificates(&empty, "CA file").unwrap_err();
         assert!(err.contains("empty.pem") && err.contains("no PEM certificate"), "{err}");
     }
 
