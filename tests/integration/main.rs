@@ -9,4 +9,5 @@ mod recovery;
 mod selfdeploy;
 mod ssh;
 mod support;
+mod tls;
 mod webhook;
