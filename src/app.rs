@@ -11,6 +11,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::tls::{ServerTls, TlsFiles};
 use crate::api::{self, listener, ApiState};
 use crate::config::{HostSpec, Registry, SecretSource};
 use crate::docker::Docker;
@@ -19,6 +20,9 @@ use crate::pipeline::{self, queue::Queue};
 use crate::selfupdate;
 use crate::store::Store;
 use crate::target::compose::ComposeTargets;
+
+/// Where `serve` listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8790";
 
 /// `kua-deploy serve` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -30,7 +34,7 @@ pub struct ServeArgs {
     #[arg(long, env = "KUA_STATE_DIR", default_value = "./kua-state")]
     pub state_dir: PathBuf,
     /// Address to listen on; port 0 picks a free port (printed at start).
-    #[arg(long, env = "KUA_LISTEN", default_value = "127.0.0.1:8790")]
+    #[arg(long, env = "KUA_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: String,
     /// File holding the admin token, used when KUA_ADMIN_TOKEN is not set.
     #[arg(long, env = "KUA_ADMIN_TOKEN_FILE")]
@@ -40,6 +44,13 @@ pub struct ServeArgs {
     #[arg(long = "handoff-ceiling", env = "KUA_HANDOFF_CEILING_S", default_value_t = selfupdate::HANDOFF_CEILING.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub handoff_ceiling_s: u64,
+    /// Serve HTTPS with this PEM certificate chain (the server's certificate first); needs
+    /// --tls-key.
+    #[arg(long, env = "KUA_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "KUA_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// What `serve` needs, already loaded and checked.
@@ -49,6 +60,8 @@ pub struct Settings {
     pub admin_token: String,
     /// See [`ServeArgs::handoff_ceiling_s`].
     pub handoff_ceiling: Duration,
+    /// HTTPS, when a certificate was given; else plain HTTP.
+    pub tls: Option<ServerTls>,
 }
 
 /// The admin token: `KUA_ADMIN_TOKEN`, else the token file, else `<state-dir>/admin-token`,
@@ -202,7 +215,7 @@ async fn serve_inner(
         body_read_timeout_s = limits.body_read_timeout.as_secs(),
         "connection limits"
     );
-    let server = listener::serve(listener, router, limits, graceful);
+    let server = listener::serve(listener, router, limits, settings.tls, graceful);
     // Follow streams end with the shutdown token; this bounds anything else a client holds open.
     let deadline = async {
         stop.cancelled().await;
@@ -231,6 +244,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
             return Ok(2);
         }
     };
+    let tls = match TlsFiles::pair(args.tls_cert.clone(), args.tls_key.clone()) {
+        Ok(files) => files,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return Ok(2);
+        }
+    };
+    // Before the lock and the bind: a certificate that cannot be used is found at once.
+    let tls = tls.as_ref().map(ServerTls::load).transpose()?;
     let store = Store::open(&args.state_dir)?;
     let admin_token = resolve_admin_token(&args.state_dir, args.token_file.as_deref())?;
     match listener::raise_open_file_limit() {
@@ -242,15 +264,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("cannot listen on {}; pass another --listen address", args.listen))?;
     let addr = listener.local_addr()?;
-    store.set_listen(&format!("http://{addr}"));
+    let url = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
+    store.set_listen(&url);
     // Tests and scripts read this line to find a port-0 server.
-    println!("kua-deploy listening on http://{addr}");
-    tracing::info!(apps = registry.apps.len(), state_dir = %args.state_dir.display(), "serving on http://{addr}");
+    println!("kua-deploy listening on {url}");
+    tracing::info!(apps = registry.apps.len(), state_dir = %args.state_dir.display(), "serving on {url}");
     let settings = Settings {
         registry: Arc::new(registry),
         state_dir: args.state_dir,
         admin_token,
         handoff_ceiling: Duration::from_secs(args.handoff_ceiling_s),
+        tls,
     };
     serve_store(settings, store, listener, shutdown_signal()).await?;
     Ok(0)

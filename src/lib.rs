@@ -23,10 +23,10 @@
 //! - [`pipeline`]: the steps, one file each, the runner that orders them, the per-app queue, the
 //!   transient container's recreate/verify/rollback and the self-deploy's completion at start.
 //! - [`api`]: the axum router: admin API, push webhooks, auth, errors; the listener that serves it
-//!   within timeouts and a connection cap.
+//!   (over TLS when given a certificate) within timeouts and a connection cap.
 //! - [`app`]: `serve`: opens the store, recovers, starts the queue and the router.
-//! - [`cli`]: the client commands (`status`, `history`, `logs`, `approve`, `cancel`, `release`, `demo`)
-//!   over the API types.
+//! - [`cli`]: the client commands (`status`, `history`, `logs`, `approve`, `cancel`, `release`, `demo`,
+//!   `health`) over the API types; named servers (`servers.json`) and how a client trusts HTTPS.
 //!
 //! Imports point one way, down. The layers, lowest first: `model`; `host`, `store`; `config`, `git`,
 //! `docker`; `target`; `selfupdate`; `pipeline`; `api`; `app`; `cli`. A unit test (`layering.rs`) reads the

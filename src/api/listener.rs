@@ -13,6 +13,11 @@
 //! - Accept errors (`EMFILE` above all) never end the loop: it closes the longest-idle connection
 //!   to free a descriptor and retries after a short pause.
 //!
+//! - With TLS ([`ServerTls`]), the handshake happens on the connection's own task and counts
+//!   against its first head's timeout (timed from the accept), so a client that connects and
+//!   says nothing holds a slot no longer over TLS than without it; until its handshake is done
+//!   a connection is quiet, and the first to be shed at the cap.
+//!
 //! A request is in flight from the moment its head is parsed until its response body has been
 //! handed to the socket (the body is dropped), which is what lets a follow stream count as busy.
 
@@ -38,6 +43,8 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+use super::tls::ServerTls;
 
 /// How long a client has to send a whole request head.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -136,11 +143,17 @@ pub fn open_file_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
-/// Serves `router` on `listener` within `limits` until `shutdown` resolves; then stops accepting
-/// (the listening socket is closed), closes the connections with no request in flight, lets the
-/// others finish their request (hyper closes them after it), and returns once none is left.
-/// Dropping the returned future closes every connection still open.
-pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdown: impl Future<Output = ()> + Send) {
+/// Serves `router` on `listener` (over TLS when `tls` is given) within `limits` until `shutdown`
+/// resolves; then stops accepting (the listening socket is closed), closes the connections with
+/// no request in flight, lets the others finish their request (hyper closes them after it), and
+/// returns once none is left. Dropping the returned future closes every connection still open.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    tls: Option<ServerTls>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
     let table = Arc::new(Table::new(limits.max_connections));
     let stopping = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -163,7 +176,8 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdo
                             notes.shed += 1;
                         }
                         let guard = Registered { table: table.clone(), id };
-                        tasks.spawn(serve_connection(stream, router.clone(), conn, stopping.clone(), limits, guard));
+                        let served = Served { router: router.clone(), conn, stopping: stopping.clone(), limits, _registered: guard };
+                        tasks.spawn(serve_connection(stream, tls.clone(), served));
                     }
                     Admission::Full => notes.refused += 1,
                 },
@@ -426,16 +440,39 @@ impl Drop for Registered {
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+/// What one connection's task serves it with.
+struct Served {
     router: Router,
     conn: Arc<Conn>,
     stopping: CancellationToken,
     limits: Limits,
     _registered: Registered,
-) {
+}
+
+async fn serve_connection(stream: TcpStream, tls: Option<ServerTls>, served: Served) {
     // Answers are small and often streamed line by line: send each as soon as it is written.
     let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        return serve_http(stream, served).await;
+    };
+    // The sweep closes a connection whose first head has not come within the header timeout of
+    // the accept, handshake included; the timeout here bounds the handshake on its own too.
+    let handshake = tokio::time::timeout(served.limits.header_read_timeout, tls.accept(stream));
+    let session = tokio::select! {
+        s = handshake => s.ok().flatten(),
+        _ = served.conn.close.cancelled() => None,
+        _ = served.stopping.cancelled() => None,
+    };
+    if let Some(session) = session {
+        serve_http(session, served).await;
+    }
+}
+
+async fn serve_http<S>(stream: S, served: Served)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Served { router, conn, stopping, limits, _registered } = served;
     let io = TokioIo::new(Watched { stream, conn: conn.clone() });
     let service = {
         let conn = conn.clone();
@@ -473,13 +510,14 @@ async fn serve_connection(
     }
 }
 
-/// The socket, noting when bytes arrive (to time request heads).
-struct Watched {
-    stream: TcpStream,
+/// The socket (or the TLS session over it), noting when bytes of a request arrive (to time
+/// request heads).
+struct Watched<S> {
+    stream: S,
     conn: Arc<Conn>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.stream).poll_read(cx, buf);
@@ -490,7 +528,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }

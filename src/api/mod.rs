@@ -6,6 +6,7 @@ mod admin;
 mod auth;
 pub mod error;
 pub mod listener;
+pub mod tls;
 pub mod types;
 pub mod webhook;
 

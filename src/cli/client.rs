@@ -9,6 +9,7 @@ use futures::Stream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::tls::{self, Trust};
 use crate::api::types::{
     AppList, DeliveryList, DeployAccepted, DeployList, DeployRequest, ErrorBody, FollowItem, Health, LogPage,
     RuntimeStatus,
@@ -29,6 +30,10 @@ pub enum ClientError {
     /// No HTTP answer at all: refused, reset, timed out, or the stream broke off.
     #[error("cannot reach kua-deploy at {url}: {reason}")]
     Unreachable { url: String, reason: String },
+    /// The TLS handshake failed: a certificate this client does not trust, or a server that does
+    /// not speak TLS. Trying again does not help.
+    #[error("{message}")]
+    Tls { url: String, message: String },
     #[error("kua-deploy at {url} refused the admin token (401): check KUA_ADMIN_TOKEN or --token-file")]
     Unauthorized { url: String },
     #[error("{message} (404 {code})")]
@@ -73,17 +78,20 @@ pub struct Client {
 }
 
 impl Client {
-    /// `url` is the server's base URL (`http://host:port`, a trailing `/` is fine); `token` the
-    /// admin token sent as `Authorization: Bearer`.
+    /// `url` is the server's base URL (`http://host:port` or `https://…`, a trailing `/` is fine);
+    /// `token` the admin token sent as `Authorization: Bearer`. HTTPS trusts the machine's CA store.
     pub fn new(url: impl Into<String>, token: impl Into<String>) -> Client {
+        // With no CA file nothing read at run time can fail; reqwest's own `Client::new` makes
+        // the same assumption.
+        Client::with_trust(url, token, &Trust::default()).expect("the HTTP client could not be built")
+    }
+
+    /// Like [`Client::new`], trusting the server certificates `trust` says; the error (a CA file
+    /// that cannot be used) names the file.
+    pub fn with_trust(url: impl Into<String>, token: impl Into<String>, trust: &Trust) -> Result<Client, String> {
         let base = url.into().trim_end_matches('/').to_owned();
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            // Without TLS the builder has nothing that can fail at run time; reqwest's own
-            // `Client::new` makes the same assumption.
-            .expect("the HTTP client could not be built");
-        Client { base, token: token.into(), http, timeout: REQUEST_TIMEOUT }
+        let http = tls::http_client(trust, CONNECT_TIMEOUT)?;
+        Ok(Client { base, token: token.into(), http, timeout: REQUEST_TIMEOUT })
     }
 
     /// Sets the timeout of every request except the follow stream.
@@ -272,6 +280,9 @@ fn yield_line(
 }
 
 fn transport_error(base: &str, e: &reqwest::Error) -> ClientError {
+    if let Some(tls) = tls::tls_error(e) {
+        return ClientError::Tls { url: base.to_owned(), message: tls::describe(base, tls) };
+    }
     // reqwest's own message repeats the URL; the innermost cause ("Connection refused") is what
     // a person needs.
     let mut root: &dyn std::error::Error = e;
@@ -318,17 +329,14 @@ fn snippet(body: &[u8]) -> String {
     s
 }
 
-/// Refuses URLs this client cannot use, before any request: it speaks plain HTTP only.
+/// Refuses URLs this client cannot use, before any request; gives the URL without its trailing `/`.
 pub fn check_base_url(url: &str) -> Result<String, String> {
     let url = url.trim();
-    if url.starts_with("https://") {
-        return Err(format!(
-            "{url}: this client speaks plain http only; use an http:// URL on a trusted network or an SSH tunnel"
-        ));
-    }
-    match url.strip_prefix("http://") {
+    match url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")) {
         Some(rest) if !rest.is_empty() && !rest.starts_with('/') => Ok(url.trim_end_matches('/').to_owned()),
-        _ => Err(format!("{url:?} is not a kua-deploy URL: give http://HOST:PORT, e.g. {DEFAULT_URL}")),
+        _ => Err(format!(
+            "{url:?} is not a kua-deploy URL: give https://HOST[:PORT] or http://HOST:PORT, e.g. {DEFAULT_URL}"
+        )),
     }
 }
 
@@ -339,6 +347,8 @@ pub struct TokenSources {
     pub env_token: Option<String>,
     /// `--token-file`, else `KUA_ADMIN_TOKEN_FILE`.
     pub token_file: Option<PathBuf>,
+    /// The `token_file` of the server chosen in servers.json.
+    pub server_token_file: Option<PathBuf>,
     /// `KUA_STATE_DIR`: the server writes a generated token to `admin-token` there.
     pub state_dir: Option<PathBuf>,
     /// The server's default state dir, `./kua-state`.
@@ -346,11 +356,13 @@ pub struct TokenSources {
 }
 
 impl TokenSources {
-    /// The sources as this process's environment and options give them.
-    pub fn from_env(token_file: Option<PathBuf>) -> TokenSources {
+    /// The sources as this process's environment and options give them, with the chosen server's
+    /// token file.
+    pub fn from_env(token_file: Option<PathBuf>, server_token_file: Option<PathBuf>) -> TokenSources {
         TokenSources {
             env_token: std::env::var("KUA_ADMIN_TOKEN").ok(),
             token_file: token_file.or_else(|| std::env::var_os("KUA_ADMIN_TOKEN_FILE").map(PathBuf::from)),
+            server_token_file,
             state_dir: std::env::var_os("KUA_STATE_DIR").map(PathBuf::from),
             default_state_dir: PathBuf::from("./kua-state"),
         }
@@ -360,15 +372,15 @@ impl TokenSources {
 /// The file name the server writes a generated token to, in its state dir.
 pub const TOKEN_FILE_NAME: &str = "admin-token";
 
-/// Finds the admin token: `KUA_ADMIN_TOKEN`, else the token file named, else `admin-token` in
-/// `$KUA_STATE_DIR`, else in `./kua-state` (where a server started here with no token configured
-/// writes one). A token file that was named but cannot be read is an error, not a reason to try
-/// the next source: the user asked for that file.
+/// Finds the admin token: `KUA_ADMIN_TOKEN`, else the token file named, else the chosen server's
+/// `token_file`, else `admin-token` in `$KUA_STATE_DIR`, else in `./kua-state` (where a server
+/// started here with no token configured writes one). A token file that was named but cannot be
+/// read is an error, not a reason to try the next source: the user asked for that file.
 pub fn resolve_token(src: &TokenSources) -> Result<String, String> {
     if let Some(t) = src.env_token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
         return Ok(t.to_owned());
     }
-    if let Some(path) = &src.token_file {
+    if let Some(path) = src.token_file.as_ref().or(src.server_token_file.as_ref()) {
         return read_token(path);
     }
     let candidates = src.state_dir.iter().chain(std::iter::once(&src.default_state_dir));
@@ -379,8 +391,9 @@ pub fn resolve_token(src: &TokenSources) -> Result<String, String> {
         }
     }
     Err(format!(
-        "no admin token: set KUA_ADMIN_TOKEN, or pass --token-file (or KUA_ADMIN_TOKEN_FILE), or run where \
-         the server's state dir has {TOKEN_FILE_NAME} (KUA_STATE_DIR, default {})",
+        "no admin token: set KUA_ADMIN_TOKEN, or pass --token-file (or KUA_ADMIN_TOKEN_FILE), or give the \
+         server a token_file in servers.json, or run where the server's state dir has {TOKEN_FILE_NAME} \
+         (KUA_STATE_DIR, default {})",
         src.default_state_dir.display()
     ))
 }
@@ -431,6 +444,25 @@ mod tests {
     }
 
     #[test]
+    fn the_servers_token_file_comes_after_the_token_file_option_and_before_the_state_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("kua-state")).unwrap();
+        std::fs::write(dir.path().join("kua-state/admin-token"), "generated").unwrap();
+        for (name, tok) in [("option", "from-option"), ("server", "from-server")] {
+            std::fs::write(dir.path().join(name), tok).unwrap();
+        }
+        let server = Some(dir.path().join("server"));
+        let src = TokenSources { server_token_file: server.clone(), ..sources(dir.path()) };
+        assert_eq!(resolve_token(&src).unwrap(), "from-server");
+        let src = TokenSources {
+            token_file: Some(dir.path().join("option")),
+            server_token_file: server,
+            ..sources(dir.path())
+        };
+        assert_eq!(resolve_token(&src).unwrap(), "from-option");
+    }
+
+    #[test]
     fn the_state_dir_token_comes_before_the_default_state_dir() {
         let dir = tempfile::tempdir().unwrap();
         for (sub, tok) in [("state", "state-tok"), ("kua-state", "default-tok")] {
@@ -467,11 +499,13 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_http_urls_are_accepted() {
+    fn http_and_https_urls_are_accepted_and_nothing_else() {
         assert_eq!(check_base_url("http://127.0.0.1:8790/").unwrap(), "http://127.0.0.1:8790");
-        assert!(check_base_url("https://bruno:8790").unwrap_err().contains("plain http"));
+        assert_eq!(check_base_url("https://deploy.bruno.example/").unwrap(), "https://deploy.bruno.example");
         assert!(check_base_url("bruno:8790").is_err());
         assert!(check_base_url("http://").is_err());
+        assert!(check_base_url("https:///x").is_err());
+        assert!(check_base_url("ftp://bruno").is_err());
     }
 
     #[test]

@@ -150,6 +150,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
         state_dir: state_dir.clone(),
         admin_token: token.clone(),
         handoff_ceiling: crate::selfupdate::HANDOFF_CEILING,
+        tls: None,
     };
     let server = tokio::spawn(serve(settings, listener, async move {
         let _ = stop_rx.await;

@@ -2,20 +2,28 @@
 //!
 //! Exit statuses, the same for every command unless it says otherwise:
 //! - 0: done (for `release` and `logs --follow`: the deploy succeeded);
-//! - 1: it did not work: an invalid registry (`check-config`), an answer that is an error
-//!   (`status`, `history`, `logs`, `apps`), or a deploy that did not succeed;
+//! - 1: it did not work: an invalid registry (`check-config`), no answer or an answer that is an
+//!   error (`status`, `history`, `logs`, `apps`, `approve`, `cancel`: unreachable, a server
+//!   certificate not trusted, an error status; `health`: anything but 200), or a deploy that did
+//!   not succeed;
 //! - 2: usage or configuration error on this side: bad options, no token, no or bad `kua.json`,
-//!   a registry file that cannot be read (`check-config`);
+//!   a bad or missing `servers.json`, an unknown server name, a CA file that cannot be used, a
+//!   registry file that cannot be read (`check-config`), a TLS certificate without its key
+//!   (`serve`);
 //! - 3, 4, 5: `release` only: awaiting approval; timed out or lost track of the deploy (its outcome
-//!   is unknown); could not start it.
+//!   is unknown); could not start it (unreachable, a server certificate not trusted, 401, 404, 409).
 
 pub mod client;
 pub mod control;
 pub mod demo;
+pub mod health;
+pub mod manifest;
 pub mod release;
+pub mod servers;
 pub mod show;
+pub mod tls;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
@@ -61,6 +69,8 @@ pub enum Command {
     Release(release::ReleaseArgs),
     /// Deploy a small example app on the local Docker engine, end to end.
     Demo(demo::DemoArgs),
+    /// Ask the local server's /healthz (for a container HEALTHCHECK): exit 0 if it answers 200.
+    Health(health::HealthArgs),
     /// (Run by kua-deploy itself, in a transient container of its new image: recreate kua-deploy's
     /// own service, verify it, and bring the previous image back if it does not hold.)
     #[command(hide = true)]
@@ -79,27 +89,54 @@ pub struct CheckConfigArgs {
 /// command line, where other users of the machine could read it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnArgs {
-    /// kua-deploy's base URL [default: http://127.0.0.1:8790].
+    /// kua-deploy's base URL (https://… or http://…); wins over every server name [default: the
+    /// server of ./kua.json, else the default in servers.json, else http://127.0.0.1:8790].
     #[arg(long, env = "KUA_DEPLOY_URL")]
     pub url: Option<String>,
-    /// File holding the admin token, used when KUA_ADMIN_TOKEN is not set [default:
-    /// $KUA_STATE_DIR/admin-token, then ./kua-state/admin-token].
+    /// A server named in servers.json ($KUA_SERVERS, else $XDG_CONFIG_HOME/kua-deploy/servers.json,
+    /// else ~/.config/kua-deploy/servers.json); wins over ./kua.json's server.
+    #[arg(long, env = "KUA_SERVER")]
+    pub server: Option<String>,
+    /// File holding the admin token, used when KUA_ADMIN_TOKEN is not set [default: the server's
+    /// token_file in servers.json, then $KUA_STATE_DIR/admin-token, then ./kua-state/admin-token].
     #[arg(long, env = "KUA_ADMIN_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// PEM file of the CA(s) that sign the server's certificate, trusted besides the system's
+    /// [default: the server's ca_file in servers.json].
+    #[arg(long, env = "KUA_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ConnArgs {
-    /// A client for the URL given (else `fallback_url`, else the default) and the token found;
-    /// the error is a usage error, for exit status 2.
-    pub fn client_with(&self, fallback_url: Option<&str>) -> Result<client::Client, String> {
-        let url = self.url.as_deref().or(fallback_url).unwrap_or(client::DEFAULT_URL);
-        let url = client::check_base_url(url)?;
-        let token = client::resolve_token(&client::TokenSources::from_env(self.token_file.clone()))?;
-        Ok(client::Client::new(url, token))
+    /// A client for the server chosen (see [`servers`] for the order; `manifest_server` is the
+    /// `server` of kua.json), and where its URL came from. The error is a usage error, for exit
+    /// status 2.
+    pub fn client_for(&self, manifest_server: Option<&str>) -> Result<(client::Client, servers::Origin), String> {
+        let wanted = servers::Wanted {
+            url: self.url.clone(),
+            server: self.server.clone(),
+            manifest_server: manifest_server.map(str::to_owned),
+            ca_file: self.ca_file.clone(),
+        };
+        // A URL given makes every name moot: a broken servers file does not stand in its way.
+        let known = match &wanted.url {
+            Some(_) => servers::Servers::default(),
+            None => servers::Servers::load(&servers::Location::from_env())?,
+        };
+        let chosen = servers::resolve(&wanted, &known)?;
+        let token =
+            client::resolve_token(&client::TokenSources::from_env(self.token_file.clone(), chosen.token_file.clone()))?;
+        let trust = tls::Trust::Roots { ca_file: chosen.ca_file.clone() };
+        Ok((client::Client::with_trust(&chosen.url, token, &trust)?, chosen.origin))
     }
 
+    /// [`ConnArgs::client_for`] the server `./kua.json` names, if there is one.
     pub fn client(&self) -> Result<client::Client, String> {
-        self.client_with(None)
+        let manifest = match &self.url {
+            Some(_) => None,
+            None => manifest::Manifest::read(Path::new(manifest::MANIFEST))?,
+        };
+        self.client_for(manifest.as_ref().and_then(|m| m.server.as_deref())).map(|(client, _)| client)
     }
 }
 
@@ -122,6 +159,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Approve(args) => control::approve(args).await,
         Command::Cancel(args) => control::cancel(args).await,
         Command::Release(args) => release::run(args).await,
+        Command::Health(args) => health::run(args).await,
     }
 }
 

@@ -4,9 +4,9 @@
 //! answered the trigger is killed during recreate and a new one reports the result. Refused
 //! connections, resets, 5xx and unreadable answers are therefore retried until `--timeout`.
 //!
-//! The URL is `--url`, else `KUA_DEPLOY_URL`, else the manifest's `server` when that is an
-//! `http://` URL, else the default; a `server` that is only a name is shown in the hint when the
-//! default URL cannot be reached.
+//! The app is the one named on the command line, else the `name` of `./kua.json`; the server is
+//! chosen as for every client command (`servers.rs`), with the `server` of `./kua.json` even when
+//! the app is named on the command line.
 //!
 //! Exit statuses: 0 succeeded; 1 failed, rolled_back, interrupted or cancelled; 2 usage or
 //! configuration error; 3 awaiting approval; 4 timed out, or lost track of the deploy (its
@@ -18,17 +18,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::client::{Client, ClientError};
+use super::manifest::{Manifest, MANIFEST};
 use super::show::{fmt_duration, print_commit, print_outcome_details, span, step_line};
 use super::{exit, parse_app, ConnArgs};
 use crate::api::types::DeployRequest;
 use crate::model::{AppName, CommitSha, Deploy, DeployId, Phase, StepName, StepStatus};
-
-/// The release manifest an app keeps at the top of its repo.
-pub const MANIFEST: &str = "kua.json";
 
 const POLL_EVERY: Duration = Duration::from_millis(300);
 /// Slower while the server is away, so a restart is not met with a flood of connection attempts.
@@ -99,50 +96,24 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
-/// What `kua.json` says.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Manifest {
-    pub name: String,
-    /// Only `direct` is known; a manifest without it means `direct`.
-    #[serde(default)]
-    pub mode: Option<String>,
-    /// The server the app is released on; used as the URL when it is one and none was given.
-    #[serde(default)]
-    pub server: Option<String>,
-}
-
-/// Parses and checks a manifest; the error says how to fix it.
-pub fn parse_manifest(text: &str) -> Result<(AppName, Manifest), String> {
-    let m: Manifest = serde_json::from_str(text).map_err(|e| {
-        format!("{MANIFEST} is not valid: {e}; it should read {{\"name\": \"<app>\", \"mode\": \"direct\", \"server\": \"<server>\"}}")
-    })?;
-    match m.mode.as_deref() {
-        None | Some("direct") => {}
-        Some(other) => {
+/// The app named on the command line, else the manifest's; with the manifest, when there is one
+/// (its mode checked either way: it says how this repo releases).
+fn resolve_app(arg: Option<AppName>, manifest: &Path) -> Result<(AppName, Option<Manifest>), String> {
+    let m = Manifest::read(manifest)?;
+    if let Some(m) = &m {
+        m.check_mode()?;
+    }
+    let app = match (arg, &m) {
+        (Some(app), _) => app,
+        (None, Some(m)) => m.app().map_err(|e| format!("{e} (or name the app: release-app APP)"))?,
+        (None, None) => {
             return Err(format!(
-                "{MANIFEST} has mode {other:?}, which this release-app does not support: only \"direct\" \
-                 (talk to the server's kua-deploy admin API) is"
+                "no app named and there is no {}: name the app (release-app APP) or run where the app's {MANIFEST} is",
+                manifest.display()
             ))
         }
-    }
-    let app = AppName::parse(&m.name).map_err(|e| format!("{MANIFEST}: \"name\": {e}"))?;
+    };
     Ok((app, m))
-}
-
-/// The app named on the command line, else the manifest's; with the manifest, when read.
-fn resolve_app(arg: Option<AppName>, manifest: &Path) -> Result<(AppName, Option<Manifest>), String> {
-    if let Some(app) = arg {
-        return Ok((app, None));
-    }
-    let text = std::fs::read_to_string(manifest).map_err(|e| {
-        format!(
-            "no app named and {} cannot be read ({e}): name the app (release-app APP) or run where the \
-             app's {MANIFEST} is",
-            manifest.display()
-        )
-    })?;
-    let (app, m) = parse_manifest(&text).map_err(|e| format!("{e} (or name the app: release-app APP)"))?;
-    Ok((app, Some(m)))
 }
 
 /// The exit status a deploy in `phase` ends the release with; `None` while it is still going.
@@ -160,9 +131,7 @@ pub async fn run(args: ReleaseArgs) -> i32 {
         Ok(v) => v,
         Err(msg) => return usage(&msg),
     };
-    let server = manifest.as_ref().and_then(|m| m.server.clone());
-    let server_url = server.as_deref().filter(|s| s.starts_with("http://") || s.starts_with("https://"));
-    let client = match args.conn.client_with(server_url) {
+    let (client, origin) = match args.conn.client_for(manifest.as_ref().and_then(|m| m.server.as_deref())) {
         Ok(c) => c,
         Err(msg) => return usage(&msg),
     };
@@ -174,12 +143,12 @@ pub async fn run(args: ReleaseArgs) -> i32 {
     };
 
     let mut view = View::new(std::io::stdout().is_terminal());
-    view.note(&format!("releasing {app} via {}", client.base_url()));
+    view.note(&format!("releasing {app} via {} ({origin})", client.base_url()));
     let accepted = match client.deploy(&app, &request).await {
         Ok(a) => a,
         Err(e) => {
             view.finish();
-            not_started(&e, &app, &client, server.as_deref(), args.conn.url.is_none());
+            not_started(&e, &app);
             return exit::NOT_STARTED;
         }
     };
@@ -194,17 +163,11 @@ fn usage(msg: &str) -> i32 {
     exit::USAGE
 }
 
-fn not_started(e: &ClientError, app: &AppName, client: &Client, server: Option<&str>, url_defaulted: bool) {
-    // The error's own text already says which (unreachable, 401, or the API's code and status).
+fn not_started(e: &ClientError, app: &AppName) {
+    // The error's own text already says which (unreachable, TLS, 401, or the API's code and status).
     eprintln!("error: could not start the release of {app}: {e}");
     if let ClientError::Conflict { deploy_id: Some(id), .. } = e {
         eprintln!("deploy {id} is in progress; follow it with: kua-deploy logs {id} --follow");
-    }
-    if let (ClientError::Unreachable { .. }, Some(server), true) = (e, server, url_defaulted) {
-        eprintln!(
-            "{MANIFEST} names server {server:?}, but no URL was given so {} was tried: set KUA_DEPLOY_URL or --url",
-            client.base_url()
-        );
     }
 }
 
@@ -400,32 +363,33 @@ mod tests {
     }
 
     #[test]
-    fn a_direct_manifest_names_the_app() {
-        let (app, m) = parse_manifest(r#"{"name": "kua-deploy", "mode": "direct", "server": "bruno"}"#).unwrap();
-        assert_eq!(app.as_str(), "kua-deploy");
-        assert_eq!(m.server.as_deref(), Some("bruno"));
+    fn the_app_on_the_command_line_wins_over_the_manifests_name_but_the_manifest_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MANIFEST);
+        std::fs::write(&path, r#"{"name": "hello", "mode": "direct", "server": "bruno"}"#).unwrap();
+        let (app, m) = resolve_app(Some(AppName::parse("web").unwrap()), &path).unwrap();
+        assert_eq!(app.as_str(), "web");
+        assert_eq!(m.and_then(|m| m.server).as_deref(), Some("bruno"));
     }
 
     #[test]
-    fn a_manifest_without_mode_means_direct() {
-        assert!(parse_manifest(r#"{"name": "hello"}"#).is_ok());
+    fn the_manifest_names_the_app_when_the_command_line_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MANIFEST);
+        std::fs::write(&path, r#"{"name": "hello"}"#).unwrap();
+        assert_eq!(resolve_app(None, &path).unwrap().0.as_str(), "hello");
     }
 
     #[test]
-    fn a_manifest_with_another_mode_is_a_clear_error() {
-        let err = parse_manifest(r#"{"name": "hello", "mode": "pull"}"#).unwrap_err();
-        assert!(err.contains("\"pull\"") && err.contains("direct"), "{err}");
+    fn a_manifest_of_another_mode_is_refused_even_when_the_app_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MANIFEST);
+        std::fs::write(&path, r#"{"name": "hello", "mode": "pull"}"#).unwrap();
+        assert!(resolve_app(Some(AppName::parse("web").unwrap()), &path).unwrap_err().contains("pull"));
     }
 
     #[test]
-    fn a_manifest_without_a_valid_name_says_what_it_should_look_like() {
-        assert!(parse_manifest(r#"{"mode": "direct"}"#).unwrap_err().contains("\"name\""));
-        assert!(parse_manifest("not json").unwrap_err().contains("kua.json"));
-        assert!(parse_manifest(r#"{"name": "../etc"}"#).unwrap_err().contains("name"));
-    }
-
-    #[test]
-    fn the_app_on_the_command_line_wins_without_reading_the_manifest() {
+    fn the_app_on_the_command_line_is_enough_without_a_manifest() {
         let (app, m) = resolve_app(Some(AppName::parse("web").unwrap()), Path::new("/nonexistent/kua.json")).unwrap();
         assert_eq!(app.as_str(), "web");
         assert!(m.is_none());

@@ -73,6 +73,8 @@ mod tests {
             labels: Default::default(),
             path: "/kua-deploy".into(),
             mounts: mounts.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            user: String::new(),
+            group_add: Vec::new(),
         }
     }
 

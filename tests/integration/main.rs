@@ -10,4 +10,5 @@ mod selfdeploy;
 mod shipped;
 mod ssh;
 mod support;
+mod tls;
 mod webhook;

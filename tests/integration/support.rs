@@ -306,11 +306,16 @@ pub struct Server {
 
 impl Server {
     pub fn start(registry: &Path, state: &Path) -> Server {
+        Server::spawn(Server::command(registry, state))
+    }
+
+    /// The `kua-deploy serve` command [`Server::start`] runs: port 0, the test token.
+    pub fn command(registry: &Path, state: &Path) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kua-deploy"));
         cmd.args(["serve", "--config", registry.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
             .args(["--listen", "127.0.0.1:0"])
             .env("KUA_ADMIN_TOKEN", TOKEN);
-        Server::spawn(cmd)
+        cmd
     }
 
     /// Starts a prepared `kua-deploy serve` command and waits for its listen line.
