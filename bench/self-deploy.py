@@ -176,8 +176,6 @@ def main() -> int:
     finally:
         subprocess.run(["docker", "compose", "-p", project, "down", "--volumes", "--rmi", "all", "--timeout", "2"],
                        cwd=checkout if checkout.exists() else None, capture_output=True)
-        subprocess.run(["sh", "-c", "docker rm -f $(docker ps -aq --filter name=kua-self-recreate-) 2>/dev/null"],
-                       capture_output=True)
         for n in nets:
             subprocess.run(["docker", "network", "rm", n], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)

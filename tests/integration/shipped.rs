@@ -200,9 +200,6 @@ impl Drop for Shipped {
             .args(["compose", "-p", &self.project, "down", "--volumes", "--rmi", "all", "--timeout", "2"])
             .current_dir(&self.checkout)
             .output();
-        let _ = Command::new("sh")
-            .args(["-c", &format!("docker rm -f $(docker ps -aq --filter name=kua-self-recreate-) 2>/dev/null")])
-            .output();
         for net in &self.networks {
             let _ = Command::new("docker").args(["network", "rm", net]).output();
         }
