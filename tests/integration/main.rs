@@ -6,7 +6,6 @@ mod cli;
 mod deploy;
 mod faults;
 mod recovery;
-mod selfdeploy;
 mod shipped;
 mod ssh;
 mod support;

@@ -194,6 +194,11 @@ impl Shipped {
     }
 }
 
+/// The transient container a self-deploy starts (named after the deploy).
+fn transient_name(d: &Deploy) -> String {
+    kua_deploy::selfupdate::transient_name(&d.deploy_id)
+}
+
 impl Drop for Shipped {
     fn drop(&mut self) {
         let _ = Command::new("docker")
@@ -237,6 +242,10 @@ async fn the_shipped_image_runs_on_the_fleet_networks_and_releases_itself_throug
     let v2_image = d.images.values().next().unwrap().to_string();
     assert_ne!(v2_image, v1_image);
     assert_eq!(app.running_image().as_deref(), Some(v2_image.as_str()));
+    let verify = d.verify.as_ref().expect("the verify object");
+    assert!(verify.ok && verify.services[0].running_image.as_deref() == Some(v2_image.as_str()), "{verify:?}");
+    let log = app.client().logs(&d.deploy_id, 0).await.unwrap();
+    assert!(log.lines.iter().any(|l| l.line.contains("[transient] verified")), "{:?}", log.lines);
     app.wait_healthy().await;
 
     // An image that cannot start: the transient container brings v2 back.
@@ -244,6 +253,8 @@ async fn the_shipped_image_runs_on_the_fleet_networks_and_releases_itself_throug
     let acc = app.client().deploy(&kua, &DeployRequest::default()).await.unwrap();
     let d = app.wait_end(&acc.deploy_id).await;
     assert_eq!(d.phase, Phase::RolledBack, "{d:#?}\n{}", app.logs());
+    let transient = sh(Path::new("/"), &["docker", "ps", "-aq", "--filter", &format!("name={}", transient_name(&d))]);
+    assert!(transient.is_empty(), "the transient container is removed once its verdict is read");
     app.wait_healthy().await;
     assert_eq!(app.running_image().as_deref(), Some(v2_image.as_str()));
 
@@ -261,6 +272,6 @@ async fn the_shipped_image_runs_on_the_fleet_networks_and_releases_itself_throug
     let error = d.error.clone().unwrap_or_default();
     assert!(error.contains(&format!("still running {CEILING_S}s after the handoff")), "{error}");
     assert_eq!(app.running_image().as_deref(), Some(v2_image.as_str()));
-    let transient = sh(Path::new("/"), &["docker", "ps", "-aq", "--filter", "name=kua-self-recreate-"]);
+    let transient = sh(Path::new("/"), &["docker", "ps", "-aq", "--filter", &format!("name={}", transient_name(&d))]);
     assert!(transient.is_empty(), "the transient container is removed at the ceiling");
 }
