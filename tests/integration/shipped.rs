@@ -21,21 +21,21 @@ const KUA_USER: &str = "10001:10001";
 /// Short, so the ceiling case takes seconds; long enough for a handoff on a busy machine.
 const CEILING_S: u64 = 20;
 
-/// git as root on files owned by kua-deploy's user: git would refuse them as "dubious".
+/// git as root on files owned by kua-deploy's user: git would refuse them as "dubious" (and a
+/// `-c safe.directory` does not reach the `git-receive-pack` a local push starts), so this git
+/// reads a global config that trusts every directory.
 fn git(dir: &Path, args: &[&str]) -> String {
-    let mut argv = vec![
-        "git",
-        "-c",
-        "safe.directory=*",
-        "-c",
-        "user.name=Test",
-        "-c",
-        "user.email=test@example.invalid",
-        "-c",
-        "init.defaultBranch=main",
-    ];
-    argv.extend_from_slice(args);
-    sh(dir, &argv)
+    let config = std::env::temp_dir().join("kua-test-safe-directory.gitconfig");
+    std::fs::write(&config, "[safe]\n\tdirectory = *\n").unwrap();
+    let out = Command::new("git")
+        .args(["-c", "user.name=Test", "-c", "user.email=test@example.invalid", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", &config)
+        .output()
+        .expect("git is installed");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 struct Shipped {
