@@ -49,8 +49,16 @@ def run(argv: list[str], cwd: Path | None = None, timeout: float = 1800) -> str:
 
 
 def git(cwd: Path, *args: str) -> str:
-    return run(["git", "-c", "safe.directory=*", "-c", "user.name=Bench", "-c", "user.email=b@example.invalid",
-                "-c", "init.defaultBranch=main", *args], cwd)
+    # The repos belong to kua-deploy's user; a local push's receive-pack reads only the global
+    # config for `safe.directory`, so this git gets one that trusts every directory.
+    config = Path(tempfile.gettempdir()) / "kua-bench-safe-directory.gitconfig"
+    config.write_text("[safe]\n\tdirectory = *\n")
+    p = subprocess.run(["git", "-c", "user.name=Bench", "-c", "user.email=b@example.invalid",
+                        "-c", "init.defaultBranch=main", *args], cwd=cwd, capture_output=True, text=True,
+                       env={**os.environ, "GIT_CONFIG_GLOBAL": str(config)})
+    if p.returncode != 0:
+        raise RuntimeError(f"git {args} failed: {p.stderr}")
+    return p.stdout.strip()
 
 
 def healthz(port: int) -> bool:
