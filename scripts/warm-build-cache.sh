@@ -12,6 +12,6 @@ trap 'rm -rf "$tmp"' EXIT
 # The compose file names files a build does not read; give Compose empty ones.
 : > "$tmp/admin-token"
 : > "$tmp/deploy-registry.json"
-KUA_ADMIN_TOKEN_FILE="$tmp/admin-token" KUA_REGISTRY_FILE="$tmp/deploy-registry.json" \
+KUA_ADMIN_TOKEN_SECRET="$tmp/admin-token" KUA_REGISTRY_FILE="$tmp/deploy-registry.json" \
   docker compose -p kua-deploy-cache-warm build --quiet
 echo "build cache warm in $(( $(date +%s) - started ))s"

@@ -115,11 +115,20 @@ impl Servers {
         let mut servers = BTreeMap::new();
         for (name, mut entry) in file.servers {
             entry.url = check_base_url(&entry.url).map_err(|e| format!("{}: server {name:?}: {e}", path.display()))?;
-            entry.token_file = entry.token_file.map(|f| dir.join(f));
-            entry.ca_file = entry.ca_file.map(|f| dir.join(f));
+            entry.token_file = entry.token_file.map(|f| file_path(dir, &f));
+            entry.ca_file = entry.ca_file.map(|f| file_path(dir, &f));
             servers.insert(name, entry);
         }
         Ok(Servers { path: Some(path.to_owned()), exists: true, default: file.default, servers })
+    }
+}
+
+/// A path the servers file names: `~/…` is under the home directory (as a shell would read it),
+/// a relative one under the file's own directory.
+fn file_path(dir: &Path, f: &Path) -> PathBuf {
+    match (f.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => dir.join(f),
     }
 }
 
@@ -300,6 +309,14 @@ mod tests {
     fn the_built_in_url_is_used_without_a_default_or_a_servers_file() {
         let r = resolve(&wanted(), &Servers::default()).unwrap();
         assert_eq!((r.url.as_str(), r.origin), (DEFAULT_URL, Origin::BuiltIn));
+    }
+
+    #[test]
+    fn a_file_under_the_home_directory_may_be_written_with_a_tilde() {
+        let home = PathBuf::from(std::env::var_os("HOME").expect("HOME is set"));
+        assert_eq!(file_path(Path::new("/etc/kua"), Path::new("~/.config/t")), home.join(".config/t"));
+        assert_eq!(file_path(Path::new("/etc/kua"), Path::new("t")), PathBuf::from("/etc/kua/t"));
+        assert_eq!(file_path(Path::new("/etc/kua"), Path::new("~t")), PathBuf::from("/etc/kua/~t"), "not ~user");
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! kua-deploy as the fleet runs it: the shipped `Dockerfile` and `docker-compose.yml`, built from a
 //! copy of this repository on base images made by `scripts/base-images.sh`, with only a test
-//! override (a published port, a short healthcheck interval, labels) and a `.env` for the host's
-//! paths. It starts healthy, as a non-root user, on the fleet's two networks, and releases itself
-//! with `release-app`: a good commit ends `succeeded`, one whose image cannot start comes back
-//! `rolled_back`, a second start changes nothing, and a transient container that never replaces
-//! it ends the deploy `failed` at the handoff ceiling — never `running`.
+//! override (a published port, HTTPS with a certificate the test's CA signed, a short healthcheck
+//! interval, labels) and a `.env` for the host's paths. It starts healthy (its healthcheck is
+//! `kua-deploy health`, over HTTPS), as a non-root user, on the fleet's two networks, with the
+//! registry read-only, and releases itself with `release-app` run in its checkout, which finds the
+//! server `bruno` that the repository's `kua.json` names in a `servers.json`: a commit that changes
+//! its code is built from source and ends `succeeded`, one whose image cannot start comes back
+//! `rolled_back`, a second start changes nothing, and a transient container that never replaces it
+//! ends the deploy `failed` at the handoff ceiling — never `running`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use kua_deploy::api::types::DeployRequest;
 use kua_deploy::cli::client::Client;
+use kua_deploy::cli::tls::Trust;
 use kua_deploy::model::{AppName, Deploy, DeployId, Phase};
 
-use crate::support::{preflight, sh, uuid_hex, TEST_LABEL, TOKEN};
+use crate::support::{preflight, sh, uuid_hex, Pki, TEST_LABEL, TOKEN};
 
 /// The uid:gid the image runs kua-deploy as.
 const KUA_USER: &str = "10001:10001";
@@ -40,6 +44,9 @@ fn git(dir: &Path, args: &[&str]) -> String {
 
 struct Shipped {
     _dir: tempfile::TempDir,
+    pki: Pki,
+    /// The `servers.json` naming `bruno`, its token and its CA.
+    servers: PathBuf,
     project: String,
     work: PathBuf,
     checkout: PathBuf,
@@ -68,15 +75,25 @@ impl Shipped {
             std::fs::copy(repo.join(f), to).unwrap();
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // HTTPS as the shipped file's commented lines say, with the test CA's certificate.
+        let pki = Pki::new();
         std::fs::write(
             work.join("docker-compose.override.yml"),
             format!(
                 "services:\n  kua-deploy:\n    build:\n      labels: [\"{TEST_LABEL}=1\"]\n    \
                  labels: [\"{TEST_LABEL}=1\"]\n    ports: [\"127.0.0.1:{port}:8790\"]\n    \
-                 healthcheck:\n      interval: 1s\n      timeout: 5s\n      start_period: 30s\n"
+                 environment:\n      KUA_TLS_CERT: /app/tls/server.pem\n      KUA_TLS_KEY: /app/tls/server.key\n    \
+                 volumes: [\"{}:/app/tls:ro\"]\n    \
+                 healthcheck:\n      interval: 1s\n      timeout: 5s\n      start_period: 30s\n",
+                pki.dir.path().display()
             ),
         )
         .unwrap();
+        let servers = dir.path().join("servers.json");
+        std::fs::write(dir.path().join("bruno.token"), format!("{TOKEN}\n")).unwrap();
+        let bruno = serde_json::json!({"url": format!("https://localhost:{port}"), "token_file": "bruno.token",
+            "ca_file": pki.ca});
+        std::fs::write(&servers, serde_json::json!({"servers": {"bruno": bruno}}).to_string()).unwrap();
         git(dir.path(), &["init", "--quiet", "--bare", remote.to_str().unwrap()]);
         git(&work, &["init", "--quiet"]);
         git(&work, &["add", "-A"]);
@@ -107,16 +124,16 @@ impl Shipped {
         }}});
         std::fs::write(checkout.join("deploy-registry.json"), registry.to_string()).unwrap();
         // kua-deploy runs as its own user: the checkouts are that user's.
-        sh(Path::new("/"), &["chown", "-R", KUA_USER, apps.to_str().unwrap()]);
-        let app = Shipped { _dir: dir, project, work, checkout, port, networks };
+        sh(Path::new("/"), &["chown", "-R", KUA_USER, apps.to_str().unwrap(), pki.dir.path().to_str().unwrap()]);
+        let app = Shipped { _dir: dir, pki, servers, project, work, checkout, port, networks };
         // Installed as the README says: `docker compose up -d` in the checkout.
         sh(&app.checkout, &["docker", "compose", "-p", &app.project, "up", "-d", "--build", "--quiet-pull"]);
         app
     }
 
-    /// Appends `lines` to the Dockerfile's last stage, commits and pushes.
-    fn push_dockerfile_change(&self, version: &str, lines: &str) -> String {
-        let path = self.work.join("Dockerfile");
+    /// Appends `lines` to `file` (the Dockerfile's last stage, a source file), commits and pushes.
+    fn push_change(&self, version: &str, file: &str, lines: &str) -> String {
+        let path = self.work.join(file);
         let mut text = std::fs::read_to_string(&path).unwrap();
         text.push_str(lines);
         std::fs::write(&path, text).unwrap();
@@ -125,12 +142,9 @@ impl Shipped {
         git(&self.work, &["rev-parse", "HEAD"])
     }
 
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
     fn client(&self) -> Client {
-        Client::new(self.url(), TOKEN)
+        let trust = Trust::Roots { ca_file: Some(self.pki.ca.clone()) };
+        Client::with_trust(format!("https://localhost:{}", self.port), TOKEN, &trust).unwrap()
     }
 
     fn container(&self) -> Option<String> {
@@ -205,6 +219,16 @@ impl Drop for Shipped {
             .args(["compose", "-p", &self.project, "down", "--volumes", "--rmi", "all", "--timeout", "2"])
             .current_dir(&self.checkout)
             .output();
+        // The images earlier releases built (no longer tagged) carry the override's build label.
+        let images = Command::new("docker")
+            .args(["images", "-q", "--filter", &format!("label={TEST_LABEL}=1")])
+            .args(["--filter", &format!("label=com.docker.compose.project={}", self.project)])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .unwrap_or_default();
+        if !images.is_empty() {
+            let _ = Command::new("docker").args(["rmi", "-f"]).args(&images).output();
+        }
         for net in &self.networks {
             let _ = Command::new("docker").args(["network", "rm", net]).output();
         }
@@ -221,16 +245,22 @@ async fn the_shipped_image_runs_on_the_fleet_networks_and_releases_itself_throug
     for net in &app.networks {
         assert!(nets.split_whitespace().any(|n| n == net), "{net} not in {nets}");
     }
+    let registry_rw =
+        app.inspect("{{range .Mounts}}{{if eq .Destination \"/app/deploy-registry.json\"}}{{.RW}}{{end}}{{end}}");
+    assert_eq!(registry_rw, "false", "the registry is mounted read-only");
     let kua = AppName::parse("kua-deploy").unwrap();
     let v1_image = app.running_image().unwrap();
 
-    // A release whose final stage changed (a new image, the build stage from cache), with
-    // `release-app kua-deploy` as a user runs it: it rides through the restart and exits 0.
-    app.push_dockerfile_change("v2", "LABEL org.opencontainers.image.version=v2\n");
+    // A release that changes kua-deploy's code (built from source in the build step), with
+    // `release-app kua-deploy` run in the checkout as a user runs it: kua.json names `bruno`,
+    // servers.json says where bruno is, its token and its CA. It rides through the restart.
+    app.push_change("v2", "src/lib.rs", "\n// v2\n");
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_release-app"))
-        .args(["kua-deploy", "--url", &app.url(), "--timeout", "4m"])
-        .env("KUA_ADMIN_TOKEN", TOKEN)
+        .args(["kua-deploy", "--timeout", "6m"])
+        .env("KUA_SERVERS", &app.servers)
+        .env_remove("KUA_DEPLOY_URL")
+        .env_remove("KUA_ADMIN_TOKEN")
         .current_dir(&app.checkout)
         .output()
         .unwrap();
@@ -249,7 +279,7 @@ async fn the_shipped_image_runs_on_the_fleet_networks_and_releases_itself_throug
     app.wait_healthy().await;
 
     // An image that cannot start: the transient container brings v2 back.
-    app.push_dockerfile_change("v3-broken", "CMD [\"no-such-command\"]\n");
+    app.push_change("v3-broken", "Dockerfile", "CMD [\"no-such-command\"]\n");
     let acc = app.client().deploy(&kua, &DeployRequest::default()).await.unwrap();
     let d = app.wait_end(&acc.deploy_id).await;
     assert_eq!(d.phase, Phase::RolledBack, "{d:#?}\n{}", app.logs());
@@ -258,14 +288,18 @@ async fn the_shipped_image_runs_on_the_fleet_networks_and_releases_itself_throug
     app.wait_healthy().await;
     assert_eq!(app.running_image().as_deref(), Some(v2_image.as_str()));
 
-    // A second start changes nothing.
+    // A second start changes nothing: the same deploys, ended as they were, v2 still runs.
+    let before = app.client().history(&kua, 50).await.unwrap();
     sh(&app.checkout, &["docker", "compose", "-p", &app.project, "restart"]);
     app.wait_healthy().await;
+    let after = app.client().history(&kua, 50).await.unwrap();
+    assert_eq!(format!("{after:?}"), format!("{before:?}"), "a second start rewrote the history");
     assert_eq!(app.client().deploy_status(&acc.deploy_id).await.unwrap().phase, Phase::RolledBack);
+    assert_eq!(app.running_image().as_deref(), Some(v2_image.as_str()));
 
     // A transient container that never replaces kua-deploy (its binary does nothing in the new
     // image): at the ceiling the deploy ends failed, and v2 still runs.
-    app.push_dockerfile_change("v4-inert", "USER root\nRUN ln -sf /bin/true /usr/local/bin/kua-deploy\nUSER kua\n");
+    app.push_change("v4-inert", "Dockerfile", "USER root\nRUN ln -sf /bin/true /usr/local/bin/kua-deploy\nUSER kua\n");
     let acc = app.client().deploy(&kua, &DeployRequest::default()).await.unwrap();
     let d = app.wait_end(&acc.deploy_id).await;
     assert_eq!(d.phase, Phase::Failed, "{d:#?}\n{}", app.logs());

@@ -468,3 +468,66 @@ impl TestApp {
         std::fs::write(&self.registry, serde_json::to_string_pretty(&reg).unwrap()).unwrap();
     }
 }
+
+/// Two CAs, and a server certificate (with its key) for `localhost` and 127.0.0.1 signed by the
+/// first. `openssl` must be installed: without it the test fails saying so.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub other_ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let p = |name: &str| d.join(name).to_str().unwrap().to_owned();
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        for (ca, name) in [("ca", "Test CA"), ("other-ca", "Other CA")] {
+            let (key, pem) = (p(&format!("{ca}.key")), p(&format!("{ca}.pem")));
+            let mut argv = vec!["openssl", "req", "-x509", "-days", "2", "-subj"];
+            let subj = format!("/CN={name}");
+            argv.extend([subj.as_str(), "-keyout", &key, "-out", &pem]);
+            argv.extend(ec);
+            sh(d, &argv);
+        }
+        let mut argv = vec!["openssl", "req", "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr"];
+        argv.extend(ec);
+        sh(d, &argv);
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        sh(
+            d,
+            &[
+                "openssl",
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-extfile",
+                "ext.cnf",
+                "-out",
+                "server.pem",
+            ],
+        );
+        Pki {
+            ca: d.join("ca.pem"),
+            other_ca: d.join("other-ca.pem"),
+            cert: d.join("server.pem"),
+            key: d.join("server.key"),
+            dir,
+        }
+    }
+}
