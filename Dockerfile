@@ -41,10 +41,11 @@ COPY --from=build /src/target/release/kua-deploy /src/target/release/release-app
 RUN groupadd --gid 10001 kua && useradd --uid 10001 --gid kua --create-home --home-dir /home/kua kua \
     && mkdir -p /var/lib/kua-deploy /app && chown kua:kua /var/lib/kua-deploy
 # /usr/local/bin/kua-vault: the vault client, mounted at run time (see docker-compose.yml).
+# The state dir: mount a volume there (docker-compose.yml does), not an anonymous VOLUME that every
+# transient or one-off container of the image would leave behind.
 ENV KUA_LISTEN=0.0.0.0:8790 \
     KUA_STATE_DIR=/var/lib/kua-deploy \
     KUA_CONFIG=/app/deploy-registry.json
-VOLUME /var/lib/kua-deploy
 EXPOSE 8790
 USER kua
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 CMD ["kua-deploy", "health"]

@@ -19,7 +19,6 @@ RUST_VERSION=$(arg RUST_VERSION)
 DEBIAN_RELEASE=$(arg DEBIAN_RELEASE)
 DOCKER_VERSION=$(arg DOCKER_VERSION)
 COMPOSE_VERSION=$(arg COMPOSE_VERSION)
-LABEL="kua-deploy.base-image=1"
 
 have() { docker image inspect "$1" >/dev/null 2>&1; }
 fail() { echo "base-images: $*" >&2; exit 1; }
@@ -60,7 +59,8 @@ else
   printf '%s\n' "$sources" | mmdebstrap --quiet --variant=minbase --include=ca-certificates "${slim[@]}" \
     "${hooks[@]}" --customize-hook='rm -rf "$1"/var/lib/apt/lists/*' \
     "$DEBIAN_RELEASE" "$tmp/debian.tar" -
-  docker import --change 'CMD ["bash"]' --change "LABEL $LABEL" "$tmp/debian.tar" "$debian" >/dev/null
+  # No LABEL: every image built on a base would inherit it.
+  docker import --change 'CMD ["bash"]' "$tmp/debian.tar" "$debian" >/dev/null
   rm -f "$tmp/debian.tar"
 fi
 
@@ -81,7 +81,6 @@ COPY toolchain/ /usr/local/rust/
 ENV PATH=/usr/local/rust/bin:/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     CARGO_HOME=/usr/local/cargo
 RUN cargo --version && rustc --version
-LABEL $LABEL
 DOCKERFILE
   # The build context is a tar: the Dockerfile, and the toolchain without its documentation.
   tar -C "$tmp/rust" -cf "$tmp/rust.tar" Dockerfile
@@ -102,7 +101,7 @@ else
   fi
   echo "$cli: this machine's $docker_bin"
   mkdir -p "$tmp/cli" && cp "$docker_bin" "$tmp/cli/docker"
-  printf 'FROM scratch\nCOPY docker /usr/local/bin/docker\nLABEL %s\n' "$LABEL" > "$tmp/cli/Dockerfile"
+  printf 'FROM scratch\nCOPY docker /usr/local/bin/docker\n' > "$tmp/cli/Dockerfile"
   build -t "$cli" "$tmp/cli"
 fi
 
@@ -116,7 +115,7 @@ else
   [ "$local_compose" = "$COMPOSE_VERSION" ] || fail "the Dockerfile asks for Compose $COMPOSE_VERSION, this machine has $local_compose: change ARG COMPOSE_VERSION"
   echo "$compose: this machine's $plugin"
   mkdir -p "$tmp/compose" && cp "$plugin" "$tmp/compose/docker-compose"
-  printf 'FROM scratch\nCOPY docker-compose /docker-compose\nLABEL %s\n' "$LABEL" > "$tmp/compose/Dockerfile"
+  printf 'FROM scratch\nCOPY docker-compose /docker-compose\n' > "$tmp/compose/Dockerfile"
   build -t "$compose" "$tmp/compose"
 fi
 

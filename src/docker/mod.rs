@@ -278,7 +278,9 @@ impl Docker {
     }
 
     pub async fn remove_container(&self, id: &str) -> Result<(), DockerError> {
-        self.query(&format!("removing container {id}"), argv(["docker", "rm", "--force", id])).await.map(drop)
+        self.query(&format!("removing container {id}"), argv(["docker", "rm", "--force", "--volumes", id]))
+            .await
+            .map(drop)
     }
 
     /// Points the tag `name` at the image `id`.
