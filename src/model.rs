@@ -275,6 +275,7 @@ str_enum!(
     StepName {
         GitPull => "git_pull",
         MigrationGate => "migration_gate",
+        Secrets => "secrets",
         Build => "build",
         Migrate => "migrate",
         Recreate => "recreate",

@@ -344,10 +344,25 @@ impl<'t> Checker<'t> {
             self.hosts(&p.value, &top.child("hosts"), &mut hosts, &mut host_names);
         }
 
+        // The default secrets command too: every app without its own takes it.
+        let default_secrets = match f.get("secrets") {
+            None => Some(None),
+            Some(p) => self.secrets_or_null(&p.value, &top.child("secrets")),
+        };
+        let default_secrets = default_secrets.flatten();
+
         let mut apps = BTreeMap::new();
         let mut app_names = BTreeSet::new();
         match f.get("apps") {
-            Some(p) => self.apps(&p.value, &top.child("apps"), &hosts, &host_names, &mut apps, &mut app_names),
+            Some(p) => self.apps(
+                &p.value,
+                &top.child("apps"),
+                &hosts,
+                &host_names,
+                default_secrets.as_ref(),
+                &mut apps,
+                &mut app_names,
+            ),
             None => self.missing(
                 obj,
                 &top,
@@ -480,6 +495,7 @@ impl<'t> Checker<'t> {
         at: &At,
         hosts: &BTreeMap<String, SshHost>,
         host_names: &BTreeSet<String>,
+        default_secrets: Option<&SecretsConfig>,
         apps: &mut BTreeMap<AppName, AppConfig>,
         app_names: &mut BTreeSet<String>,
     ) {
@@ -513,7 +529,8 @@ impl<'t> Checker<'t> {
                     None
                 }
             };
-            let Some((config, project_at)) = self.app(name.as_ref(), p, &aat, hosts, host_names) else {
+            let Some((config, project_at)) = self.app(name.as_ref(), p, &aat, hosts, host_names, default_secrets)
+            else {
                 continue;
             };
             let Some(name) = name else { continue };
@@ -555,6 +572,7 @@ impl<'t> Checker<'t> {
         at: &At,
         hosts: &BTreeMap<String, SshHost>,
         host_names: &BTreeSet<String>,
+        default_secrets: Option<&SecretsConfig>,
     ) -> Option<(AppConfig, usize)> {
         let obj =
             self.object(&p.value, at, "an object such as {\"repo\": \"/srv/apps/hello\", \"services\": [\"web\"]}")?;
@@ -663,6 +681,12 @@ impl<'t> Checker<'t> {
             Some(wp) => self.webhook(&wp.value, &at.child("webhook")).map(Some),
         };
 
+        // An app's own key replaces the default; `null` turns secrets off for it.
+        let secrets = match f.get("secrets") {
+            None => Some(default_secrets.cloned()),
+            Some(sp) => self.secrets_or_null(&sp.value, &at.child("secrets")),
+        };
+
         let config = AppConfig {
             name: name?.clone(),
             host: host?,
@@ -675,6 +699,7 @@ impl<'t> Checker<'t> {
             verify: verify?,
             rollback: rollback?,
             webhook: webhook?,
+            secrets: secrets?,
         };
         Some((config, project_at))
     }
@@ -944,6 +969,79 @@ impl<'t> Checker<'t> {
             }
             Some(_) => Some(items.into_iter().map(|(s, _, _)| s.to_owned()).collect()),
         }
+    }
+
+    /// `secrets`: `null` (none), or `{"command": [...], "format": "dotenv"|"json", "timeout_s": n}`.
+    fn secrets_or_null(&mut self, v: &Value<'_>, at: &At) -> Option<Option<SecretsConfig>> {
+        if matches!(v, Value::NullKeyword(_)) {
+            return Some(None);
+        }
+        let example =
+            "an object such as {\"command\": [\"kua-vault\", \"export\", \"{app}\"], \"format\": \"dotenv\"}, \
+                       or null to turn secrets off";
+        let obj = self.object(v, at, example)?;
+        let f = self.fields(obj, at, SECRETS_KEYS);
+        let command = match f.get("command") {
+            None => {
+                self.missing(
+                    obj,
+                    at,
+                    "command",
+                    "give the vault command as a list, e.g. [\"kua-vault\", \"export\", \"{app}\"]",
+                );
+                None
+            }
+            Some(cp) => {
+                let cat = at.child("command");
+                let items = self.string_list(
+                    &cp.value,
+                    &cat,
+                    "a list of strings (the argv, run with no shell), e.g. [\"kua-vault\", \"export\", \"{app}\"]",
+                    "a string: one argument",
+                );
+                match items.as_deref() {
+                    None => None,
+                    Some([]) => {
+                        self.error(
+                            &cat,
+                            value_start(&cp.value),
+                            "the list is empty: give the command and its arguments",
+                        );
+                        None
+                    }
+                    Some([("", iat, start), ..]) => {
+                        let (iat, start) = (iat.clone(), *start);
+                        self.error(&iat, start, "the program name is empty: give the command to run first");
+                        None
+                    }
+                    Some(items) => Some(items.iter().map(|(s, _, _)| (*s).to_owned()).collect::<Vec<_>>()),
+                }
+            }
+        };
+        let format = match f.get("format") {
+            None => Some(SecretsFormat::Dotenv),
+            Some(fp) => {
+                let fat = at.child("format");
+                match self.string(&fp.value, &fat, "\"dotenv\" or \"json\"") {
+                    Some("dotenv") => Some(SecretsFormat::Dotenv),
+                    Some("json") => Some(SecretsFormat::Json),
+                    Some(other) => {
+                        self.error(
+                            &fat,
+                            value_start(&fp.value),
+                            format!("unknown format {other:?}: \"dotenv\" (KEY=VALUE lines) or \"json\" (one object of strings)"),
+                        );
+                        None
+                    }
+                    None => None,
+                }
+            }
+        };
+        let timeout_s = match f.get("timeout_s") {
+            None => Some(DEFAULT_SECRETS_TIMEOUT_S),
+            Some(tp) => self.seconds(&tp.value, &at.child("timeout_s"), 1, MAX_SECRETS_TIMEOUT_S),
+        };
+        Some(Some(SecretsConfig { command: command?, format: format?, timeout_s: timeout_s? }))
     }
 
     fn verify(&mut self, v: &Value<'_>, at: &At) -> Option<VerifyConfig> {

@@ -16,9 +16,24 @@ const DEFAULT_STABLE_S: u64 = 5;
 const MAX_TIMEOUT_S: u64 = 3600;
 const MAX_STABLE_S: u64 = 600;
 
-const TOP_KEYS: &[&str] = &["apps", "hosts", "self"];
-const APP_KEYS: &[&str] =
-    &["host", "repo", "branch", "compose_files", "project", "services", "migrations", "verify", "rollback", "webhook"];
+const DEFAULT_SECRETS_TIMEOUT_S: u64 = 30;
+const MAX_SECRETS_TIMEOUT_S: u64 = 600;
+
+const TOP_KEYS: &[&str] = &["apps", "hosts", "self", "secrets"];
+const APP_KEYS: &[&str] = &[
+    "host",
+    "repo",
+    "branch",
+    "compose_files",
+    "project",
+    "services",
+    "migrations",
+    "verify",
+    "rollback",
+    "webhook",
+    "secrets",
+];
+const SECRETS_KEYS: &[&str] = &["command", "format", "timeout_s"];
 const HOST_KEYS: &[&str] = &["ssh", "identity_file", "known_hosts_file"];
 const MIGRATIONS_KEYS: &[&str] = &["paths", "policy", "service", "command"];
 const VERIFY_KEYS: &[&str] = &["timeout_s", "stable_s"];
@@ -51,6 +66,33 @@ pub struct AppConfig {
     pub verify: VerifyConfig,
     pub rollback: bool,
     pub webhook: Option<WebhookConfig>,
+    /// The vault command whose output the app's Compose commands get as environment (the
+    /// top-level `secrets` unless the app sets its own or `null`).
+    pub secrets: Option<SecretsConfig>,
+}
+
+/// `secrets`: a command run on the app's host, no shell, whose output holds the app's secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretsConfig {
+    /// The argv; `{app}` in a word becomes the app's name.
+    pub command: Vec<String>,
+    pub format: SecretsFormat,
+    pub timeout_s: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretsFormat {
+    /// `KEY=VALUE` lines as dotenv tools read them.
+    Dotenv,
+    /// One JSON object of strings.
+    Json,
+}
+
+impl SecretsConfig {
+    /// The argv for `app`.
+    pub fn argv(&self, app: &AppName) -> Vec<String> {
+        self.command.iter().map(|w| w.replace("{app}", app.as_str())).collect()
+    }
 }
 
 #[derive(Debug, Clone)]

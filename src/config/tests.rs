@@ -759,3 +759,47 @@ fn the_self_app_must_be_local_and_list_only_its_own_service() {
     let ok = r#"{"self": "kua", "apps": {"kua": {"repo": "/srv/kua", "services": ["kua"]}}}"#;
     assert!(Registry::parse(ok, Path::new("r.json")).is_ok());
 }
+
+#[test]
+fn the_top_level_secrets_command_is_every_apps_unless_an_app_sets_its_own_or_null() {
+    let text = r#"{
+      "secrets": {"command": ["kua-vault", "export", "{app}"]},
+      "apps": {
+        "hello": {"repo": "/srv/apps/hello", "services": ["web"]},
+        "own": {"repo": "/srv/apps/own", "services": ["web"], "secrets": {"command": ["/usr/local/bin/own-vault"], "format": "json", "timeout_s": 5}},
+        "none": {"repo": "/srv/apps/none", "services": ["web"], "secrets": null}
+      }
+    }"#;
+    let r = parse(text).unwrap();
+    let app = |n: &str| r.app(&AppName::parse(n).unwrap()).unwrap().secrets.clone();
+    let hello = app("hello").unwrap();
+    assert_eq!((hello.format, hello.timeout_s), (SecretsFormat::Dotenv, 30));
+    assert_eq!(hello.argv(&AppName::parse("hello").unwrap()), ["kua-vault", "export", "hello"]);
+    let own = app("own").unwrap();
+    assert_eq!(
+        (own.command.as_slice(), own.format, own.timeout_s),
+        (&["/usr/local/bin/own-vault".to_owned()][..], SecretsFormat::Json, 5)
+    );
+    assert!(app("none").is_none(), "null turns the default off");
+    assert!(hello_without_secrets());
+}
+
+fn hello_without_secrets() -> bool {
+    hello(&parse(&one_app("")).unwrap()).secrets.is_none()
+}
+
+#[test]
+fn a_bad_secrets_entry_is_refused_with_its_key_and_what_to_write() {
+    for (extra, key, says) in [
+        (r#""secrets": {"command": []}"#, "secrets.command", "the list is empty"),
+        (r#""secrets": {"command": ["kua-vault"], "format": "yaml"}"#, "secrets.format", "unknown format"),
+        (r#""secrets": {"command": ["kua-vault"], "timeout_s": 0}"#, "secrets.timeout_s", ""),
+        (r#""secrets": {"format": "json"}"#, "secrets", "command"),
+        (r#""secrets": {"command": "kua-vault export"}"#, "secrets.command", "list"),
+        (r#""secrets": {"command": ["kua-vault"], "shell": true}"#, "secrets.shell", "unknown key"),
+    ] {
+        let e = only_error(&one_app(extra));
+        assert!(e.to_string().contains(key), "{extra}: {e}");
+        assert!(e.to_string().contains(says), "{extra}: {e}");
+    }
+}

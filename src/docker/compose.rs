@@ -38,6 +38,8 @@ pub struct Compose {
     project: Option<ProjectName>,
     /// None: Compose discovers them.
     files: Option<Vec<String>>,
+    /// A vault's values: the environment of every Compose command, never in an argv.
+    secret_env: Vec<(String, String)>,
 }
 
 /// What Compose made of the checkout: the project, the files, and the whole configuration.
@@ -47,11 +49,37 @@ pub struct Resolved {
     /// Relative to the checkout, as Compose reads them (override included).
     pub files: Vec<String>,
     pub config: serde_json::Value,
+    /// Variables the files use that nobody set, which Compose replaced with "" (its warnings).
+    pub unset: Vec<String>,
+}
+
+/// The names in Compose's `The "X" variable is not set. Defaulting to a blank string.` warnings.
+fn unset_variables(stderr: &str) -> Vec<String> {
+    let mut names: Vec<String> = stderr
+        .lines()
+        .filter_map(|l| {
+            // `The "X" variable is not set`, plain or inside a quoted logfmt `msg="…\"X\"…"`.
+            let before = l[..l.find("variable is not set")?].trim_end().trim_end_matches(['"', '\\']);
+            let start = before.rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map_or(0, |i| i + 1);
+            (start < before.len()).then(|| before[start..].to_owned())
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 impl Compose {
     pub fn new(host: Host, repo: PathBuf, project: Option<ProjectName>, files: Option<Vec<String>>) -> Self {
-        Self { host, repo, project, files }
+        Self { host, repo, project, files, secret_env: Vec::new() }
+    }
+
+    /// The same app, every Compose command given `vars` as environment and its output redacted
+    /// of their values.
+    pub fn with_secret_env(mut self, vars: &[(String, String)]) -> Self {
+        self.host = self.host.with_secrets(vars.iter().map(|(_, v)| v.clone()));
+        self.secret_env = vars.to_vec();
+        self
     }
 
     /// The same app with its project fixed (as a deploy resolved it).
@@ -107,7 +135,7 @@ impl Compose {
             Some(files) => files.clone(),
             None => self.discovered_files().await?,
         };
-        Ok(Resolved { project, files, config })
+        Ok(Resolved { project, files, config, unset: unset_variables(&out.stderr) })
     }
 
     /// Which files Compose discovers in the checkout: `COMPOSE_FILE` from `.env`, else the first
@@ -146,6 +174,11 @@ impl Compose {
         Ok(discovered_files(&names, dotenv.as_deref()))
     }
 
+    /// The host its commands run on (with the redaction of its secret values).
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
     pub fn docker(&self) -> Docker {
         Docker::new(self.host.clone())
     }
@@ -160,7 +193,7 @@ impl Compose {
             argv.extend(["--file".to_owned(), f.clone()]);
         }
         argv.extend(args.iter().map(|s| s.to_string()));
-        Cmd::new(argv).cwd(&self.repo)
+        Cmd::new(argv).cwd(&self.repo).secret_env(&self.secret_env)
     }
 
     async fn ok(
@@ -323,6 +356,13 @@ impl LogSink for QuietOnSuccess<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_variables_compose_defaulted_to_blank_are_read_from_its_warnings() {
+        let stderr = "time=\"2026\" level=warning msg=\"The \\\"DB_PASSWORD\\\" variable is not set. Defaulting to a blank string.\"\n\
+                      WARN[0000] The \"API_KEY\" variable is not set. Defaulting to a blank string.\nother\n";
+        assert_eq!(unset_variables(stderr), ["API_KEY", "DB_PASSWORD"]);
+    }
 
     #[test]
     fn only_compose_recreate_leftover_names_are_recognised() {

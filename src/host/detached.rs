@@ -112,7 +112,9 @@ impl Host {
         }
         let file = std::fs::OpenOptions::new().create(true).append(true).open(output).map_err(spawn_err)?;
         let file2 = file.try_clone().map_err(spawn_err)?;
-        command.stdin(Stdio::null()).stdout(file).stderr(file2).kill_on_drop(false);
+        let input = self.stdin_of(cmd);
+        command.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+        command.stdout(file).stderr(file2).kill_on_drop(false);
         for name in &self.redactor.secret_env {
             command.env_remove(name);
         }
@@ -125,7 +127,14 @@ impl Host {
                 Ok(())
             });
         }
-        let child = command.spawn().map_err(spawn_err)?;
+        let mut child = command.spawn().map_err(spawn_err)?;
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = stdin.write_all(&input).await;
+                let _ = stdin.shutdown().await;
+            });
+        }
         let pid = child.id().unwrap_or_default();
         let process = ProcessRef::of(pid).unwrap_or(ProcessRef { pid, start_ticks: 0 });
         Ok(Detached { child, process, output: output.to_owned(), program })

@@ -60,6 +60,15 @@ impl Redactor {
         Self { secrets, secret_env: Vec::new(), child_guard: None }
     }
 
+    /// Also replaces these values (a vault's, fetched during a deploy).
+    pub fn with_secrets(&self, values: impl IntoIterator<Item = String>) -> Self {
+        let mut all = self.secrets.clone();
+        all.extend(values.into_iter().filter(|s| s.len() >= 4));
+        all.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        all.dedup();
+        Self { secrets: all, ..self.clone() }
+    }
+
     /// Also keeps these environment variables away from the commands run.
     pub fn with_secret_env(mut self, names: impl IntoIterator<Item = String>) -> Self {
         self.secret_env.extend(names);
@@ -91,6 +100,10 @@ pub struct Cmd {
     pub stdin: Option<Vec<u8>>,
     pub timeout: Duration,
     pub env: Vec<(String, String)>,
+    /// Environment that must never show in an argv (a vault's values): set in the process's
+    /// environment locally; over OpenSSH sent on stdin and sourced by the remote shell, since
+    /// `env K=V` would put it in both the ssh and the remote command line.
+    pub secret_env: Vec<(String, String)>,
 }
 
 impl Cmd {
@@ -105,6 +118,7 @@ impl Cmd {
             stdin: None,
             timeout: Duration::from_secs(60),
             env: Vec::new(),
+            secret_env: Vec::new(),
         }
     }
     pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -121,6 +135,11 @@ impl Cmd {
     }
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.to_owned(), v.to_owned()));
+        self
+    }
+    /// Adds environment that must stay out of every argv (see [`Cmd::secret_env`]).
+    pub fn secret_env(mut self, vars: &[(String, String)]) -> Self {
+        self.secret_env.extend(vars.iter().cloned());
         self
     }
     /// The argv as one line for logs; quoting only where needed for a reader to copy it.
@@ -210,6 +229,11 @@ impl Host {
         self.kind.label()
     }
 
+    /// The same host, its commands' output also redacted of `values`.
+    pub fn with_secrets(&self, values: impl IntoIterator<Item = String>) -> Host {
+        Host { redactor: self.redactor.with_secrets(values), ..self.clone() }
+    }
+
     pub fn redactor(&self) -> &Redactor {
         &self.redactor
     }
@@ -228,7 +252,7 @@ impl Host {
                 if let Some(dir) = &cmd.cwd {
                     c.current_dir(dir);
                 }
-                for (k, v) in &cmd.env {
+                for (k, v) in cmd.env.iter().chain(&cmd.secret_env) {
                     c.env(k, v);
                 }
                 c
@@ -236,6 +260,18 @@ impl Host {
             HostSpec::Ssh(h) => ssh_command(h, cmd),
         };
         Ok((command, program))
+    }
+
+    /// What `cmd` reads on stdin: its own input, or, over OpenSSH with secret environment, the
+    /// `export` lines the remote shell sources (the two do not mix: the shell reads stdin to its end).
+    pub(crate) fn stdin_of(&self, cmd: &Cmd) -> Option<Vec<u8>> {
+        match &*self.kind {
+            HostSpec::Ssh(_) if !cmd.secret_env.is_empty() => {
+                debug_assert!(cmd.stdin.is_none(), "secret environment over ssh takes the command's stdin");
+                Some(ssh::export_lines(&cmd.secret_env).into_bytes())
+            }
+            _ => cmd.stdin.clone(),
+        }
     }
 
     /// Runs `cmd` to completion, or kills its process group on timeout or cancel.
@@ -247,7 +283,7 @@ impl Host {
             command = guarded(guard, command);
         }
         command
-            .stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if self.stdin_of(cmd).is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -267,7 +303,7 @@ impl Host {
         let mut child = command.spawn().map_err(|source| RunError::Spawn { program: program.clone(), source })?;
         let pgid = child.id();
 
-        if let (Some(input), Some(mut stdin)) = (cmd.stdin.clone(), child.stdin.take()) {
+        if let (Some(input), Some(mut stdin)) = (self.stdin_of(cmd), child.stdin.take()) {
             tokio::spawn(async move {
                 let _ = stdin.write_all(&input).await;
                 let _ = stdin.shutdown().await;

@@ -58,6 +58,10 @@ fn remote_command(cmd: &Cmd) -> String {
     if let Some(dir) = &cmd.cwd {
         remote.push_str(&format!("cd {} && ", shell_quote(&dir.to_string_lossy())));
     }
+    if !cmd.secret_env.is_empty() {
+        // The values come on stdin ([`export_lines`]), never in this line.
+        remote.push_str(". /dev/stdin && ");
+    }
     remote.push_str("exec ");
     if !cmd.env.is_empty() {
         remote.push_str("env ");
@@ -68,6 +72,11 @@ fn remote_command(cmd: &Cmd) -> String {
     }
     remote.push_str(&cmd.display());
     remote
+}
+
+/// `export K='v'` lines for the remote shell to source from stdin.
+pub(super) fn export_lines(vars: &[(String, String)]) -> String {
+    vars.iter().map(|(k, v)| format!("export {k}={}\n", shell_quote(v))).collect()
 }
 
 /// Single-quotes a word for a POSIX shell unless it is plainly safe.
@@ -83,6 +92,17 @@ pub fn shell_quote(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::host::Host;
+
+    #[test]
+    fn secret_environment_goes_on_stdin_and_never_into_the_remote_command_line() {
+        let cmd = Cmd::new(["docker", "compose", "up"])
+            .cwd("/srv/app")
+            .secret_env(&[("DB_PASSWORD".into(), "s3cr'et x".into())]);
+        let line = remote_command(&cmd);
+        assert_eq!(line, "cd /srv/app && . /dev/stdin && exec docker compose up");
+        assert!(!line.contains("s3cr"));
+        assert_eq!(export_lines(&cmd.secret_env), "export DB_PASSWORD='s3cr'\\''et x'\n");
+    }
 
     #[test]
     fn quoting_keeps_hostile_words_as_one_argument() {

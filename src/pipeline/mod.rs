@@ -14,6 +14,7 @@ mod rollback;
 pub mod runtime;
 #[cfg(test)]
 mod scenarios;
+mod secrets;
 pub mod transient;
 mod verify;
 
@@ -31,7 +32,11 @@ use crate::target::{HandOffEnd, HandOffRequest, Limits, SelfHandOff, Started, Ta
 
 /// The steps a deploy of `app` plans when it is queued; `rollback` is added only if needed.
 pub fn planned_steps(app: &AppConfig) -> Vec<StepName> {
-    let mut steps = vec![StepName::GitPull, StepName::MigrationGate, StepName::Build];
+    let mut steps = vec![StepName::GitPull, StepName::MigrationGate];
+    if app.secrets.is_some() {
+        steps.push(StepName::Secrets);
+    }
+    steps.push(StepName::Build);
     if matches!(app.migrations.as_ref().map(|m| &m.policy), Some(MigrationPolicy::Run { .. })) {
         steps.push(StepName::Migrate);
     }
@@ -277,6 +282,13 @@ impl DeployCtx {
         }
     }
 
+    /// Hands a vault's values to the runtime and to every redactor of this deploy.
+    pub fn use_secrets(&mut self, vars: &[(String, String)]) {
+        self.target.use_secrets(vars);
+        self.host = self.host.with_secrets(vars.iter().map(|(_, v)| v.clone()));
+        self.git = Git::new(self.host.clone(), self.app.repo.clone());
+    }
+
     /// Whether this deploy recreates kua-deploy itself.
     pub fn is_self(&self) -> bool {
         self.self_handoff.is_some() || self.declared_self
@@ -287,6 +299,7 @@ async fn run_step(step: StepName, ctx: &mut DeployCtx) -> StepOutcome {
     match step {
         StepName::GitPull => git_pull::run(ctx).await,
         StepName::MigrationGate => migration_gate::run(ctx).await,
+        StepName::Secrets => secrets::run(ctx).await,
         StepName::Build => build::run(ctx).await,
         StepName::Migrate => migrate::run(ctx).await,
         StepName::Recreate => recreate::run(ctx).await,
@@ -301,6 +314,7 @@ fn rolls_back_on_failure(step: StepName) -> bool {
     match step {
         StepName::GitPull => git_pull::ROLLS_BACK,
         StepName::MigrationGate => migration_gate::ROLLS_BACK,
+        StepName::Secrets => secrets::ROLLS_BACK,
         StepName::Build => build::ROLLS_BACK,
         StepName::Migrate => migrate::ROLLS_BACK,
         StepName::Recreate => recreate::ROLLS_BACK,
@@ -433,6 +447,15 @@ async fn resume(ctx: &mut DeployCtx) -> rusqlite::Result<RunEnd> {
     let at = resume_point(&deploy);
     ctx.log.info(&format!("kua-deploy restarted: resuming this deploy ({at:?})"));
     match at {
+        ResumeAt::Steps(steps) if steps.contains(&StepName::Recreate) => {
+            // A recreate redone after the restart needs the secrets, which were never kept.
+            if let Err(e) = secrets::fetch_again(ctx).await {
+                let why = format!("cannot fetch the secrets again after the restart: {e}");
+                ctx.store.step_finish(&ctx.id, StepName::Recreate, StepStatus::Failed, &why)?;
+                return roll_back(ctx, StepName::Recreate, why).await;
+            }
+            run_steps(ctx, steps).await
+        }
         ResumeAt::Steps(steps) => run_steps(ctx, steps).await,
         ResumeAt::Rollback(step, why) => roll_back(ctx, step, why).await,
     }

@@ -6,7 +6,7 @@
 
 use tokio_util::sync::CancellationToken;
 
-use super::{recreate, verify, DeployCtx, Runtime, StepOutcome};
+use super::{recreate, secrets, verify, DeployCtx, Runtime, StepOutcome};
 use crate::model::{now_rfc3339, BranchName, CommitSha, Images, ServiceName};
 
 /// A failure of this step is rolled back: no, a failed rollback is the end: there is nothing further to go back to.
@@ -18,6 +18,10 @@ pub async fn run(ctx: &mut DeployCtx) -> StepOutcome {
     }
     let previous = ctx.previous_images.clone();
     super::wait_for_recorded_recreate(ctx).await;
+    // The previous configuration gets its secrets as the release did: fetched now, nothing kept.
+    if let Err(e) = secrets::fetch_again(ctx).await {
+        return StepOutcome::Failed(format!("cannot fetch the secrets again for the rollback: {e}"));
+    }
     let back_to = ctx.previous_commit.clone().map(|c| (ctx.app.branch.clone(), c));
     let restored = restore(&ctx.runtime(), &ctx.app.services, &previous, back_to.as_ref()).await;
     super::clear_recorded_recreate(ctx);

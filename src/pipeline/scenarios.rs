@@ -10,7 +10,9 @@ use super::complete::complete_handoffs;
 use super::queue::{Queue, QueueError, Request};
 use super::{planned_steps, run_deploy, Control, DeployCtx, RunEnd};
 use crate::config::Registry;
-use crate::config::{AppConfig, HostSpec, MigrationPolicy, MigrationsConfig, VerifyConfig};
+use crate::config::{
+    AppConfig, HostSpec, MigrationPolicy, MigrationsConfig, SecretsConfig, SecretsFormat, VerifyConfig,
+};
 use crate::host::Host;
 use crate::host::Redactor;
 use crate::model::Delivery;
@@ -67,6 +69,7 @@ impl World {
             verify: VerifyConfig { timeout_s: 5, stable_s: 0 },
             rollback,
             webhook: None,
+            secrets: None,
         };
         let store = Store::open(&dir.path().join("state")).unwrap();
         World { _dir: dir, work, checkout, store, app }
@@ -688,10 +691,111 @@ async fn runtime_status_reads_the_target_and_flags_drift_when_what_runs_is_not_w
     assert!(!status.services[0].containers[0].matches_last_deploy);
 }
 
+/// A vault stand-in on disk: a shell script that counts its runs and then does `body`.
+fn vault(w: &World, body: &str, format: SecretsFormat, timeout_s: u64) -> SecretsConfig {
+    let dir = w._dir.path();
+    let script = dir.join("vault.sh");
+    std::fs::write(&script, format!("#!/bin/sh\necho \"$1\" >> {}/vault.runs\n{body}\n", dir.display())).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    SecretsConfig { command: vec![script.display().to_string(), "{app}".into()], format, timeout_s }
+}
+
+fn vault_runs(w: &World) -> Vec<String> {
+    std::fs::read_to_string(w._dir.path().join("vault.runs")).unwrap_or_default().lines().map(str::to_owned).collect()
+}
+
+/// Every file under `dir` whose bytes hold `needle`.
+fn files_holding(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_holding(&path, needle));
+        } else if std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes())) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_vaults_values_reach_the_runtime_and_only_their_names_are_recorded() {
+    let (mut w, target) = v1_running_v2_pushed(true).await;
+    let body = "printf 'DB_PASSWORD=s3cr3t-value-1\\nexport API_KEY=\"k3y-value-2\"\\n'";
+    w.app.secrets = Some(vault(&w, body, SecretsFormat::Dotenv, 5));
+    target.with(|s| s.calls.clear());
+    let (_, d) = w.run(&w.queue(None), &target, Run::Normal).await;
+    assert_eq!(d.phase, Phase::Succeeded, "{d:#?}");
+    assert_eq!(d.step(StepName::Secrets).unwrap().detail, "provided DB_PASSWORD, API_KEY");
+    assert_eq!(vault_runs(&w), ["hello"], "{{app}} became the app's name");
+    let calls = target.calls();
+    // git_pull reads the configuration, the secrets step gives the values and reads it again.
+    assert_eq!(&calls[..4], ["resolve", "secrets DB_PASSWORD,API_KEY", "resolve", "build"], "{calls:?}");
+    let given = target.state.lock().unwrap().secrets.clone();
+    assert_eq!(
+        given,
+        [("DB_PASSWORD".to_owned(), "s3cr3t-value-1".to_owned()), ("API_KEY".into(), "k3y-value-2".into())]
+    );
+    // Nowhere in the state dir (database, WAL, anything), the API's deploy object or its log.
+    for value in ["s3cr3t-value-1", "k3y-value-2"] {
+        assert_eq!(files_holding(&w._dir.path().join("state"), value), Vec::<PathBuf>::new());
+        assert!(!serde_json::to_string(&d).unwrap().contains(value));
+        let (lines, _) = w.store.log_page(&d.deploy_id, 0, 10_000, 1 << 20).unwrap();
+        assert!(!lines.iter().any(|l| l.line.contains(value)));
+    }
+}
+
+#[tokio::test]
+async fn a_vault_that_fails_prints_garbage_hangs_or_gives_a_short_value_fails_the_deploy_before_build() {
+    for (body, timeout_s, says) in [
+        ("echo 'the vault is sealed' >&2; exit 3", 5, "exited with status 3: the vault is sealed"),
+        ("printf 'GOOD=long-enough\\nthis-is-not-dotenv\\n'", 5, "line 2 that is not KEY=VALUE"),
+        ("sleep 20", 1, "did not finish within 1s"),
+        ("printf 'PIN=123\\n'", 5, "the value of PIN is shorter than 4 characters"),
+    ] {
+        let (mut w, target) = v1_running_v2_pushed(true).await;
+        let v1 = w.head();
+        w.app.secrets = Some(vault(&w, body, SecretsFormat::Dotenv, timeout_s));
+        target.with(|s| s.calls.clear());
+        let (_, d) = w.run(&w.queue(None), &target, Run::Normal).await;
+        assert_eq!(d.phase, Phase::Failed, "{d:#?}");
+        assert!(d.error.as_deref().unwrap().contains(says), "{body}: {:?}", d.error);
+        assert_eq!(status(&d, StepName::Secrets), StepStatus::Failed);
+        assert_ne!(status(&d, StepName::Build), StepStatus::Succeeded);
+        assert!(!target.calls().iter().any(|c| c == "build" || c.starts_with("apply")), "{:?}", target.calls());
+        assert_eq!(target.state.lock().unwrap().running, images(1), "the app is untouched");
+        assert_eq!(w.head(), v1, "the checkout is put back");
+    }
+}
+
+#[tokio::test]
+async fn a_rollback_fetches_the_secrets_again_since_nothing_was_kept() {
+    let (mut w, target) = v1_running_v2_pushed(true).await;
+    w.app.secrets = Some(vault(&w, r#"echo '{"DB_PASSWORD": "s3cr3t-value-1"}'"#, SecretsFormat::Json, 5));
+    target.with(|s| s.next_build_broken = true);
+    let (_, d) = w.run(&w.queue(None), &target, Run::Normal).await;
+    assert_eq!(d.phase, Phase::RolledBack, "{d:#?}");
+    assert_eq!(vault_runs(&w).len(), 2, "once for the release, once for the rollback");
+}
+
+#[tokio::test]
+async fn a_variable_the_compose_files_use_and_the_vault_did_not_give_fails_the_deploy_naming_it() {
+    let (mut w, target) = v1_running_v2_pushed(true).await;
+    w.app.secrets = Some(vault(&w, "echo DB_PASSWORD=s3cr3t-value-1", SecretsFormat::Dotenv, 5));
+    target.with(|s| {
+        s.calls.clear();
+        s.unset = vec!["SMTP_PASSWORD".into()];
+    });
+    let (_, d) = w.run(&w.queue(None), &target, Run::Normal).await;
+    assert_eq!(d.phase, Phase::Failed, "{d:#?}");
+    assert!(d.error.as_deref().unwrap().contains("use SMTP_PASSWORD, which the secrets command did not give"));
+    assert!(!target.calls().iter().any(|c| c == "build"));
+}
+
 #[test]
 fn no_step_writes_the_store_or_names_a_runtime_module() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/pipeline");
-    for step in ["git_pull", "migration_gate", "build", "migrate", "recreate", "verify", "rollback"] {
+    for step in ["git_pull", "migration_gate", "secrets", "build", "migrate", "recreate", "verify", "rollback"] {
         let text = std::fs::read_to_string(dir.join(format!("{step}.rs"))).unwrap();
         for needle in ["ctx.store", "crate::store", "crate::docker", "target::compose", "selfupdate::"] {
             assert!(!text.contains(needle), "{step}.rs names `{needle}`: go through ctx.record, ctx.target");

@@ -23,7 +23,6 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// One app's Compose project on its host.
 pub struct ComposeTarget {
-    host: Host,
     /// The project is fixed by the first [`Target::resolve`] (or given).
     compose: Mutex<Compose>,
     /// Where the detached `compose up` writes its output.
@@ -41,8 +40,8 @@ impl ComposeTarget {
         files: Option<Vec<String>>,
         output: PathBuf,
     ) -> Self {
-        let compose = Compose::new(host.clone(), repo, project, files);
-        Self { host, compose: Mutex::new(compose), output, names: Mutex::default() }
+        let compose = Compose::new(host, repo, project, files);
+        Self { compose: Mutex::new(compose), output, names: Mutex::default() }
     }
 
     fn compose(&self) -> Compose {
@@ -103,7 +102,7 @@ impl Target for ComposeTarget {
         self.remember(&image_names);
         let mut compose = self.compose.lock().unwrap_or_else(|e| e.into_inner());
         *compose = compose.clone().with_project(resolved.project.clone());
-        Ok(Plan { project: resolved.project, files: resolved.files, image_names })
+        Ok(Plan { project: resolved.project, files: resolved.files, image_names, unset: resolved.unset })
     }
 
     async fn build(
@@ -163,7 +162,7 @@ impl Target for ComposeTarget {
         }
         let detached = compose.start_recreate(&services, &self.output, log).await?;
         started(detached.process().to_string());
-        match detached.wait(self.host.redactor(), APPLY_TIMEOUT, stop, log).await {
+        match detached.wait(self.compose().host().redactor(), APPLY_TIMEOUT, stop, log).await {
             Ok(out) => {
                 let _ = std::fs::remove_file(&self.output);
                 if out.success() {
@@ -191,7 +190,7 @@ impl Target for ComposeTarget {
         // What it printed after the process that followed it died is still in its file.
         if self.output.exists() {
             log.line(Stream::Info, "the output of the recreate started before the restart, whole:");
-            crate::host::replay_output(&self.output, self.host.redactor(), log);
+            crate::host::replay_output(&self.output, self.compose().host().redactor(), log);
             let _ = std::fs::remove_file(&self.output);
         }
     }
@@ -265,6 +264,11 @@ impl Target for ComposeTarget {
             });
         }
         Ok(by_service)
+    }
+
+    fn use_secrets(&self, vars: &[(String, String)]) {
+        let mut compose = self.compose.lock().unwrap_or_else(|e| e.into_inner());
+        *compose = compose.clone().with_secret_env(vars);
     }
 
     async fn run_oneoff(

@@ -38,6 +38,10 @@ pub struct FakeState {
     pub apply_gate: Option<Arc<tokio::sync::Notify>>,
     /// A build runs until it is cancelled (a long build a cancel kills).
     pub build_blocks: bool,
+    /// Variables the configuration uses and nobody set (reported by resolve).
+    pub unset: Vec<String>,
+    /// The secret variables given to it, names and values, as the runtime would hold them.
+    pub secrets: Vec<(String, String)>,
     /// Every call, in order: "build", "apply sha256:…", "restore", …
     pub calls: Vec<String>,
     builds: u32,
@@ -95,6 +99,7 @@ impl Target for FakeTarget {
             project: ProjectName::parse("fake").expect("valid"),
             files: vec!["compose.yaml".into()],
             image_names: services.iter().map(|s| (s.clone(), format!("fake-{s}"))).collect(),
+            unset: self.state.lock().unwrap().unset.clone(),
         })
     }
 
@@ -225,6 +230,13 @@ impl Target for FakeTarget {
                 .collect()
         };
         Ok(services.iter().map(|svc| (svc.clone(), of(svc))).collect())
+    }
+
+    fn use_secrets(&self, vars: &[(String, String)]) {
+        let mut s = self.state.lock().unwrap();
+        let names: Vec<&str> = vars.iter().map(|(k, _)| k.as_str()).collect();
+        s.calls.push(format!("secrets {}", names.join(",")));
+        s.secrets = vars.to_vec();
     }
 
     async fn run_oneoff(

@@ -28,6 +28,8 @@ pub struct Plan {
     pub files: Vec<String>,
     /// The image name each service builds to.
     pub image_names: BTreeMap<ServiceName, String>,
+    /// Variables the configuration uses that nobody set (the runtime took them as empty).
+    pub unset: Vec<String>,
 }
 
 /// How long verify may take, and how long the services must hold.
@@ -123,6 +125,11 @@ pub trait Target: Send + Sync {
 
     /// Every container of each of `services`, running or not (none: an empty list).
     async fn containers(&self, services: &[ServiceName]) -> Result<BTreeMap<ServiceName, Vec<Container>>, TargetError>;
+
+    /// From now on, gives `vars` (a vault's values) to every build, apply and one-off run as
+    /// environment — never in an argv, a file or a log line — and redacts their values from the
+    /// output it hands on.
+    fn use_secrets(&self, vars: &[(String, String)]);
 
     /// Runs `command` in a one-off container of `service` from the image just built.
     async fn run_oneoff(
