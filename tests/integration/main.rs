@@ -6,6 +6,7 @@ mod cli;
 mod deploy;
 mod faults;
 mod recovery;
+mod secrets;
 mod shipped;
 mod ssh;
 mod support;
