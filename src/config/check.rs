@@ -10,6 +10,13 @@ use jsonc_parser::{CollectOptions, ParseOptions};
 use super::*;
 use crate::model::{AppName, BranchName, ProjectName, ServiceName};
 
+/// What every app is read against: the hosts it may name and the default secrets command.
+struct Around<'r> {
+    hosts: &'r BTreeMap<String, SshHost>,
+    host_names: &'r BTreeSet<String>,
+    default_secrets: Option<&'r SecretsConfig>,
+}
+
 /// Where a value sits: the app it belongs to, if any, and its dotted key.
 #[derive(Clone)]
 struct At {
@@ -354,15 +361,11 @@ impl<'t> Checker<'t> {
         let mut apps = BTreeMap::new();
         let mut app_names = BTreeSet::new();
         match f.get("apps") {
-            Some(p) => self.apps(
-                &p.value,
-                &top.child("apps"),
-                &hosts,
-                &host_names,
-                default_secrets.as_ref(),
-                &mut apps,
-                &mut app_names,
-            ),
+            Some(p) => {
+                let around =
+                    Around { hosts: &hosts, host_names: &host_names, default_secrets: default_secrets.as_ref() };
+                self.apps(&p.value, &top.child("apps"), &around, &mut apps, &mut app_names)
+            }
             None => self.missing(
                 obj,
                 &top,
@@ -493,9 +496,7 @@ impl<'t> Checker<'t> {
         &mut self,
         v: &Value<'_>,
         at: &At,
-        hosts: &BTreeMap<String, SshHost>,
-        host_names: &BTreeSet<String>,
-        default_secrets: Option<&SecretsConfig>,
+        around: &Around<'_>,
         apps: &mut BTreeMap<AppName, AppConfig>,
         app_names: &mut BTreeSet<String>,
     ) {
@@ -529,8 +530,7 @@ impl<'t> Checker<'t> {
                     None
                 }
             };
-            let Some((config, project_at)) = self.app(name.as_ref(), p, &aat, hosts, host_names, default_secrets)
-            else {
+            let Some((config, project_at)) = self.app(name.as_ref(), p, &aat, around) else {
                 continue;
             };
             let Some(name) = name else { continue };
@@ -570,10 +570,9 @@ impl<'t> Checker<'t> {
         name: Option<&AppName>,
         p: &ObjectProp<'_>,
         at: &At,
-        hosts: &BTreeMap<String, SshHost>,
-        host_names: &BTreeSet<String>,
-        default_secrets: Option<&SecretsConfig>,
+        around: &Around<'_>,
     ) -> Option<(AppConfig, usize)> {
+        let (hosts, host_names, default_secrets) = (around.hosts, around.host_names, around.default_secrets);
         let obj =
             self.object(&p.value, at, "an object such as {\"repo\": \"/srv/apps/hello\", \"services\": [\"web\"]}")?;
         let f = self.fields(obj, at, APP_KEYS);

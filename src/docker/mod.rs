@@ -88,6 +88,8 @@ pub struct OwnContainer {
     pub path: String,
     /// `(source on the engine's host, destination inside)` of each bind mount.
     pub mounts: Vec<(String, String)>,
+    /// The destinations of the bind mounts that are read-only.
+    pub read_only: Vec<String>,
     /// The user it runs as (`user:`; empty: the image's), and its supplementary groups
     /// (`group_add:`, e.g. the engine socket's group).
     pub user: String,
@@ -130,6 +132,14 @@ struct InspectMount {
     source: String,
     #[serde(default)]
     destination: String,
+    #[serde(default, rename = "Type")]
+    kind: String,
+    #[serde(default = "yes", rename = "RW")]
+    rw: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The engine a host's `docker` CLI talks to.
@@ -247,7 +257,8 @@ impl Docker {
             image: c.image,
             labels: c.config.labels.unwrap_or_default(),
             path: c.path,
-            mounts: c.mounts.into_iter().map(|m| (m.source, m.destination)).collect(),
+            read_only: c.mounts.iter().filter(|m| m.kind == "bind" && !m.rw).map(|m| m.destination.clone()).collect(),
+            mounts: c.mounts.into_iter().filter(|m| m.kind == "bind").map(|m| (m.source, m.destination)).collect(),
             user: c.config.user,
             group_add: c.host_config.and_then(|h| h.group_add).unwrap_or_default(),
         })

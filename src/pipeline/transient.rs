@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{recreate, rollback, verify, Runtime, StepOutcome};
+use super::{recreate, rollback, secrets, verify, Runtime, StepOutcome};
+use crate::config::{SecretsConfig, SecretsFormat};
 use crate::git::Git;
 use crate::host::{Host, LogSink, Stream};
 use crate::model::Images;
@@ -31,7 +32,7 @@ pub async fn run(args: TransientArgs) -> i32 {
     let files = (!args.files.is_empty()).then(|| args.files.clone());
     let output = std::env::temp_dir().join("kua-self-recreate.log");
     let target = ComposeTarget::new(Host::local(), cwd.clone(), Some(args.project.clone()), files, output);
-    let git = Git::new(Host::local(), cwd);
+    let git = Git::new(Host::local(), cwd.clone());
     // Nobody cancels the transient container: it must end in a verdict.
     let never = CancellationToken::new();
     let rt = Runtime {
@@ -43,6 +44,10 @@ pub async fn run(args: TransientArgs) -> i32 {
         started: &|_| {},
     };
     let services = [args.service.clone()];
+    if let Err(why) = fetch_secrets(&args, &target, &cwd).await {
+        println!("{why}; nothing was recreated");
+        return 2;
+    }
     println!("recreating {} with {}", args.service, args.image);
     let new: Images = [(args.service.clone(), args.image.clone())].into();
     // The checkout is the new commit's: its configuration is the one the new image runs with.
@@ -80,6 +85,24 @@ pub async fn run(args: TransientArgs) -> i32 {
             2
         }
     }
+}
+
+/// Fetches the app's secrets, as the deploy's `secrets` step did, and hands them to the target.
+async fn fetch_secrets(args: &TransientArgs, target: &ComposeTarget, cwd: &std::path::Path) -> Result<(), String> {
+    let (Some(command), Some(app)) = (&args.secrets_command, &args.app) else { return Ok(()) };
+    let command: Vec<String> =
+        serde_json::from_str(command).map_err(|e| format!("--secrets-command is not a JSON list: {e}"))?;
+    if command.is_empty() {
+        return Err("--secrets-command is empty".into());
+    }
+    let format = if args.secrets_format == "json" { SecretsFormat::Json } else { SecretsFormat::Dotenv };
+    let config = SecretsConfig { command, format, timeout_s: args.secrets_timeout };
+    let vars = secrets::fetch(&Host::local(), &config, app, cwd, &CancellationToken::new())
+        .await
+        .map_err(|e| format!("cannot fetch the secrets: {e}"))?;
+    println!("fetched the secrets: {}", vars.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", "));
+    target.use_secrets(&vars);
+    Ok(())
 }
 
 fn describe(outcome: StepOutcome) -> String {

@@ -75,6 +75,7 @@ mod tests {
             mounts: mounts.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
             user: String::new(),
             group_add: Vec::new(),
+            read_only: Vec::new(),
         }
     }
 

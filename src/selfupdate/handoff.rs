@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::discover::host_path;
 use super::SelfTarget;
+use crate::config::SecretsFormat;
 use crate::docker::Docker;
 use crate::host::Stream;
 use crate::model::{DeployId, ServiceName};
@@ -80,6 +81,14 @@ pub async fn hand_off(h: HandOffRequest<'_>, target: &SelfTarget) -> HandOffEnd 
         "--entrypoint".into(),
         entrypoint,
     ];
+    // Every other bind mount of this container too (the vault client and its files, SSH keys):
+    // the transient container fetches the secrets and runs Compose as this one would.
+    for (source, dest) in &target.container.mounts {
+        if dest != SOCKET && *dest != repo {
+            let ro = if target.container.read_only.contains(dest) { ":ro" } else { "" };
+            args.extend(["--volume".into(), format!("{source}:{dest}{ro}")]);
+        }
+    }
     // The same user and groups as this container (the socket's group among them), so that the
     // transient container can reach the engine and write the checkout as this one does.
     if !target.container.user.is_empty() {
@@ -112,6 +121,23 @@ pub async fn hand_off(h: HandOffRequest<'_>, target: &SelfTarget) -> HandOffEnd 
     }
     for f in h.app.compose_files.iter().flatten() {
         args.extend(["--file".into(), f.clone()]);
+    }
+    if let Some(s) = &h.app.secrets {
+        // The command, never a value: the transient container runs the vault itself.
+        let format = match s.format {
+            SecretsFormat::Dotenv => "dotenv",
+            SecretsFormat::Json => "json",
+        };
+        args.extend([
+            "--app".into(),
+            h.app.name.to_string(),
+            "--secrets-command".into(),
+            serde_json::to_string(&s.command).unwrap_or_default(),
+            "--secrets-format".into(),
+            format.into(),
+            "--secrets-timeout".into(),
+            s.timeout_s.to_string(),
+        ]);
     }
     match h.store.hand_off(h.id, &format!("handed over to transient container {name}")) {
         Ok(true) => {}

@@ -2,7 +2,7 @@
 //! self-recreate`) to do. What it does is the pipeline's (`pipeline/transient.rs`): the same
 //! recreate, verify and rollback code as every deploy.
 
-use crate::model::{BranchName, CommitSha, ImageId, ProjectName, ServiceName};
+use crate::model::{AppName, BranchName, CommitSha, ImageId, ProjectName, ServiceName};
 
 /// `kua-deploy self-recreate` options: what the transient container does.
 #[derive(Debug, Clone, clap::Args)]
@@ -30,4 +30,15 @@ pub struct TransientArgs {
     pub timeout: u64,
     #[arg(long, default_value_t = 5)]
     pub stable: u64,
+    /// The app (for `{app}` in the secrets command).
+    #[arg(long)]
+    pub app: Option<AppName>,
+    /// The app's secrets command, as a JSON list: the transient container fetches the values
+    /// itself, since they are never handed over.
+    #[arg(long = "secrets-command", requires = "app")]
+    pub secrets_command: Option<String>,
+    #[arg(long = "secrets-format", default_value = "dotenv", value_parser = ["dotenv", "json"])]
+    pub secrets_format: String,
+    #[arg(long = "secrets-timeout", default_value_t = 30)]
+    pub secrets_timeout: u64,
 }

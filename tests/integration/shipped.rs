@@ -22,6 +22,8 @@ use crate::support::{preflight, sh, uuid_hex, Pki, TEST_LABEL, TOKEN};
 
 /// The uid:gid the image runs kua-deploy as.
 const KUA_USER: &str = "10001:10001";
+/// What the vault stand-in gives kua-deploy's own service.
+const SECRET: &str = "kua-own-secret-5a1b9c";
 /// Short, so the ceiling case takes seconds; long enough for a handoff on a busy machine.
 const CEILING_S: u64 = 20;
 
@@ -77,15 +79,25 @@ impl Shipped {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         // HTTPS as the shipped file's commented lines say, with the test CA's certificate.
         let pki = Pki::new();
+        // The vault client at the mount point the shipped file documents: a stand-in.
+        let vault = dir.path().join("kua-vault");
+        std::fs::write(
+            &vault,
+            format!("#!/bin/sh\n[ \"$2\" = kua-deploy ] || exit 2\necho KUA_TEST_SECRET={SECRET}\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&vault, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
         std::fs::write(
             work.join("docker-compose.override.yml"),
             format!(
                 "services:\n  kua-deploy:\n    build:\n      labels: [\"{TEST_LABEL}=1\"]\n    \
                  labels: [\"{TEST_LABEL}=1\"]\n    ports: [\"127.0.0.1:{port}:8790\"]\n    \
-                 environment:\n      KUA_TLS_CERT: /app/tls/server.pem\n      KUA_TLS_KEY: /app/tls/server.key\n    \
-                 volumes: [\"{}:/app/tls:ro\"]\n    \
+                 environment:\n      KUA_TLS_CERT: /app/tls/server.pem\n      KUA_TLS_KEY: /app/tls/server.key\n      \
+                 KUA_TEST_SECRET: ${{KUA_TEST_SECRET}}\n    \
+                 volumes: [\"{}:/app/tls:ro\", \"{}:/usr/local/bin/kua-vault:ro\"]\n    \
                  healthcheck:\n      interval: 1s\n      timeout: 5s\n      start_period: 30s\n",
-                pki.dir.path().display()
+                pki.dir.path().display(),
+                vault.display()
             ),
         )
         .unwrap();
@@ -120,11 +132,13 @@ impl Shipped {
         std::fs::write(checkout.join("admin-token"), format!("{TOKEN}\n")).unwrap();
         let registry = serde_json::json!({"self": "kua-deploy", "apps": {"kua-deploy": {
             "repo": checkout, "project": project, "services": ["kua-deploy"],
-            "verify": {"timeout_s": 90, "stable_s": 2}
+            "verify": {"timeout_s": 90, "stable_s": 2},
+            "secrets": {"command": ["kua-vault", "export", "{app}"]}
         }}});
         std::fs::write(checkout.join("deploy-registry.json"), registry.to_string()).unwrap();
         // kua-deploy runs as its own user: the checkouts are that user's.
-        sh(Path::new("/"), &["chown", "-R", KUA_USER, apps.to_str().unwrap(), pki.dir.path().to_str().unwrap()]);
+        let owned = [apps.to_str().unwrap(), pki.dir.path().to_str().unwrap(), vault.to_str().unwrap()];
+        sh(Path::new("/"), &[&["chown", "-R", KUA_USER][..], &owned[..]].concat());
         let app = Shipped { _dir: dir, pki, servers, project, work, checkout, port, networks };
         // Installed as the README says: `docker compose up -d` in the checkout.
         sh(&app.checkout, &["docker", "compose", "-p", &app.project, "up", "-d", "--build", "--quiet-pull"]);
@@ -276,6 +290,11 @@ async fn the_shipped_image_runs_on_the_fleet_networks_and_releases_itself_throug
     assert!(verify.ok && verify.services[0].running_image.as_deref() == Some(v2_image.as_str()), "{verify:?}");
     let log = app.client().logs(&d.deploy_id, 0).await.unwrap();
     assert!(log.lines.iter().any(|l| l.line.contains("[transient] verified")), "{:?}", log.lines);
+    // Its secrets the same way: fetched by the transient container too, never handed over.
+    assert!(log.lines.iter().any(|l| l.line.contains("[transient] fetched the secrets: KUA_TEST_SECRET")));
+    assert!(!log.lines.iter().any(|l| l.line.contains(SECRET)));
+    let id = app.container().unwrap();
+    assert_eq!(sh(Path::new("/"), &["docker", "exec", &id, "sh", "-c", "echo $KUA_TEST_SECRET"]), SECRET);
     app.wait_healthy().await;
 
     // An image that cannot start: the transient container brings v2 back.
