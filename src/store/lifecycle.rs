@@ -194,6 +194,28 @@ impl Store {
         }
     }
 
+    /// Registers `hook`, called with every deploy a worker starts (`queued → running`, again after
+    /// an approval), after the commit and with no lock held, like the end hooks.
+    pub fn on_deploy_started(&self, hook: EndHook) {
+        self.inner.phase_hooks.lock().unwrap_or_else(|e| e.into_inner()).push((Transition::Start, hook));
+    }
+
+    /// Registers `hook`, called with every deploy the migration gate parks (`awaiting_approval`).
+    pub fn on_deploy_parked(&self, hook: EndHook) {
+        self.inner.phase_hooks.lock().unwrap_or_else(|e| e.into_inner()).push((Transition::Park, hook));
+    }
+
+    /// Tells the hooks registered for `t` that `id` moved to `phase`.
+    fn moved(&self, t: Transition, id: &DeployId, phase: Phase) {
+        let hooks: Vec<EndHook> = (self.inner.phase_hooks.lock().unwrap_or_else(|e| e.into_inner()).iter())
+            .filter(|(ht, _)| *ht == t)
+            .map(|(_, h)| h.clone())
+            .collect();
+        for hook in hooks {
+            hook(id, phase);
+        }
+    }
+
     /// One transition in one transaction, with `also` (step changes) when it moves.
     fn apply(
         &self,
@@ -218,6 +240,9 @@ impl Store {
         }
         if moved && to.is_terminal() {
             self.ended(id, to);
+        }
+        if moved && matches!(t, Transition::Start | Transition::Park) {
+            self.moved(t, id, to);
         }
         Ok(moved)
     }
