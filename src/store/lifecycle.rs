@@ -516,6 +516,33 @@ mod tests {
     }
 
     #[test]
+    fn start_and_park_hooks_hear_each_move_after_its_commit_and_never_a_refused_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        for t in ["started", "parked"] {
+            let (heard, reader) = (heard.clone(), store.clone());
+            let hook: EndHook = std::sync::Arc::new(move |id: &DeployId, phase: Phase| {
+                // After the commit: the store already says so.
+                assert_eq!(reader.deploy(id).unwrap().unwrap().phase, phase);
+                heard.lock().unwrap().push((t, phase));
+            });
+            match t {
+                "started" => store.on_deploy_started(hook),
+                _ => store.on_deploy_parked(hook),
+            }
+        }
+        let id = deploy_in(&store, Queued);
+        assert!(store.start(&id).unwrap());
+        assert!(!store.start(&id).unwrap(), "already running");
+        assert!(store.park(&id, StepName::MigrationGate, "approve").unwrap());
+        assert!(store.approve(&id, "ok").unwrap());
+        assert!(store.start(&id).unwrap());
+        let want = vec![("started", Running), ("parked", AwaitingApproval), ("started", Running)];
+        assert_eq!(*heard.lock().unwrap(), want);
+    }
+
+    #[test]
     fn the_named_methods_make_the_transitions_they_name() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();

@@ -184,6 +184,23 @@ mod tests {
     }
 
     #[test]
+    fn two_writers_of_one_deploy_never_give_two_lines_the_same_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = deploy(&store);
+        let (a, b) = (LogWriter::new(store.clone(), id.clone()), LogWriter::new(store.clone(), id.clone()));
+        a.info("one");
+        b.info("two");
+        a.info("three");
+        drop((a, b));
+        let later = LogWriter::new(store.clone(), id.clone());
+        later.info("four");
+        let (lines, _) = store.log_page(&id, 0, 100, 1 << 20).unwrap();
+        let text: Vec<(i64, &str)> = lines.iter().map(|l| (l.seq, l.line.as_str())).collect();
+        assert_eq!(text, [(1, "one"), (2, "two"), (3, "three"), (4, "four")]);
+    }
+
+    #[test]
     fn a_long_log_keeps_its_head_and_its_tail_with_one_marker_saying_how_many_were_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
