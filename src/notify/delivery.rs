@@ -1,6 +1,7 @@
 //! Sending one request with retries: attempts at 0 s, 1 s and 4 s, each within
-//! [`ATTEMPT_TIMEOUT`]; a 5xx answer or a connection error is retried, a 4xx is not (the target
-//! refuses what it got, and will again). Each attempt and its outcome go to the deploy's log, the
+//! [`ATTEMPT_TIMEOUT`]; a 5xx answer or a connection error is retried, any other answer is not (a
+//! 4xx: the target refuses what it got, and will again; a redirect is not followed, since it would
+//! carry the token elsewhere). Each attempt and its outcome go to the deploy's log, the
 //! target shown as [`shown_url`] and every line through the redactor.
 
 use std::time::Duration;
@@ -106,7 +107,7 @@ pub async fn deliver(
                 say(format!("{what}: attempt {attempt} delivered ({})", resp.status().as_u16()));
                 return Outcome::Delivered { attempts: attempt };
             }
-            Ok(resp) if resp.status().is_client_error() => {
+            Ok(resp) if !resp.status().is_server_error() => {
                 let status = resp.status().as_u16();
                 say(format!(
                     "{what}: attempt {attempt} answered {status}; not retrying: the target refuses the request \
