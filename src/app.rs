@@ -16,6 +16,7 @@ use crate::api::{self, listener, ApiState};
 use crate::config::{HostSpec, Registry, SecretSource};
 use crate::docker::Docker;
 use crate::host::{Host, Redactor};
+use crate::notify::Notifier;
 use crate::pipeline::{self, queue::Queue};
 use crate::selfupdate;
 use crate::store::Store;
@@ -23,6 +24,9 @@ use crate::target::compose::ComposeTargets;
 
 /// Where `serve` listens unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8790";
+
+/// How long notifications still being sent at shutdown may take before they are dropped.
+const NOTIFY_GRACE: Duration = Duration::from_secs(3);
 
 /// `kua-deploy serve` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -127,15 +131,7 @@ async fn serve_inner(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    // Where notifications will attach: every deploy's end, once, whatever ended it.
     store.on_deploy_end(Arc::new(|id, phase| tracing::info!(deploy = %id, "deploy ended: {phase}")));
-    let orphans = store.recover_orphans()?;
-    for d in &orphans.interrupted {
-        tracing::warn!(deploy = %d.deploy_id, app = %d.app, "a deploy was left running by a previous process before its recreate: now interrupted");
-    }
-    for d in &orphans.resume {
-        tracing::warn!(deploy = %d.deploy_id, app = %d.app, "a deploy was left in recreate, verify or rollback by a previous process: resuming it");
-    }
     let mut secrets: Vec<String> =
         settings.registry.apps.values().filter_map(|a| a.webhook.as_ref()?.secret.read()).collect();
     secrets.push(settings.admin_token.clone());
@@ -148,6 +144,17 @@ async fn serve_inner(
     match std::env::current_exe() {
         Ok(exe) => redactor = redactor.with_child_guard(exe),
         Err(e) => tracing::warn!("cannot find kua-deploy's own binary ({e}): commands will not die with the server"),
+    }
+    // Before recovery, so the deploys it ends are reported too.
+    let notifier = Notifier::new(store.clone(), settings.registry.clone(), redactor.clone())?;
+    notifier.register();
+    let redactor = notifier.redactor().clone();
+    let orphans = store.recover_orphans()?;
+    for d in &orphans.interrupted {
+        tracing::warn!(deploy = %d.deploy_id, app = %d.app, "a deploy was left running by a previous process before its recreate: now interrupted");
+    }
+    for d in &orphans.resume {
+        tracing::warn!(deploy = %d.deploy_id, app = %d.app, "a deploy was left in recreate, verify or rollback by a previous process: resuming it");
     }
     let stop = CancellationToken::new();
     let local = Host::new(HostSpec::Local, redactor.clone());
@@ -203,6 +210,8 @@ async fn serve_inner(
         tokio::spawn(async move {
             stop.cancelled().await;
             queue.shutdown(Duration::from_secs(8)).await;
+            // What the stopped deploys' ends are telling people gets a moment, never a wait.
+            notifier.shutdown(NOTIFY_GRACE).await;
         })
     };
     let open_files = listener::open_file_limit().unwrap_or(1024);

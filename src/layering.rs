@@ -19,6 +19,8 @@ const LAYERS: &[&[&str]] = &[
     &["selfupdate"],
     &["pipeline"],
     &["api"],
+    // Told by the store's hooks, reads the registry; only `app` wires it.
+    &["notify"],
     &["app"],
     &["cli"],
 ];

@@ -24,13 +24,15 @@
 //!   transient container's recreate/verify/rollback and the self-deploy's completion at start.
 //! - [`api`]: the axum router: admin API, push webhooks, auth, errors; the listener that serves it
 //!   (over TLS when given a certificate) within timeouts and a connection cap.
+//! - [`notify`]: commit statuses on the forge and notifications to webhook targets, sent from the
+//!   store's lifecycle hooks, retried, never delaying a deploy.
 //! - [`app`]: `serve`: opens the store, recovers, starts the queue and the router.
 //! - [`cli`]: the client commands (`status`, `history`, `logs`, `approve`, `cancel`, `release`, `demo`,
 //!   `health`) over the API types; named servers (`servers.json`) and how a client trusts HTTPS.
 //!
 //! Imports point one way, down. The layers, lowest first: `model`; `host`, `store`; `config`, `git`,
-//! `docker`; `target`; `selfupdate`; `pipeline`; `api`; `app`; `cli`. A unit test (`layering.rs`) reads the
-//! sources and refuses an import that points up.
+//! `docker`; `target`; `selfupdate`; `pipeline`; `api`; `notify`; `app`; `cli`. A unit
+//! test (`layering.rs`) reads the sources and refuses an import that points up.
 
 pub mod api;
 pub mod app;
@@ -42,6 +44,7 @@ pub mod host;
 #[cfg(test)]
 mod layering;
 pub mod model;
+pub mod notify;
 pub mod pipeline;
 pub mod selfupdate;
 pub mod store;

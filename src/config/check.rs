@@ -15,6 +15,17 @@ struct Around<'r> {
     hosts: &'r BTreeMap<String, SshHost>,
     host_names: &'r BTreeSet<String>,
     default_secrets: Option<&'r SecretsConfig>,
+    default_status: Option<&'r StatusDraft>,
+    default_notify: &'r [NotifyTarget],
+}
+
+/// A `status` as written: its repository may still have to come from the app's webhook.
+#[derive(Clone)]
+struct StatusDraft {
+    forge: Forge,
+    api: String,
+    token: SecretSource,
+    repository: Option<String>,
 }
 
 /// Where a value sits: the app it belongs to, if any, and its dotted key.
@@ -357,13 +368,37 @@ impl<'t> Checker<'t> {
             Some(p) => self.secrets_or_null(&p.value, &top.child("secrets")),
         };
         let default_secrets = default_secrets.flatten();
+        let default_status = match f.get("status") {
+            None => Some(None),
+            Some(p) => self.status_or_null(&p.value, &top.child("status")),
+        };
+        let default_status = default_status.flatten();
+        let default_notify = match f.get("notify") {
+            None => Some(Vec::new()),
+            Some(p) => self.notify(&p.value, &top.child("notify")),
+        };
+        let default_notify = default_notify.unwrap_or_default();
+        let public_url = f.get("public_url").and_then(|p| {
+            let at = top.child("public_url");
+            let s = self.string(
+                &p.value,
+                &at,
+                "a string: the URL people reach this server at, e.g. \"https://deploy.example\"",
+            )?;
+            self.http_url(s, &at, value_start(&p.value)).map(|u| u.trim_end_matches('/').to_owned())
+        });
 
         let mut apps = BTreeMap::new();
         let mut app_names = BTreeSet::new();
         match f.get("apps") {
             Some(p) => {
-                let around =
-                    Around { hosts: &hosts, host_names: &host_names, default_secrets: default_secrets.as_ref() };
+                let around = Around {
+                    hosts: &hosts,
+                    host_names: &host_names,
+                    default_secrets: default_secrets.as_ref(),
+                    default_status: default_status.as_ref(),
+                    default_notify: &default_notify,
+                };
                 self.apps(&p.value, &top.child("apps"), &around, &mut apps, &mut app_names)
             }
             None => self.missing(
@@ -407,7 +442,7 @@ impl<'t> Checker<'t> {
             }
         }
 
-        Some(Registry { path: self.path.clone(), apps, hosts, self_app })
+        Some(Registry { path: self.path.clone(), apps, hosts, self_app, public_url })
     }
 
     fn hosts(&mut self, v: &Value<'_>, at: &At, hosts: &mut BTreeMap<String, SshHost>, names: &mut BTreeSet<String>) {
@@ -686,6 +721,37 @@ impl<'t> Checker<'t> {
             Some(sp) => self.secrets_or_null(&sp.value, &at.child("secrets")),
         };
 
+        // Like secrets: the app's own `status` or `notify` replaces the default, `null` is none.
+        let status = match f.get("status") {
+            None => Some(around.default_status.cloned()),
+            Some(sp) => self.status_or_null(&sp.value, &at.child("status")),
+        };
+        let status = status.and_then(|draft| {
+            let Some(draft) = draft else { return Some(None) };
+            let written = webhook.as_ref().and_then(|w| w.as_ref()).map(|w| w.repository.clone());
+            let repository = draft.repository.clone().or(written);
+            match repository {
+                Some(repository) => {
+                    Some(Some(StatusConfig { forge: draft.forge, api: draft.api, token: draft.token, repository }))
+                }
+                None if f.get("webhook").is_some() => None, // its problem is already reported
+                None => {
+                    let offset = f.get("status").map_or(obj.range.start, prop_name_start);
+                    self.error(
+                        &at.child("status"),
+                        offset,
+                        "no repository to set commit statuses on: add \"repository\" to \"status\" \
+                         (\"owner/name\", or a GitLab project's path or id), or give the app a \"webhook\" with one",
+                    );
+                    None
+                }
+            }
+        });
+        let notify = match f.get("notify") {
+            None => Some(around.default_notify.to_vec()),
+            Some(np) => self.notify(&np.value, &at.child("notify")),
+        };
+
         let config = AppConfig {
             name: name?.clone(),
             host: host?,
@@ -699,6 +765,8 @@ impl<'t> Checker<'t> {
             rollback: rollback?,
             webhook: webhook?,
             secrets: secrets?,
+            status: status?,
+            notify: notify?,
         };
         Some((config, project_at))
     }
@@ -1107,12 +1175,32 @@ impl<'t> Checker<'t> {
                 })
             }
         };
+        let secret = self.secret_source(&f, obj, at, ("secret_env", "secret_file"), "the secret");
+        Some(WebhookConfig { repository: repository?, secret: secret? })
+    }
+}
+
+impl Checker<'_> {
+    /// A secret given as `keys.0` (an environment variable's name) or `keys.1` (an absolute file
+    /// path), exactly one of them; `what` names it in the messages.
+    fn secret_source(
+        &mut self,
+        f: &Fields<'_, '_>,
+        obj: &Object<'_>,
+        at: &At,
+        keys: (&str, &str),
+        what: &str,
+    ) -> Option<SecretSource> {
+        let (env_key, file_key) = keys;
         // Each is `None` when absent, `Some(None)` when present but bad (already reported).
-        let env = f.get("secret_env").map(|ep| {
-            let eat = at.child("secret_env");
+        let env = f.get(env_key).map(|ep| {
+            let eat = at.child(env_key);
             let start = value_start(&ep.value);
-            let s =
-                self.string(&ep.value, &eat, "a string: the name of the environment variable holding the secret")?;
+            let s = self.string(
+                &ep.value,
+                &eat,
+                &format!("a string: the name of the environment variable holding {what}"),
+            )?;
             if is_env_name(s) {
                 return Some(SecretSource::Env(s.to_owned()));
             }
@@ -1121,45 +1209,256 @@ impl<'t> Checker<'t> {
                 start,
                 format!(
                     "{s:?} is not an environment variable name: use letters, digits and '_', not starting \
-                     with a digit (the name of the variable, not the secret)"
+                     with a digit (the name of the variable, not {what})"
                 ),
             );
             None
         });
-        let file = f.get("secret_file").map(|fp| {
-            let fat = at.child("secret_file");
+        let file = f.get(file_key).map(|fp| {
+            let fat = at.child(file_key);
             let start = value_start(&fp.value);
-            let s = self.string(&fp.value, &fat, "a string: the absolute path of the file holding the secret")?;
+            let s = self.string(&fp.value, &fat, &format!("a string: the absolute path of the file holding {what}"))?;
             check_absolute(s)
                 .map(SecretSource::File)
-                .map_err(|msg| self.error(&fat, start, format!("{msg} of the file holding the secret")))
+                .map_err(|msg| self.error(&fat, start, format!("{msg} of the file holding {what}")))
                 .ok()
         });
-        let secret = match (env, file) {
+        match (env, file) {
             (Some(_), Some(_)) => {
-                let fp = f.get("secret_file").map(prop_name_start).unwrap_or(obj.range.start);
+                let fp = f.get(file_key).map(prop_name_start).unwrap_or(obj.range.start);
                 self.error(
-                    &at.child("secret_file"),
+                    &at.child(file_key),
                     fp,
-                    "both \"secret_env\" and \"secret_file\" are given: keep exactly one",
+                    format!("both {env_key:?} and {file_key:?} are given: keep exactly one"),
                 );
                 None
             }
             (Some(s), None) | (None, Some(s)) => s,
+            (None, None) if f.get(env_key).is_some() || f.get(file_key).is_some() => None,
             (None, None) => {
-                let present = f.get("secret_env").is_some() || f.get("secret_file").is_some();
-                if !present {
-                    self.error(
-                        &at.child("secret_env"),
-                        obj.range.start,
-                        "missing the secret: set \"secret_env\" (an environment variable name) or \"secret_file\" \
-                         (an absolute path)",
-                    );
-                }
+                self.error(
+                    &at.child(env_key),
+                    obj.range.start,
+                    format!(
+                        "missing {what}: set {env_key:?} (an environment variable name) or {file_key:?} \
+                         (an absolute path)"
+                    ),
+                );
                 None
             }
+        }
+    }
+
+    /// An `http://` or `https://` URL with a host; the URL as written.
+    fn http_url(&mut self, s: &str, at: &At, offset: usize) -> Option<String> {
+        match reqwest::Url::parse(s) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()) => {
+                Some(s.to_owned())
+            }
+            _ => {
+                // The URL may hold a token: the message shows only what kind of thing was wrong.
+                self.error(
+                    at,
+                    offset,
+                    "not an http:// or https:// URL with a host; give the full URL, e.g. \"https://hooks.example/…\"",
+                );
+                None
+            }
+        }
+    }
+
+    /// `status`: `null` (none), or `{"kind", "api", "token_env"|"token_file", "repository"?}`.
+    fn status_or_null(&mut self, v: &Value<'_>, at: &At) -> Option<Option<StatusDraft>> {
+        if matches!(v, Value::NullKeyword(_)) {
+            return Some(None);
+        }
+        let obj = self.object(
+            v,
+            at,
+            "an object such as {\"kind\": \"forgejo\", \"api\": \"https://git.example/api/v1\", \"token_file\": \"/etc/kua/forge-token\"}, \
+             or null to set no commit statuses",
+        )?;
+        let f = self.fields(obj, at, STATUS_KEYS);
+        let forge = match f.get("kind") {
+            None => {
+                self.missing(obj, at, "kind", "name the forge: \"forgejo\", \"gitea\", \"github\" or \"gitlab\"");
+                None
+            }
+            Some(kp) => {
+                let kat = at.child("kind");
+                match self.string(&kp.value, &kat, "\"forgejo\", \"gitea\", \"github\" or \"gitlab\"") {
+                    Some("forgejo") => Some(Forge::Forgejo),
+                    Some("gitea") => Some(Forge::Gitea),
+                    Some("github") => Some(Forge::GitHub),
+                    Some("gitlab") => Some(Forge::GitLab),
+                    Some(other) => {
+                        self.error(
+                            &kat,
+                            value_start(&kp.value),
+                            format!("unknown forge {other:?}: \"forgejo\", \"gitea\", \"github\" or \"gitlab\""),
+                        );
+                        None
+                    }
+                    None => None,
+                }
+            }
         };
-        Some(WebhookConfig { repository: repository?, secret: secret? })
+        let api = match f.get("api") {
+            None => {
+                self.missing(
+                    obj,
+                    at,
+                    "api",
+                    "give the forge's API base URL, e.g. \"https://git.example/api/v1\", \"https://api.github.com\" or \"https://gitlab.example/api/v4\"",
+                );
+                None
+            }
+            Some(ap) => {
+                let aat = at.child("api");
+                self.string(&ap.value, &aat, "a string: the forge's API base URL")
+                    .and_then(|s| self.http_url(s, &aat, value_start(&ap.value)))
+                    .map(|u| u.trim_end_matches('/').to_owned())
+            }
+        };
+        let token = self.secret_source(&f, obj, at, ("token_env", "token_file"), "the forge's API token");
+        let repository = match f.get("repository") {
+            None => Some(None),
+            Some(rp) => {
+                let rat = at.child("repository");
+                let start = value_start(&rp.value);
+                let gitlab = forge == Some(Forge::GitLab);
+                self.string(&rp.value, &rat, "a string: the repository, \"owner/name\"").and_then(|s| {
+                    let one_slash = s.matches('/').count() == 1;
+                    let id = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+                    if is_repository_path(s) && (gitlab || one_slash) || gitlab && id {
+                        Some(Some(s.to_owned()))
+                    } else {
+                        let want = if gitlab {
+                            "a GitLab project's path (\"group/name\", \"group/sub/name\") or numeric id"
+                        } else {
+                            "\"owner/name\""
+                        };
+                        self.error(
+                            &rat,
+                            start,
+                            format!("{s:?} is not {want}: give the repository the commit statuses go to"),
+                        );
+                        None
+                    }
+                })
+            }
+        };
+        Some(Some(StatusDraft { forge: forge?, api: api?, token: token?, repository: repository? }))
+    }
+
+    /// `notify`: `null` or a list of `{"kind": "webhook", "url", "format"?, "events"?}`.
+    fn notify(&mut self, v: &Value<'_>, at: &At) -> Option<Vec<NotifyTarget>> {
+        if matches!(v, Value::NullKeyword(_)) {
+            return Some(Vec::new());
+        }
+        let example = "a list such as [{\"kind\": \"webhook\", \"url\": \"https://hooks.example/…\", \"format\": \"slack\"}], or null for none";
+        let Value::Array(arr) = v else {
+            self.wrong_type(v, at, example);
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, e) in arr.elements.iter().enumerate() {
+            match self.notify_target(e, &at.index(i)) {
+                Some(t) => out.push(t),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn notify_target(&mut self, v: &Value<'_>, at: &At) -> Option<NotifyTarget> {
+        let obj =
+            self.object(v, at, "an object such as {\"kind\": \"webhook\", \"url\": \"https://hooks.example/…\"}")?;
+        let f = self.fields(obj, at, NOTIFY_KEYS);
+        let kind = match f.get("kind") {
+            None => {
+                self.missing(obj, at, "kind", "say \"kind\": \"webhook\"");
+                None
+            }
+            Some(kp) => match self.string(&kp.value, &at.child("kind"), "\"webhook\"") {
+                Some("webhook") => Some(()),
+                Some(other) => {
+                    self.error(
+                        &at.child("kind"),
+                        value_start(&kp.value),
+                        format!("unknown kind {other:?}: the only kind is \"webhook\""),
+                    );
+                    None
+                }
+                None => None,
+            },
+        };
+        let url = match f.get("url") {
+            None => {
+                self.missing(obj, at, "url", "give the incoming webhook's URL");
+                None
+            }
+            Some(up) => {
+                let uat = at.child("url");
+                self.string(&up.value, &uat, "a string: the webhook's URL")
+                    .and_then(|s| self.http_url(s, &uat, value_start(&up.value)))
+            }
+        };
+        let format = match f.get("format") {
+            None => Some(NotifyFormat::Json),
+            Some(fp) => {
+                let fat = at.child("format");
+                match self.string(&fp.value, &fat, "\"json\", \"slack\" or \"ntfy\"") {
+                    Some("json") => Some(NotifyFormat::Json),
+                    Some("slack") => Some(NotifyFormat::Slack),
+                    Some("ntfy") => Some(NotifyFormat::Ntfy),
+                    Some(other) => {
+                        self.error(
+                            &fat,
+                            value_start(&fp.value),
+                            format!("unknown format {other:?}: \"json\" (the deploy object), \"slack\" ({{\"text\": …}}: Slack, Mattermost, Rocket.Chat) or \"ntfy\""),
+                        );
+                        None
+                    }
+                    None => None,
+                }
+            }
+        };
+        let events = match f.get("events") {
+            None => Some(NotifyEvent::DEFAULT.to_vec()),
+            Some(ep) => {
+                let eat = at.child("events");
+                let names: Vec<&str> = NotifyEvent::ALL.iter().map(|e| e.as_str()).collect();
+                let items = self.string_list(
+                    &ep.value,
+                    &eat,
+                    "a list of event names, e.g. [\"failed\", \"rolled_back\"]",
+                    "a string: an event name",
+                );
+                items.and_then(|items| {
+                    let mut events = Vec::new();
+                    let mut ok = true;
+                    for (name, iat, start) in items {
+                        match NotifyEvent::ALL.iter().find(|e| e.as_str() == name) {
+                            Some(e) if !events.contains(e) => events.push(*e),
+                            Some(_) => {}
+                            None => {
+                                self.error(
+                                    &iat,
+                                    start,
+                                    format!("unknown event {name:?}; the events are: {}", names.join(", ")),
+                                );
+                                ok = false;
+                            }
+                        }
+                    }
+                    ok.then_some(events)
+                })
+            }
+        };
+        kind?;
+        Some(NotifyTarget { url: url?, format: format?, events: events? })
     }
 }
 

@@ -19,7 +19,7 @@ const MAX_STABLE_S: u64 = 600;
 const DEFAULT_SECRETS_TIMEOUT_S: u64 = 30;
 const MAX_SECRETS_TIMEOUT_S: u64 = 600;
 
-const TOP_KEYS: &[&str] = &["apps", "hosts", "self", "secrets"];
+const TOP_KEYS: &[&str] = &["apps", "hosts", "self", "secrets", "status", "notify", "public_url"];
 const APP_KEYS: &[&str] = &[
     "host",
     "repo",
@@ -32,11 +32,15 @@ const APP_KEYS: &[&str] = &[
     "rollback",
     "webhook",
     "secrets",
+    "status",
+    "notify",
 ];
 const SECRETS_KEYS: &[&str] = &["command", "format", "timeout_s"];
 const HOST_KEYS: &[&str] = &["ssh", "identity_file", "known_hosts_file"];
 const MIGRATIONS_KEYS: &[&str] = &["paths", "policy", "service", "command"];
 const VERIFY_KEYS: &[&str] = &["timeout_s", "stable_s"];
+const STATUS_KEYS: &[&str] = &["kind", "api", "token_env", "token_file", "repository"];
+const NOTIFY_KEYS: &[&str] = &["kind", "url", "format", "events"];
 const WEBHOOK_KEYS: &[&str] = &["repository", "secret_env", "secret_file"];
 
 /// The whole registry, checked: every app in it is usable as it stands.
@@ -46,6 +50,9 @@ pub struct Registry {
     pub apps: BTreeMap<AppName, AppConfig>,
     pub hosts: BTreeMap<String, SshHost>,
     pub self_app: Option<AppName>,
+    /// Where people reach this server (`https://deploy.example`, no trailing `/`): commit statuses
+    /// link to `<public_url>/api/v1/deploys/<id>`.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +76,98 @@ pub struct AppConfig {
     /// The vault command whose output the app's Compose commands get as environment (the
     /// top-level `secrets` unless the app sets its own or `null`).
     pub secrets: Option<SecretsConfig>,
+    /// Where the deployed commit's status goes (the top-level `status` unless the app sets its own
+    /// or `null`).
+    pub status: Option<StatusConfig>,
+    /// Who hears of the app's deploys (the top-level `notify` unless the app sets its own; `null`
+    /// or `[]` for nobody).
+    pub notify: Vec<NotifyTarget>,
+}
+
+/// `status`: a forge's commit status API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusConfig {
+    pub forge: Forge,
+    /// The API's base URL, no trailing `/` (`https://git.example/api/v1`, `https://api.github.com`,
+    /// `https://gitlab.example/api/v4`).
+    pub api: String,
+    pub token: SecretSource,
+    /// `owner/name` (Forgejo, Gitea, GitHub), or a GitLab project's path or numeric id.
+    pub repository: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forge {
+    Forgejo,
+    Gitea,
+    GitHub,
+    GitLab,
+}
+
+impl Forge {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Forge::Forgejo => "forgejo",
+            Forge::Gitea => "gitea",
+            Forge::GitHub => "github",
+            Forge::GitLab => "gitlab",
+        }
+    }
+}
+
+/// One `notify` target: an incoming webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyTarget {
+    /// May carry a token (query, userinfo, path): never shown whole.
+    pub url: String,
+    pub format: NotifyFormat,
+    pub events: Vec<NotifyEvent>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyFormat {
+    /// The deploy object as the API answers it.
+    Json,
+    /// `{"text": …}`: Slack, Mattermost, Rocket.Chat incoming webhooks.
+    Slack,
+    /// A plain-text body with ntfy's `Title`, `Priority` and `Tags` headers.
+    Ntfy,
+}
+
+/// What a deploy did that someone may want to hear of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyEvent {
+    Failed,
+    RolledBack,
+    Succeeded,
+    AwaitingApproval,
+    Cancelled,
+    Interrupted,
+}
+
+impl NotifyEvent {
+    pub const ALL: [NotifyEvent; 6] = [
+        NotifyEvent::Failed,
+        NotifyEvent::RolledBack,
+        NotifyEvent::Succeeded,
+        NotifyEvent::AwaitingApproval,
+        NotifyEvent::Cancelled,
+        NotifyEvent::Interrupted,
+    ];
+    /// What a target hears of unless it lists its own `events`.
+    pub const DEFAULT: [NotifyEvent; 4] =
+        [NotifyEvent::Failed, NotifyEvent::RolledBack, NotifyEvent::Succeeded, NotifyEvent::AwaitingApproval];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyEvent::Failed => "failed",
+            NotifyEvent::RolledBack => "rolled_back",
+            NotifyEvent::Succeeded => "succeeded",
+            NotifyEvent::AwaitingApproval => "awaiting_approval",
+            NotifyEvent::Cancelled => "cancelled",
+            NotifyEvent::Interrupted => "interrupted",
+        }
+    }
 }
 
 /// `secrets`: a command run on the app's host, no shell, whose output holds the app's secrets.

@@ -803,3 +803,70 @@ fn a_bad_secrets_entry_is_refused_with_its_key_and_what_to_write() {
         assert!(e.to_string().contains(says), "{extra}: {e}");
     }
 }
+
+#[test]
+fn status_and_notify_at_the_top_are_every_apps_unless_it_says_otherwise() {
+    let text = r#"{
+  "public_url": "https://deploy.example/",
+  "status": {"kind": "gitea", "api": "https://git.example/api/v1/", "token_env": "FORGE_TOKEN"},
+  "notify": [{"kind": "webhook", "url": "https://hooks.example/x?token=t"}],
+  "apps": {
+    "hello": {"repo": "/srv/a", "services": ["web"], "webhook": {"repository": "kua/hello", "secret_env": "S"}},
+    "quiet": {"repo": "/srv/b", "services": ["web"], "status": null, "notify": null},
+    "other": {"repo": "/srv/c", "services": ["web"], "status": {"kind": "gitlab", "api": "https://gl.example/api/v4", "token_file": "/etc/t", "repository": "grp/sub/other"},
+              "notify": [{"kind": "webhook", "url": "https://ntfy.example/t", "format": "ntfy", "events": ["failed"]}]}
+  }
+}"#;
+    let r = parse(text).unwrap();
+    assert_eq!(r.public_url.as_deref(), Some("https://deploy.example"));
+    let hello = &r.apps[&AppName::parse("hello").unwrap()];
+    let status = hello.status.as_ref().unwrap();
+    assert_eq!(
+        (status.forge, status.api.as_str(), status.repository.as_str()),
+        (Forge::Gitea, "https://git.example/api/v1", "kua/hello")
+    );
+    assert_eq!(hello.notify.len(), 1);
+    assert_eq!(hello.notify[0].format, NotifyFormat::Json);
+    assert_eq!(hello.notify[0].events, NotifyEvent::DEFAULT.to_vec());
+    let quiet = &r.apps[&AppName::parse("quiet").unwrap()];
+    assert!(quiet.status.is_none() && quiet.notify.is_empty());
+    let other = &r.apps[&AppName::parse("other").unwrap()];
+    assert_eq!(other.status.as_ref().unwrap().repository, "grp/sub/other");
+    assert_eq!(other.notify[0].events, vec![NotifyEvent::Failed]);
+}
+
+#[test]
+fn a_status_with_no_repository_and_no_webhook_is_an_error_saying_what_to_add() {
+    let e = only_error(&one_app(r#""status": {"kind": "github", "api": "https://api.github.com", "token_env": "T"}"#));
+    assert_eq!(e.key, "apps.hello.status");
+    assert!(e.message.contains("add \"repository\""), "{}", e.message);
+}
+
+#[test]
+fn a_bad_forge_repository_url_or_event_is_an_error_at_its_key() {
+    let e = only_error(&one_app(
+        r#""status": {"kind": "github", "api": "https://api.github.com", "token_env": "T", "repository": "a/b/c"}"#,
+    ));
+    assert_eq!(e.key, "apps.hello.status.repository");
+    let e = only_error(&one_app(
+        r#""status": {"kind": "bitbucket", "api": "https://x", "token_env": "T", "repository": "a/b"}"#,
+    ));
+    assert_eq!(e.key, "apps.hello.status.kind");
+    let e = only_error(&one_app(r#""notify": [{"kind": "webhook", "url": "ftp://secret@x/"}]"#));
+    assert_eq!(e.key, "apps.hello.notify[0].url");
+    assert!(!e.message.contains("secret"), "a URL may hold a token: {}", e.message);
+    let e = only_error(&one_app(r#""notify": [{"kind": "webhook", "url": "https://x/", "events": ["exploded"]}]"#));
+    assert_eq!(e.key, "apps.hello.notify[0].events[0]");
+    assert!(e.message.contains("rolled_back"), "{}", e.message);
+    let e = only_error(&one_app(r#""status": {"kind": "gitea", "api": "https://x", "repository": "a/b"}"#));
+    assert!(e.message.contains("token_env"), "{}", e.message);
+}
+
+#[test]
+fn a_gitlab_project_may_be_named_by_its_numeric_id() {
+    let r = parse(&one_app(
+        r#""status": {"kind": "gitlab", "api": "https://gl.example/api/v4", "token_env": "T", "repository": "4211"}"#,
+    ))
+    .unwrap();
+    assert_eq!(r.apps.values().next().unwrap().status.as_ref().unwrap().repository, "4211");
+}

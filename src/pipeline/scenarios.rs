@@ -70,6 +70,8 @@ impl World {
             rollback,
             webhook: None,
             secrets: None,
+            status: None,
+            notify: Vec::new(),
         };
         let store = Store::open(&dir.path().join("state")).unwrap();
         World { _dir: dir, work, checkout, store, app }
@@ -503,6 +505,7 @@ fn queue_over(w: &World, target: &Arc<FakeTarget>) -> Queue {
         apps: [(w.app.name.clone(), w.app.clone())].into(),
         hosts: Default::default(),
         self_app: None,
+        public_url: None,
     };
     Queue::new(
         w.store.clone(),
@@ -607,6 +610,7 @@ fn registry_of(w: &World) -> Registry {
         apps: [(w.app.name.clone(), w.app.clone())].into(),
         hosts: Default::default(),
         self_app: Some(w.app.name.clone()),
+        public_url: None,
     }
 }
 

@@ -194,6 +194,28 @@ impl Store {
         }
     }
 
+    /// Registers `hook`, called with every deploy a worker starts (`queued → running`, again after
+    /// an approval), after the commit and with no lock held, like the end hooks.
+    pub fn on_deploy_started(&self, hook: EndHook) {
+        self.inner.phase_hooks.lock().unwrap_or_else(|e| e.into_inner()).push((Transition::Start, hook));
+    }
+
+    /// Registers `hook`, called with every deploy the migration gate parks (`awaiting_approval`).
+    pub fn on_deploy_parked(&self, hook: EndHook) {
+        self.inner.phase_hooks.lock().unwrap_or_else(|e| e.into_inner()).push((Transition::Park, hook));
+    }
+
+    /// Tells the hooks registered for `t` that `id` moved to `phase`.
+    fn moved(&self, t: Transition, id: &DeployId, phase: Phase) {
+        let hooks: Vec<EndHook> = (self.inner.phase_hooks.lock().unwrap_or_else(|e| e.into_inner()).iter())
+            .filter(|(ht, _)| *ht == t)
+            .map(|(_, h)| h.clone())
+            .collect();
+        for hook in hooks {
+            hook(id, phase);
+        }
+    }
+
     /// One transition in one transaction, with `also` (step changes) when it moves.
     fn apply(
         &self,
@@ -218,6 +240,9 @@ impl Store {
         }
         if moved && to.is_terminal() {
             self.ended(id, to);
+        }
+        if moved && matches!(t, Transition::Start | Transition::Park) {
+            self.moved(t, id, to);
         }
         Ok(moved)
     }
@@ -488,6 +513,33 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn start_and_park_hooks_hear_each_move_after_its_commit_and_never_a_refused_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        for t in ["started", "parked"] {
+            let (heard, reader) = (heard.clone(), store.clone());
+            let hook: EndHook = std::sync::Arc::new(move |id: &DeployId, phase: Phase| {
+                // After the commit: the store already says so.
+                assert_eq!(reader.deploy(id).unwrap().unwrap().phase, phase);
+                heard.lock().unwrap().push((t, phase));
+            });
+            match t {
+                "started" => store.on_deploy_started(hook),
+                _ => store.on_deploy_parked(hook),
+            }
+        }
+        let id = deploy_in(&store, Queued);
+        assert!(store.start(&id).unwrap());
+        assert!(!store.start(&id).unwrap(), "already running");
+        assert!(store.park(&id, StepName::MigrationGate, "approve").unwrap());
+        assert!(store.approve(&id, "ok").unwrap());
+        assert!(store.start(&id).unwrap());
+        let want = vec![("started", Running), ("parked", AwaitingApproval), ("started", Running)];
+        assert_eq!(*heard.lock().unwrap(), want);
     }
 
     #[test]

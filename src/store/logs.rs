@@ -4,7 +4,8 @@
 //! the sequence number it was written with, so paging by `after` stays right while a deploy writes.
 
 use std::borrow::Cow;
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 
 use rusqlite::params;
 
@@ -21,20 +22,36 @@ pub const MAX_LOG_LINES: i64 = LOG_HEAD_LINES + LOG_TAIL_LINES;
 /// Characters kept of one line; command output arrives already cut below this (see `host`).
 const MAX_LINE_CHARS: usize = 4_000;
 
+/// The line counters of the deploys being written to.
+pub(super) type Counters = Mutex<HashMap<DeployId, Weak<Mutex<i64>>>>;
+
 /// Appends lines to one deploy's log. Resumes numbering after what is already stored, so a deploy
-/// continued after approval keeps one ordered log.
+/// continued after approval keeps one ordered log. Writers of the same deploy alive at once (the
+/// pipeline's and a notification's) share one counter: two counters would hand out the same
+/// number twice, and the second line would be lost.
 pub struct LogWriter {
     store: Store,
     deploy: DeployId,
     /// The next line's number. Held while the line is written, so lines are stored in the order
     /// of their numbers and the tail's marker only ever moves forward.
-    next: Mutex<i64>,
+    next: Arc<Mutex<i64>>,
 }
 
 impl LogWriter {
     pub fn new(store: Store, deploy: DeployId) -> Self {
-        let next = store.last_log_seq(&deploy).unwrap_or(0) + 1;
-        Self { store, deploy, next: Mutex::new(next) }
+        let next = {
+            let mut counters = store.inner.log_next.lock().unwrap_or_else(|e| e.into_inner());
+            match counters.get(&deploy).and_then(Weak::upgrade) {
+                Some(next) => next,
+                None => {
+                    counters.retain(|_, c| c.strong_count() > 0);
+                    let next = Arc::new(Mutex::new(store.last_log_seq(&deploy).unwrap_or(0) + 1));
+                    counters.insert(deploy.clone(), Arc::downgrade(&next));
+                    next
+                }
+            }
+        };
+        Self { store, deploy, next }
     }
 
     pub fn info(&self, text: &str) {
@@ -164,6 +181,23 @@ mod tests {
 
     fn all(store: &Store, id: &DeployId) -> Vec<LogLine> {
         store.log_page(id, 0, usize::MAX, usize::MAX).unwrap().0
+    }
+
+    #[test]
+    fn two_writers_of_one_deploy_never_give_two_lines_the_same_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = deploy(&store);
+        let (a, b) = (LogWriter::new(store.clone(), id.clone()), LogWriter::new(store.clone(), id.clone()));
+        a.info("one");
+        b.info("two");
+        a.info("three");
+        drop((a, b));
+        let later = LogWriter::new(store.clone(), id.clone());
+        later.info("four");
+        let (lines, _) = store.log_page(&id, 0, 100, 1 << 20).unwrap();
+        let text: Vec<(i64, &str)> = lines.iter().map(|l| (l.seq, l.line.as_str())).collect();
+        assert_eq!(text, [(1, "one"), (2, "two"), (3, "three"), (4, "four")]);
     }
 
     #[test]

@@ -90,6 +90,10 @@ struct Inner {
     dir: PathBuf,
     /// Called once for each deploy that ends (see `lifecycle`).
     end_hooks: Mutex<Vec<EndHook>>,
+    /// Hooks on `start` and `park`, see [`Store::on_deploy_started`].
+    phase_hooks: Mutex<Vec<(Transition, EndHook)>>,
+    /// The next log line number of each deploy some `LogWriter` writes to, shared by all of them.
+    log_next: logs::Counters,
     // Declared last, so dropped last: the lock is held until both connections are closed.
     lock: Mutex<lock::StateLock>,
 }
@@ -146,6 +150,8 @@ impl Store {
                 events: Arc::default(),
                 dir: state_dir.to_owned(),
                 end_hooks: Mutex::new(Vec::new()),
+                phase_hooks: Mutex::new(Vec::new()),
+                log_next: Default::default(),
                 lock: Mutex::new(lock),
             }),
         };
