@@ -222,16 +222,46 @@ fn completions(shell: clap_complete::Shell) -> i32 {
 }
 
 fn man() -> i32 {
-    use clap::CommandFactory;
-    // Every subcommand's page would be a file each; one page with them all as sections reads better.
-    let page = clap_mangen::Man::new(Cli::command().flatten_help(true));
-    match page.render(&mut std::io::stdout()) {
+    let mut out = std::io::stdout().lock();
+    match write_man(&mut out) {
         Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("error: cannot write the man page: {e}");
             exit::FAILED
         }
     }
+}
+
+/// One page for the whole tool: the top command's sections, then a section per command (its
+/// synopsis, description and options as subsections), then the exit statuses. clap_mangen alone
+/// would refer to a page per command (`kua-deploy-serve(1)`) that nobody installs.
+fn write_man(out: &mut impl std::io::Write) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let top = Cli::command();
+    let page = clap_mangen::Man::new(top.clone());
+    page.render_title(out)?;
+    page.render_name_section(out)?;
+    page.render_synopsis_section(out)?;
+    page.render_description_section(out)?;
+    page.render_options_section(out)?;
+    for sub in top.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("kua-deploy {}", sub.get_name());
+        writeln!(out, ".SH \"{}\"", name.to_uppercase().replace('-', "\\-"))?;
+        let sub = sub.clone().bin_name(&name).after_help("");
+        let mut text = Vec::new();
+        let sub_page = clap_mangen::Man::new(sub);
+        sub_page.render_synopsis_section(&mut text)?;
+        sub_page.render_description_section(&mut text)?;
+        sub_page.render_options_section(&mut text)?;
+        // Its sections become subsections of the command's own.
+        let text = String::from_utf8_lossy(&text).replace("\n.SH ", "\n.SS ");
+        let text = text.strip_prefix(".SH ").map(|t| format!(".SS {t}")).unwrap_or(text);
+        out.write_all(text.as_bytes())?;
+    }
+    // As printed under --help, line for line (no filling).
+    let statuses = EXIT_HELP.trim_start_matches("Exit status:\n").replace('-', "\\-");
+    writeln!(out, ".SH \"EXIT STATUS\"\n.nf\n{statuses}\n.fi")?;
+    page.render_version_section(out)
 }
 
 fn report(result: anyhow::Result<i32>) -> i32 {

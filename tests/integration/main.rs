@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod deploy;
 mod faults;
+mod observe;
 mod recovery;
 mod secrets;
 mod shipped;
