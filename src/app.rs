@@ -237,6 +237,8 @@ async fn serve_inner(
         body_read_timeout_s = limits.body_read_timeout.as_secs(),
         "connection limits"
     );
+    // Ended with the server, so that no handle on the store outlives it.
+    let mut scraping = None;
     if let Some(scrapes) = settings.metrics_listener {
         let store = queue.store().clone();
         let depth = move || {
@@ -246,9 +248,10 @@ async fn serve_inner(
         // A few scrapers at most: a small cap of its own, the API's timeouts.
         let limits = listener::Limits { max_connections: 32, ..limits };
         let stop = stop.clone();
-        tokio::spawn(listener::serve(scrapes, metrics::router(metrics, depth), limits, None, async move {
-            stop.cancelled().await
-        }));
+        scraping =
+            Some(tokio::spawn(listener::serve(scrapes, metrics::router(metrics, depth), limits, None, async move {
+                stop.cancelled().await
+            })));
     }
     let server = listener::serve(listener, router, limits, settings.tls, graceful);
     // Follow streams end with the shutdown token; this bounds anything else a client holds open.
@@ -262,6 +265,9 @@ async fn serve_inner(
     }
     let _ = drain.await;
     counting.abort();
+    if let Some(task) = scraping {
+        task.abort();
+    }
     Ok(())
 }
 

@@ -75,8 +75,8 @@ impl Metrics {
         let webhooks = IntCounterVec::new(
             Opts::new(
                 "kua_webhook_deliveries_total",
-                "Webhook deliveries by provider and outcome (queued, duplicate, ignored per app; unauthorized, \
-                 bad_request, payload_too_large, request_timeout, internal when refused).",
+                "Webhook deliveries by provider and outcome (queued, duplicate, ignored per app; the error code \
+                 of the answer, such as unauthorized or bad_request, when refused).",
             ),
             &["provider", "outcome"],
         )
