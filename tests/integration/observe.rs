@@ -101,7 +101,7 @@ async fn github_push(server: &Server, git_ref: &str, signature: Option<&str>) ->
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_metrics_listener_passes_promtool_and_its_counters_move_with_a_deploy_and_a_webhook() {
+async fn the_metrics_listener_passes_promtool_and_its_counters_move_with_a_deploy_a_webhook_and_drift() {
     let app = hook_app();
     let (server, metrics) = start(&app, &["--metrics-listen", "127.0.0.1:0"]);
     let metrics = metrics.unwrap();
@@ -139,6 +139,25 @@ async fn the_metrics_listener_passes_promtool_and_its_counters_move_with_a_deplo
     assert_eq!(sample(&hooks, ignored), 1.0, "{hooks}");
     assert_eq!(sample(&hooks, unauthorized), 1.0, "{hooks}");
     promtool_accepts(&hooks);
+
+    // Drift as runtime-status last saw it: the app's container stopped by hand is drift.
+    let web = app.web_containers();
+    assert_eq!(web.len(), 1, "{web:?}");
+    crate::support::sh(app.dir.path(), &["docker", "stop", "-t", "1", &web[0].0]);
+    let status: Value = server
+        .http()
+        .get(format!("{}/api/v1/apps/hello/runtime-status", server.url))
+        .header("authorization", server.auth())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["drift"], true, "{status}");
+    let drifted = scrape(&metrics).await;
+    assert_eq!(sample(&drifted, r#"kua_app_drift{app="hello"}"#), 1.0, "{drifted}");
+    assert_eq!(sample(&drifted, "kua_apps_in_drift"), 1.0, "{drifted}");
 
     // Text logs through a pipe carry no colour codes.
     let log = server.log();
