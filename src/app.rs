@@ -16,6 +16,8 @@ use crate::api::{self, listener, ApiState};
 use crate::config::{HostSpec, Registry, SecretSource};
 use crate::docker::Docker;
 use crate::host::{Host, Redactor};
+use crate::metrics::{self, Metrics};
+use crate::model::{DeployId, Phase};
 use crate::notify::Notifier;
 use crate::pipeline::{self, queue::Queue};
 use crate::selfupdate;
@@ -55,6 +57,21 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "KUA_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Serve Prometheus metrics on GET /metrics at this address (a listener of its own, plain
+    /// HTTP, no token: keep it on loopback or a private network); port 0 picks a free port
+    /// (printed at start). Off unless given.
+    #[arg(long, env = "KUA_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// The server's log on stderr: `text` (colours only on a terminal) or `json` (one object a line).
+    #[arg(long, env = "KUA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How the server writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// What `serve` needs, already loaded and checked.
@@ -66,6 +83,8 @@ pub struct Settings {
     pub handoff_ceiling: Duration,
     /// HTTPS, when a certificate was given; else plain HTTP.
     pub tls: Option<ServerTls>,
+    /// The metrics listener, bound, when `--metrics-listen` was given.
+    pub metrics_listener: Option<TcpListener>,
 }
 
 /// The admin token: `KUA_ADMIN_TOKEN`, else the token file, else `<state-dir>/admin-token`,
@@ -132,6 +151,8 @@ async fn serve_inner(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     store.on_deploy_end(Arc::new(|id, phase| tracing::info!(deploy = %id, "deploy ended: {phase}")));
+    let metrics = Metrics::new(settings.registry.apps.keys().map(|a| a.as_str()));
+    let counting = count_deploy_ends(&store, &metrics);
     let mut secrets: Vec<String> =
         settings.registry.apps.values().filter_map(|a| a.webhook.as_ref()?.secret.read()).collect();
     secrets.push(settings.admin_token.clone());
@@ -194,6 +215,7 @@ async fn serve_inner(
         admin_token: Arc::new(settings.admin_token),
         redactor,
         shutdown: stop.clone(),
+        metrics: metrics.clone(),
     };
     let router = api::router(state);
     let graceful = {
@@ -224,6 +246,22 @@ async fn serve_inner(
         body_read_timeout_s = limits.body_read_timeout.as_secs(),
         "connection limits"
     );
+    // Ended with the server, so that no handle on the store outlives it.
+    let mut scraping = None;
+    if let Some(scrapes) = settings.metrics_listener {
+        let store = queue.store().clone();
+        let depth = move || {
+            let active = Phase::ALL.iter().filter(|p| !p.is_terminal());
+            active.filter_map(|p| store.in_phase(*p).ok().map(|d| (*p, d.len()))).collect::<Vec<_>>()
+        };
+        // A few scrapers at most: a small cap of its own, the API's timeouts.
+        let limits = listener::Limits { max_connections: 32, ..limits };
+        let stop = stop.clone();
+        scraping =
+            Some(tokio::spawn(listener::serve(scrapes, metrics::router(metrics, depth), limits, None, async move {
+                stop.cancelled().await
+            })));
+    }
     let server = listener::serve(listener, router, limits, settings.tls, graceful);
     // Follow streams end with the shutdown token; this bounds anything else a client holds open.
     let deadline = async {
@@ -235,7 +273,30 @@ async fn serve_inner(
         _ = deadline => tracing::warn!("closing the connections still open after 10s"),
     }
     let _ = drain.await;
+    counting.abort();
+    if let Some(task) = scraping {
+        task.abort();
+    }
     Ok(())
+}
+
+/// Counts each deploy's end into `metrics`. The end hook only names the deploy (a hook must be
+/// quick, and one holding the store would keep it open for ever); a task reads it and counts.
+fn count_deploy_ends(store: &Store, metrics: &Metrics) -> tokio::task::JoinHandle<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DeployId>();
+    store.on_deploy_end(Arc::new(move |id, _| {
+        let _ = tx.send(id.clone());
+    }));
+    let (store, metrics) = (store.clone(), metrics.clone());
+    tokio::spawn(async move {
+        while let Some(id) = rx.recv().await {
+            match store.deploy(&id) {
+                Ok(Some(d)) => metrics.deploy_ended(&d),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(deploy = %id, "cannot read an ended deploy for the metrics: {e}"),
+            }
+        }
+    })
 }
 
 /// `kua-deploy serve`: loads the registry, takes the state dir's lock, opens and checks the store,
@@ -275,8 +336,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
     let addr = listener.local_addr()?;
     let url = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
     store.set_listen(&url);
+    let metrics_listener =
+        match &args.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} for metrics; pass another --metrics-listen address")
+            })?),
+            None => None,
+        };
     // Tests and scripts read this line to find a port-0 server.
     println!("kua-deploy listening on {url}");
+    if let Some(m) = &metrics_listener {
+        // The second line, only with --metrics-listen: where to scrape.
+        println!("kua-deploy metrics on http://{}/metrics", m.local_addr()?);
+    }
     tracing::info!(apps = registry.apps.len(), state_dir = %args.state_dir.display(), "serving on {url}");
     let settings = Settings {
         registry: Arc::new(registry),
@@ -284,6 +356,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
         admin_token,
         handoff_ceiling: Duration::from_secs(args.handoff_ceiling_s),
         tls,
+        metrics_listener,
     };
     serve_store(settings, store, listener, shutdown_signal()).await?;
     Ok(0)

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["model"],
     // Running commands and keeping state, neither knowing the other. `host` knows nothing of the
-    // registry either: `HostSpec` is its own, the registry produces one.
-    &["host", "store"],
+    // registry either: `HostSpec` is its own, the registry produces one. `metrics` counts what it is
+    // told (by the store's end hook, the API) and knows nothing else.
+    &["host", "store", "metrics"],
     &["config", "git", "docker"],
     // The runtime an app runs on, over the docker wrappers; the pipeline and the self-deploy use it.
     &["target"],

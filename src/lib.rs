@@ -10,6 +10,8 @@
 //! - [`config`]: the registry (`deploy-registry.json`): parsing and validation with file positions.
 //! - [`host`]: run an argv on a host (`HostSpec`: local or OpenSSH) with a timeout, cancellation,
 //!   process-group kill and redaction; knows nothing of the registry.
+//! - [`metrics`]: the Prometheus metrics `serve --metrics-listen` exposes (counted where things
+//!   happen, passed down explicitly) and the router of their own listener.
 //! - [`git`]: typed wrapper over the git commands the pipeline needs.
 //! - [`docker`]: typed wrappers over `docker` and `docker compose`.
 //! - [`store`]: SQLite state: deploys, steps, logs, webhook deliveries; schema migrations run on open;
@@ -30,9 +32,9 @@
 //! - [`cli`]: the client commands (`status`, `history`, `logs`, `approve`, `cancel`, `release`, `demo`,
 //!   `health`) over the API types; named servers (`servers.json`) and how a client trusts HTTPS.
 //!
-//! Imports point one way, down. The layers, lowest first: `model`; `host`, `store`; `config`, `git`,
-//! `docker`; `target`; `selfupdate`; `pipeline`; `api`; `notify`; `app`; `cli`. A unit
-//! test (`layering.rs`) reads the sources and refuses an import that points up.
+//! Imports point one way, down. The layers, lowest first: `model`; `host`, `store`, `metrics`; `config`,
+//! `git`, `docker`; `target`; `selfupdate`; `pipeline`; `api`; `notify`; `app`; `cli`. A unit test
+//! (`layering.rs`) reads the sources and refuses an import that points up.
 
 pub mod api;
 pub mod app;
@@ -43,6 +45,7 @@ pub mod git;
 pub mod host;
 #[cfg(test)]
 mod layering;
+pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod pipeline;

@@ -120,7 +120,10 @@ pub async fn runtime_status(State(state): State<ApiState>, Path(app): Path<Strin
     let project = last.as_ref().and_then(|d| d.project.clone());
     let target = state.queue.target(app, project);
     match runtime::runtime_status(app, target.as_ref(), &state.redactor, last, ok.as_ref()).await {
-        Ok(status) => Ok(Json(status).into_response()),
+        Ok(status) => {
+            state.metrics.set_drift(app.name.as_str(), status.drift);
+            Ok(Json(status).into_response())
+        }
         Err(e) => Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
             "engine_unavailable",

@@ -2,6 +2,7 @@
 //! the error type every handler answers with, and the listener that serves the router within
 //! connection limits. Handlers talk to the queue and the store only.
 
+mod access;
 mod admin;
 mod auth;
 pub mod error;
@@ -18,6 +19,7 @@ use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
 
 use crate::host::Redactor;
+use crate::metrics::Metrics;
 use crate::pipeline::queue::Queue;
 use types::Health;
 
@@ -29,6 +31,8 @@ pub struct ApiState {
     pub redactor: Redactor,
     /// Cancelled when the server stops: long answers (log follow streams) end with it.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Where the webhook intake counts deliveries and runtime-status notes drift.
+    pub metrics: Metrics,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -51,6 +55,7 @@ pub fn router(state: ApiState) -> Router {
         .nest("/api/v1", admin)
         .fallback(admin::no_route)
         .layer(middleware::map_response(error::json_errors))
+        .layer(middleware::from_fn(access::log))
         .with_state(state)
 }
 

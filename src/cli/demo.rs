@@ -151,6 +151,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
         admin_token: token.clone(),
         handoff_ceiling: crate::selfupdate::HANDOFF_CEILING,
         tls: None,
+        metrics_listener: None,
     };
     let server = tokio::spawn(serve(settings, listener, async move {
         let _ = stop_rx.await;

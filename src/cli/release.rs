@@ -48,6 +48,10 @@ pub struct ReleaseArgs {
     /// How long to follow the deploy before giving up: seconds, or e.g. 90s, 15m, 1h30m.
     #[arg(long, default_value = "15m", value_parser = parse_timeout)]
     pub timeout: Duration,
+    /// Print the deploy object as JSON on stdout once it ends (or awaits approval), and nothing
+    /// else there: the progress goes to stderr. The exit status is the same.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -142,7 +146,7 @@ pub async fn run(args: ReleaseArgs) -> i32 {
         reason: args.reason.clone(),
     };
 
-    let mut view = View::new(std::io::stdout().is_terminal());
+    let mut view = View::new(args.json);
     view.note(&format!("releasing {app} via {} ({origin})", client.base_url()));
     let accepted = match client.deploy(&app, &request).await {
         Ok(a) => a,
@@ -153,7 +157,7 @@ pub async fn run(args: ReleaseArgs) -> i32 {
         }
     };
     view.note(&format!("deploy {} accepted ({})", accepted.deploy_id, accepted.phase));
-    let code = follow(&client, &accepted.deploy_id, deadline, args.timeout, &mut view).await;
+    let code = follow(&client, &accepted.deploy_id, deadline, args.timeout, &mut view, args.json).await;
     view.finish();
     code
 }
@@ -172,7 +176,14 @@ fn not_started(e: &ClientError, app: &AppName) {
 }
 
 /// Polls the deploy until it ends, waits for approval, or the deadline passes.
-async fn follow(client: &Client, id: &DeployId, deadline: Instant, timeout: Duration, view: &mut View) -> i32 {
+async fn follow(
+    client: &Client,
+    id: &DeployId,
+    deadline: Instant,
+    timeout: Duration,
+    view: &mut View,
+    json: bool,
+) -> i32 {
     let mut last: Option<Deploy> = None;
     let mut lost = false;
     loop {
@@ -189,7 +200,11 @@ async fn follow(client: &Client, id: &DeployId, deadline: Instant, timeout: Dura
                 view.update(&d);
                 if let Some(code) = exit_code_for(d.phase) {
                     view.finish();
-                    summary(&d, client);
+                    if json {
+                        print_json(&d);
+                    } else {
+                        summary(&d, client);
+                    }
                     return code;
                 }
                 last = Some(d);
@@ -237,6 +252,15 @@ fn timed_out(id: &DeployId, last: Option<&Deploy>, timeout: Duration, client: &C
     exit::TIMED_OUT
 }
 
+/// `--json`: the deploy object on stdout, its one-line outcome on stderr with the progress.
+fn print_json(d: &Deploy) {
+    eprintln!("{}: {} (deploy {})", d.app, d.phase, d.deploy_id);
+    match serde_json::to_string_pretty(d) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("error: cannot write the deploy as JSON: {e}"),
+    }
+}
+
 /// The end of a release: phase, commit, images and, when it did not succeed, why.
 fn summary(d: &Deploy, client: &Client) {
     let took = span(d.started_at.as_deref(), d.finished_at.as_deref())
@@ -257,18 +281,22 @@ fn summary(d: &Deploy, client: &Client) {
 }
 
 /// How the progress shows: a spinner with finished steps above it on a terminal, plain lines
-/// (one per change) otherwise, so logs of CI jobs stay readable.
+/// (one per change) otherwise, so logs of CI jobs stay readable. On stdout, or on stderr when
+/// stdout is kept for `--json`.
 struct View {
     bar: Option<ProgressBar>,
+    to_stderr: bool,
     steps: HashMap<StepName, StepStatus>,
     phase: Option<Phase>,
     running: Option<StepName>,
 }
 
 impl View {
-    fn new(live: bool) -> View {
+    fn new(to_stderr: bool) -> View {
+        let live = if to_stderr { std::io::stderr().is_terminal() } else { std::io::stdout().is_terminal() };
         let bar = live.then(|| {
-            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout());
+            let target = if to_stderr { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::stdout() };
+            let bar = ProgressBar::with_draw_target(None, target);
             let style = ProgressStyle::with_template("{spinner} {wide_msg} {elapsed:>4}")
                 .unwrap_or_else(|_| ProgressStyle::default_spinner());
             bar.set_style(style);
@@ -276,14 +304,22 @@ impl View {
             bar.set_message("starting");
             bar
         });
-        View { bar, steps: HashMap::new(), phase: None, running: None }
+        View { bar, to_stderr, steps: HashMap::new(), phase: None, running: None }
     }
 
     /// A line above the spinner, or a plain line.
     fn note(&self, msg: &str) {
         match &self.bar {
             Some(bar) if !bar.is_finished() => bar.println(msg),
-            _ => println!("{msg}"),
+            _ => self.line(msg),
+        }
+    }
+
+    fn line(&self, msg: &str) {
+        if self.to_stderr {
+            eprintln!("{msg}");
+        } else {
+            println!("{msg}");
         }
     }
 
@@ -310,7 +346,7 @@ impl View {
                 StepStatus::Pending => {}
                 StepStatus::Running => {
                     if self.bar.is_none() {
-                        println!("{}", step_line(step, false));
+                        self.line(&step_line(step, false));
                     }
                 }
                 StepStatus::Succeeded | StepStatus::Failed | StepStatus::Skipped => {

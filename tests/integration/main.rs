@@ -6,6 +6,7 @@ mod cli;
 mod deploy;
 mod faults;
 mod notify;
+mod observe;
 mod recovery;
 mod secrets;
 mod shipped;

@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -302,6 +302,8 @@ pub struct Server {
     pub url: String,
     pub client: Client,
     log: PathBuf,
+    /// The rest of its stdout, after the listen line (the metrics line, with --metrics-listen).
+    stdout: BufReader<ChildStdout>,
 }
 
 impl Server {
@@ -328,7 +330,8 @@ impl Server {
             .spawn()
             .expect("start kua-deploy serve");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read the listen line");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).expect("read the listen line");
         let url = line
             .trim()
             .strip_prefix("kua-deploy listening on ")
@@ -340,7 +343,14 @@ impl Server {
             })
             .to_owned();
         let client = Client::new(url.clone(), TOKEN);
-        Server { child, url, client, log }
+        Server { child, url, client, log, stdout }
+    }
+
+    /// The next line the server prints on stdout.
+    pub fn stdout_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read the server's stdout");
+        line.trim().to_owned()
     }
 
     pub fn log(&self) -> String {

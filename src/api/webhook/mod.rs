@@ -97,14 +97,24 @@ pub trait Provider: Send + Sync {
 /// The webhook routes, one per provider.
 pub fn routes() -> Router<ApiState> {
     Router::new()
-        .route("/webhook/forgejo", intake(&forgejo::Forgejo))
-        .route("/webhook/gitea", intake(&forgejo::Forgejo))
-        .route("/webhook/github", intake(&github::GitHub))
-        .route("/webhook/gitlab", intake(&gitlab::GitLab))
+        .route("/webhook/forgejo", intake("forgejo", &forgejo::Forgejo))
+        .route("/webhook/gitea", intake("gitea", &forgejo::Forgejo))
+        .route("/webhook/github", intake("github", &github::GitHub))
+        .route("/webhook/gitlab", intake("gitlab", &gitlab::GitLab))
 }
 
-fn intake(provider: &'static dyn Provider) -> MethodRouter<ApiState> {
-    post(move |State(state): State<ApiState>, req: Request| async move { receive(&state, provider, req).await })
+/// The route for `provider`; `route` names it in the metrics until the headers say which forge
+/// sent the delivery.
+fn intake(route: &'static str, provider: &'static dyn Provider) -> MethodRouter<ApiState> {
+    post(move |State(state): State<ApiState>, req: Request| async move {
+        let mut sender = route;
+        let answer = receive(&state, provider, req, &mut sender).await;
+        // An accepted delivery was counted per app it was for; a refused one is counted once.
+        if let Err(e) = &answer {
+            state.metrics.webhook_delivery(sender, e.code);
+        }
+        answer
+    })
 }
 
 /// A header's value, when it is there and readable.
@@ -137,10 +147,17 @@ async fn read_body(body: Body, headers: &HeaderMap) -> Result<axum::body::Bytes,
     })
 }
 
-async fn receive(state: &ApiState, provider: &dyn Provider, req: Request) -> Result<Response, ApiError> {
+/// Takes one delivery; `sender` becomes the forge its headers name, as soon as they are read.
+async fn receive(
+    state: &ApiState,
+    provider: &dyn Provider,
+    req: Request,
+    sender: &mut &'static str,
+) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let headers = &parts.headers;
     let envelope = provider.envelope(headers).map_err(ApiError::bad_request)?;
+    *sender = envelope.provider;
     let body = read_body(body, headers).await?;
     let json =
         payload::json_of(header(headers, "content-type"), &body).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -211,6 +228,9 @@ async fn receive(state: &ApiState, provider: &dyn Provider, req: Request) -> Res
                 superseded: vec![],
             },
         });
+    }
+    for r in &results {
+        state.metrics.webhook_delivery(name, &r.outcome);
     }
     let answer = WebhookAnswer { provider: name.to_owned(), event, delivery: delivery_id, results };
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
