@@ -1,7 +1,8 @@
 //! Push webhooks: `POST /webhook/forgejo` (also `/webhook/gitea`), `/webhook/github` and
 //! `/webhook/gitlab`. What differs between forges — how a delivery proves its sender, which
 //! header names its event and delivery, where the push fields sit in the payload — is a
-//! [`Provider`], one file each: [`forgejo`] (Forgejo and Gitea), [`github`], [`gitlab`]. What is
+//! [`Provider`], one file each: [`forgejo`] (Forgejo and Gitea), [`github`], [`gitlab`], and one
+//! documented route each here. What is
 //! the same for all lives here: the body limit, JSON or form decoding, finding the apps configured
 //! for the payload's repository, what a push means (branch, tag, deletion, test delivery), the
 //! queue submission and the answers.
@@ -20,12 +21,11 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, MethodRouter};
-use axum::{Json, Router};
+use axum::Json;
 
 use super::error::ApiError;
 use super::listener::BodyReadTimeout;
-use super::types::{AppResult, WebhookAnswer};
+use super::types::{AppResult, ErrorBody, WebhookAnswer};
 use super::ApiState;
 use crate::config::AppConfig;
 use crate::model::{now_rfc3339, BranchName, CommitSha, Delivery, Trigger, TriggerSource};
@@ -77,8 +77,8 @@ pub struct Received<'a> {
     pub json: &'a [u8],
 }
 
-/// One forge's way of sending push webhooks. Adding a forge is one file implementing this and one
-/// line in [`routes`].
+/// One forge's way of sending push webhooks. Adding a forge is one file implementing this, one
+/// `webhook_route!` here and one line in `api::routes`.
 pub trait Provider: Send + Sync {
     /// Reads the headers: the forge (or header family), the event, the delivery id and the
     /// credential. `Err` says which event header is missing; it is answered 400.
@@ -94,18 +94,77 @@ pub trait Provider: Send + Sync {
     fn authenticate(&self, credential: &str, received: &Received<'_>, secret: &[u8]) -> bool;
 }
 
-/// The webhook routes, one per provider.
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/webhook/forgejo", intake(&forgejo::Forgejo))
-        .route("/webhook/gitea", intake(&forgejo::Forgejo))
-        .route("/webhook/github", intake(&github::GitHub))
-        .route("/webhook/gitlab", intake(&gitlab::GitLab))
+/// One webhook route: its handler and its OpenAPI operation (the same answers for every forge; the
+/// headers and the credential differ).
+macro_rules! webhook_route {
+    ($(#[$doc:meta])* $name:ident, $path:literal, $provider:expr, security($($scheme:literal),+), headers($($header:literal = $what:literal),+ $(,)?)) => {
+        $(#[$doc])*
+        #[utoipa::path(
+            post,
+            path = $path,
+            tag = "webhooks",
+            params($(($header = Option<String>, Header, description = $what)),+),
+            request_body(
+                description = "the push payload as the forge sends it: JSON, or a form with the JSON in its `payload` field",
+                content(("application/json"), ("application/x-www-form-urlencoded")),
+            ),
+            security($(($scheme = [])),+),
+            responses(
+                (status = 202, description = "accepted: for each app configured for the repository, whether a deploy was queued, is a duplicate, or why the delivery was ignored", body = WebhookAnswer),
+                (status = 400, description = "`bad_request`: no event header, a body that is not JSON (or a form without `payload`), or a push without its repository, ref or commits", body = ErrorBody),
+                (status = 401, description = "`unauthorized`: the signature (token) is missing, empty or wrong, or no app with a webhook secret is configured for the repository; nothing was queued", body = ErrorBody),
+                (status = 408, description = "`request_timeout`: the body did not arrive in time", body = ErrorBody),
+                (status = 413, description = "`payload_too_large`: the body is over 5 MiB", body = ErrorBody),
+                (status = 503, description = "`storage_unavailable`: the delivery cannot be recorded; nothing was queued, the forge may redeliver", body = ErrorBody),
+            ),
+        )]
+        pub async fn $name(State(state): State<ApiState>, req: Request) -> Result<Response, ApiError> {
+            receive(&state, &$provider, req).await
+        }
+    };
 }
 
-fn intake(provider: &'static dyn Provider) -> MethodRouter<ApiState> {
-    post(move |State(state): State<ApiState>, req: Request| async move { receive(&state, provider, req).await })
-}
+webhook_route!(
+    /// A push from Forgejo (it sends Gitea's headers too; its own are used first).
+    forgejo, "/webhook/forgejo", forgejo::Forgejo,
+    security("forgejo_signature", "gitea_signature"),
+    headers(
+        "X-Forgejo-Event" = "the event (`push` deploys); this or X-Gitea-Event is required",
+        "X-Gitea-Event" = "the event, when X-Forgejo-Event is absent",
+        "X-Forgejo-Delivery" = "the delivery id, kept to spot redeliveries",
+        "X-Gitea-Delivery" = "the delivery id, when X-Forgejo-Delivery is absent",
+    )
+);
+webhook_route!(
+    /// A push from Gitea (Forgejo's headers are read too).
+    gitea, "/webhook/gitea", forgejo::Forgejo,
+    security("gitea_signature", "forgejo_signature"),
+    headers(
+        "X-Gitea-Event" = "the event (`push` deploys); this or X-Forgejo-Event is required",
+        "X-Forgejo-Event" = "the event, from Forgejo",
+        "X-Gitea-Delivery" = "the delivery id, kept to spot redeliveries",
+        "X-Forgejo-Delivery" = "the delivery id, from Forgejo",
+    )
+);
+webhook_route!(
+    /// A push from GitHub.
+    github, "/webhook/github", github::GitHub,
+    security("github_signature"),
+    headers(
+        "X-GitHub-Event" = "the event (`push` deploys); required",
+        "X-GitHub-Delivery" = "the delivery id, kept to spot redeliveries",
+    )
+);
+webhook_route!(
+    /// A push from GitLab.
+    gitlab, "/webhook/gitlab", gitlab::GitLab,
+    security("gitlab_token"),
+    headers(
+        "X-Gitlab-Event" = "the event (`Push Hook` deploys; `Tag Push Hook` never does); required",
+        "Idempotency-Key" = "the delivery id (GitLab 17.4 and later), kept to spot redeliveries",
+        "X-Gitlab-Event-UUID" = "the delivery id, when Idempotency-Key is absent",
+    )
+);
 
 /// A header's value, when it is there and readable.
 pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
