@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod deploy;
 mod faults;
+mod openapi;
 mod recovery;
 mod secrets;
 mod shipped;
