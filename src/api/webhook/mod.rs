@@ -97,16 +97,16 @@ pub trait Provider: Send + Sync {
 /// One webhook route: its handler and its OpenAPI operation (the same answers for every forge; the
 /// headers and the credential differ).
 macro_rules! webhook_route {
-    ($(#[$doc:meta])* $name:ident, $path:literal, $provider:expr, security($($scheme:literal),+), headers($($header:literal = $what:literal),+ $(,)?)) => {
+    ($(#[$doc:meta])* $name:ident, $path:literal, $provider:expr, $payload:ty, security($($scheme:literal),+), headers($($header:literal: $hty:ty = $what:literal),+ $(,)?)) => {
         $(#[$doc])*
         #[utoipa::path(
             post,
             path = $path,
             tag = "webhooks",
-            params($(($header = Option<String>, Header, description = $what)),+),
+            params($(($header = $hty, Header, description = $what)),+),
             request_body(
                 description = "the push payload as the forge sends it: JSON, or a form with the JSON in its `payload` field",
-                content(("application/json"), ("application/x-www-form-urlencoded")),
+                content(($payload = "application/json"), ("application/x-www-form-urlencoded")),
             ),
             security($(($scheme = [])),+),
             responses(
@@ -126,43 +126,43 @@ macro_rules! webhook_route {
 
 webhook_route!(
     /// A push from Forgejo (it sends Gitea's headers too; its own are used first).
-    forgejo, "/webhook/forgejo", forgejo::Forgejo,
+    forgejo, "/webhook/forgejo", forgejo::Forgejo, payload::RawDelivery,
     security("forgejo_signature", "gitea_signature"),
     headers(
-        "X-Forgejo-Event" = "the event (`push` deploys); this or X-Gitea-Event is required",
-        "X-Gitea-Event" = "the event, when X-Forgejo-Event is absent",
-        "X-Forgejo-Delivery" = "the delivery id, kept to spot redeliveries",
-        "X-Gitea-Delivery" = "the delivery id, when X-Forgejo-Delivery is absent",
+        "X-Forgejo-Event": Option<String> = "the event (`push` deploys); this or X-Gitea-Event is required",
+        "X-Gitea-Event": Option<String> = "the event, when X-Forgejo-Event is absent",
+        "X-Forgejo-Delivery": Option<String> = "the delivery id, kept to spot redeliveries",
+        "X-Gitea-Delivery": Option<String> = "the delivery id, when X-Forgejo-Delivery is absent",
     )
 );
 webhook_route!(
     /// A push from Gitea (Forgejo's headers are read too).
-    gitea, "/webhook/gitea", forgejo::Forgejo,
+    gitea, "/webhook/gitea", forgejo::Forgejo, payload::RawDelivery,
     security("gitea_signature", "forgejo_signature"),
     headers(
-        "X-Gitea-Event" = "the event (`push` deploys); this or X-Forgejo-Event is required",
-        "X-Forgejo-Event" = "the event, from Forgejo",
-        "X-Gitea-Delivery" = "the delivery id, kept to spot redeliveries",
-        "X-Forgejo-Delivery" = "the delivery id, from Forgejo",
+        "X-Gitea-Event": Option<String> = "the event (`push` deploys); this or X-Forgejo-Event is required",
+        "X-Forgejo-Event": Option<String> = "the event, from Forgejo",
+        "X-Gitea-Delivery": Option<String> = "the delivery id, kept to spot redeliveries",
+        "X-Forgejo-Delivery": Option<String> = "the delivery id, from Forgejo",
     )
 );
 webhook_route!(
     /// A push from GitHub.
-    github, "/webhook/github", github::GitHub,
+    github, "/webhook/github", github::GitHub, payload::RawDelivery,
     security("github_signature"),
     headers(
-        "X-GitHub-Event" = "the event (`push` deploys); required",
-        "X-GitHub-Delivery" = "the delivery id, kept to spot redeliveries",
+        "X-GitHub-Event": String = "the event (`push` deploys); required",
+        "X-GitHub-Delivery": Option<String> = "the delivery id, kept to spot redeliveries",
     )
 );
 webhook_route!(
     /// A push from GitLab.
-    gitlab, "/webhook/gitlab", gitlab::GitLab,
+    gitlab, "/webhook/gitlab", gitlab::GitLab, gitlab::RawDelivery,
     security("gitlab_token"),
     headers(
-        "X-Gitlab-Event" = "the event (`Push Hook` deploys; `Tag Push Hook` never does); required",
-        "Idempotency-Key" = "the delivery id (GitLab 17.4 and later), kept to spot redeliveries",
-        "X-Gitlab-Event-UUID" = "the delivery id, when Idempotency-Key is absent",
+        "X-Gitlab-Event": String = "the event (`Push Hook` deploys; `Tag Push Hook` never does); required",
+        "Idempotency-Key": Option<String> = "the delivery id (GitLab 17.4 and later), kept to spot redeliveries",
+        "X-Gitlab-Event-UUID": Option<String> = "the delivery id, when Idempotency-Key is absent",
     )
 );
 
