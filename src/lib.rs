@@ -22,8 +22,8 @@
 //!   start the transient container, and witness what it did.
 //! - [`pipeline`]: the steps, one file each, the runner that orders them, the per-app queue, the
 //!   transient container's recreate/verify/rollback and the self-deploy's completion at start.
-//! - [`api`]: the axum router: admin API, push webhooks, auth, errors; the listener that serves it
-//!   (over TLS when given a certificate) within timeouts and a connection cap.
+//! - [`api`]: the axum router: admin API, push webhooks, auth, errors, the OpenAPI document; the
+//!   listener that serves it (over TLS when given a certificate) within timeouts and a connection cap.
 //! - [`app`]: `serve`: opens the store, recovers, starts the queue and the router.
 //! - [`cli`]: the client commands (`status`, `history`, `logs`, `approve`, `cancel`, `release`, `demo`,
 //!   `health`) over the API types; named servers (`servers.json`) and how a client trusts HTTPS.

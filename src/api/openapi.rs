@@ -4,8 +4,7 @@
 //! adds what is common to all: the info, the auth schemes and the error answers every operation
 //! can give.
 
-use std::sync::Arc;
-
+use axum::body::Bytes;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -103,13 +102,13 @@ fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut
         .filter_map(Option::as_mut)
 }
 
-/// The document as served: built once, when the router is.
+/// The document as served: serialized once, when the router is built.
 #[derive(Clone)]
-pub struct Served(pub Arc<String>);
+pub struct Served(Bytes);
 
 impl Served {
     pub fn new(doc: &Document) -> Self {
-        Served(Arc::new(doc.to_pretty_json().expect("the OpenAPI document serializes")))
+        Served(doc.to_pretty_json().expect("the OpenAPI document serializes").into())
     }
 }
 
@@ -122,5 +121,5 @@ impl Served {
     responses((status = 200, description = "the OpenAPI 3.1 document", content_type = "application/json", body = Object)),
 )]
 pub async fn document(Extension(doc): Extension<Served>) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], doc.0.as_str().to_owned()).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], doc.0).into_response()
 }
