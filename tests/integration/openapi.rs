@@ -1,7 +1,8 @@
 //! The OpenAPI document checked by tools that know nothing of kua-deploy: `openapi-spec-validator`
 //! on the document a live server serves, then `schemathesis` sending generated requests to that
 //! server (127.0.0.1 only) and checking every answer against the document: no 5xx, only documented
-//! statuses, content types, headers and bodies.
+//! statuses, content types, headers and bodies; and the log follow stream's NDJSON lines, which
+//! schemathesis cannot read, each checked against the document's schema with `jsonschema`.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -126,4 +127,35 @@ async fn the_served_openapi_document_is_valid_and_the_live_server_answers_as_it_
     assert_eq!(ops["tested"].as_u64(), ops["total"].as_u64().map(|t| t - NOT_FUZZED.len() as u64), "{output}");
     assert!(cases["generated"].as_u64().unwrap() > 100, "{output}");
     assert!(took < Duration::from_secs(300), "the run took {took:?}");
+
+    // Schemathesis cannot read NDJSON, so the follow stream's lines are checked here, each
+    // against the document's schema for them, by a JSON Schema validator (OpenAPI 3.1 schemas
+    // are JSON Schema 2020-12).
+    let url = format!("{}/api/v1/deploys/{}/logs?follow=1", server.url, deploy.deploy_id);
+    let resp = server.http().get(url).header("authorization", server.auth()).send().await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    let stream = resp.text().await.unwrap();
+    assert!(stream.lines().count() > 1, "{stream}");
+    let schema = &doc["paths"]["/api/v1/deploys/{id}/logs"]["get"]["responses"]["200"]["content"]
+        ["application/x-ndjson"]["schema"];
+    let lines = work.path().join("follow.ndjson");
+    std::fs::write(&lines, &stream).unwrap();
+    let check = r#"
+import json, sys, jsonschema
+doc, schema = json.load(open(sys.argv[1])), json.loads(sys.argv[2])
+validator = jsonschema.Draft202012Validator({**schema, "components": doc["components"]})
+for n, line in enumerate(open(sys.argv[3]), 1):
+    for error in validator.iter_errors(json.loads(line)):
+        sys.exit(f"line {n} does not match the document: {error.message}: {line}")
+"#;
+    // `jsonschema` comes with openapi-spec-validator.
+    let out = Command::new("python3")
+        .args(["-c", check, file.to_str().unwrap(), &schema.to_string(), lines.to_str().unwrap()])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "the follow stream does not match the document (or python3 lacks jsonschema: run scripts/install-deps.sh): {}",
+        text(&out)
+    );
 }
