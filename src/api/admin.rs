@@ -9,9 +9,13 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::error::ApiError;
-use super::types::{AppList, AppSummary, DeliveryList, DeployAccepted, DeployList, DeployRequest, FollowItem, LogPage};
+use super::types::{
+    AppList, AppSummary, DeliveryList, DeployAccepted, DeployList, DeployRequest, ErrorBody, FollowItem, LogPage,
+    RuntimeStatus,
+};
 use super::ApiState;
 use crate::config::AppConfig;
 use crate::model::{AppName, Deploy, DeployId, Phase, Trigger, TriggerSource};
@@ -45,6 +49,17 @@ pub async fn no_route() -> ApiError {
     ApiError::not_found("not_found", "no such endpoint; see the API table in the README")
 }
 
+/// The apps of the registry, each with its last deploy's phase and commit.
+#[utoipa::path(
+    get,
+    path = "/apps",
+    tag = "apps",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "the apps", body = AppList),
+        (status = 503, description = "`storage_unavailable`: the state database fails; try again once it is fixed (GET /healthz says what)", body = ErrorBody)
+    ),
+)]
 pub async fn list_apps(State(state): State<ApiState>) -> Result<Json<AppList>, ApiError> {
     let mut apps = Vec::new();
     for (name, app) in &state.queue.registry().apps {
@@ -62,6 +77,23 @@ pub async fn list_apps(State(state): State<ApiState>) -> Result<Json<AppList>, A
     Ok(Json(AppList { apps }))
 }
 
+/// Queues a deploy of the app: the commit given (on its branch), else the tip of its branch.
+#[utoipa::path(
+    post,
+    path = "/apps/{app}/deploy",
+    tag = "apps",
+    params(("app" = AppName, Path, description = "the app's name in the registry")),
+    request_body(content = Option<DeployRequest>, description = "optional; every field optional", content_type = "application/json"),
+    security(("admin_token" = [])),
+    responses(
+        (status = 202, description = "queued", body = DeployAccepted),
+        (status = 400, description = "`bad_request` (a body that is not a deploy request), `invalid_commit` or `invalid_app_name`", body = ErrorBody),
+        (status = 404, description = "`unknown_app`: no app of that name in the registry", body = ErrorBody),
+        (status = 409, description = "`deploy_in_progress`: a deploy of the app is queued or running; `deploy_id` names it", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is too large", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`: the state database fails; try again once it is fixed (GET /healthz says what)", body = ErrorBody)
+    ),
+)]
 pub async fn trigger_deploy(
     State(state): State<ApiState>,
     Path(app): Path<String>,
@@ -102,6 +134,20 @@ pub async fn trigger_deploy(
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }
 
+/// The app's latest deploy.
+#[utoipa::path(
+    get,
+    path = "/apps/{app}/progress",
+    tag = "apps",
+    params(("app" = AppName, Path, description = "the app's name in the registry")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "the latest deploy", body = Deploy),
+        (status = 400, description = "`invalid_app_name`: the name is not a valid app name", body = ErrorBody),
+        (status = 404, description = "`unknown_app`, or `no_deploys`: the app has not been deployed yet", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`: the state database fails; try again once it is fixed (GET /healthz says what)", body = ErrorBody)
+    ),
+)]
 pub async fn progress(State(state): State<ApiState>, Path(app): Path<String>) -> Result<Json<Deploy>, ApiError> {
     let app = known_app(&state, &app)?;
     state
@@ -112,6 +158,21 @@ pub async fn progress(State(state): State<ApiState>, Path(app): Path<String>) ->
         .ok_or_else(|| ApiError::not_found("no_deploys", format!("app {} has not been deployed yet", app.name)))
 }
 
+/// What runs now: the app's service containers, checked against its last deploy.
+#[utoipa::path(
+    get,
+    path = "/apps/{app}/runtime-status",
+    tag = "apps",
+    params(("app" = AppName, Path, description = "the app's name in the registry")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "the live state; `drift` is true when what runs is not what the last successful deploy verified", body = RuntimeStatus),
+        (status = 400, description = "`invalid_app_name`: the name is not a valid app name", body = ErrorBody),
+        (status = 404, description = "`unknown_app`: no app of that name in the registry", body = ErrorBody),
+        (status = 502, description = "`engine_unavailable`: the app's host or its Docker engine cannot be read", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`: the state database fails; try again once it is fixed (GET /healthz says what)", body = ErrorBody)
+    ),
+)]
 pub async fn runtime_status(State(state): State<ApiState>, Path(app): Path<String>) -> Result<Response, ApiError> {
     let app = known_app(&state, &app)?;
     let store = state.queue.store();
@@ -132,8 +193,11 @@ pub async fn runtime_status(State(state): State<ApiState>, Path(app): Path<Strin
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LimitQuery {
+    /// How many, newest first: 1 to 500, default 20.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     limit: Option<String>,
 }
 
@@ -150,6 +214,20 @@ impl LimitQuery {
     }
 }
 
+/// The app's deploys, newest first.
+#[utoipa::path(
+    get,
+    path = "/apps/{app}/deploys",
+    tag = "apps",
+    params(("app" = AppName, Path, description = "the app's name in the registry"), LimitQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "the deploys", body = DeployList),
+        (status = 400, description = "`invalid_app_name`, or `bad_request`: a bad `limit`", body = ErrorBody),
+        (status = 404, description = "`unknown_app`: no app of that name in the registry", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`: the state database fails; try again once it is fixed (GET /healthz says what)", body = ErrorBody)
+    ),
+)]
 pub async fn history(
     State(state): State<ApiState>,
     Path(app): Path<String>,
@@ -160,6 +238,20 @@ pub async fn history(
     Ok(Json(DeployList { app: app.name.clone(), deploys }))
 }
 
+/// The webhook deliveries received for the app, newest first: what came in and what became of it.
+#[utoipa::path(
+    get,
+    path = "/apps/{app}/deliveries",
+    tag = "apps",
+    params(("app" = AppName, Path, description = "the app's name in the registry"), LimitQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "the deliveries", body = DeliveryList),
+        (status = 400, description = "`invalid_app_name`, or `bad_request`: a bad `limit`", body = ErrorBody),
+        (status = 404, description = "`unknown_app`: no app of that name in the registry", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`: the state database fails; try again once it is fixed (GET /healthz says what)", body = ErrorBody)
+    ),
+)]
 pub async fn deliveries(
     State(state): State<ApiState>,
     Path(app): Path<String>,
@@ -170,14 +262,35 @@ pub async fn deliveries(
     Ok(Json(DeliveryList { app: app.name.clone(), deliveries }))
 }
 
+/// One deploy.
+#[utoipa::path(
+    get,
+    path = "/deploys/{id}",
+    tag = "deploys",
+    params(("id" = DeployId, Path, description = "the deploy's id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "the deploy", body = Deploy),
+        (status = 400, description = "`bad_request`: the id is not a UUID", body = ErrorBody),
+        (status = 404, description = "`not_found`: no deploy with that id", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`: the state database fails; try again once it is fixed (GET /healthz says what)", body = ErrorBody)
+    ),
+)]
 pub async fn get_deploy(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<Deploy>, ApiError> {
     load_deploy(&state, &id).map(Json)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
+    /// `1` (also `true`, `yes`): stream the lines as NDJSON as they come, until the deploy stops.
+    #[param(value_type = Option<String>)]
     follow: Option<String>,
+    /// Lines after this line number (`next_after` of the previous page); default 0, the start.
+    #[param(value_type = Option<u64>, minimum = 0)]
     after: Option<String>,
+    /// Lines per page: 1 to 5000, default 1000.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 5000)]
     limit: Option<String>,
 }
 
@@ -214,6 +327,22 @@ impl LogQuery {
 
 /// One page of the log (`?after=SEQ&limit=N`), or with `?follow=1` the lines after `after` as
 /// NDJSON as they come, until the deploy stops.
+#[utoipa::path(
+    get,
+    path = "/deploys/{id}/logs",
+    tag = "deploys",
+    params(("id" = DeployId, Path, description = "the deploy's id"), LogQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "a page of the log; with `follow`, an NDJSON stream of log lines ending with `{\"end\": true, \"phase\"}` once the deploy ends or waits for approval (a stream cut without it: the server stopped; resume after the last `seq`)", content(
+            (LogPage = "application/json"),
+            (FollowItem = "application/x-ndjson"),
+        )),
+        (status = 400, description = "`bad_request`: the id is not a UUID, or a bad `after` or `limit`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no deploy with that id", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`: the state database fails; try again once it is fixed (GET /healthz says what)", body = ErrorBody)
+    ),
+)]
 pub async fn logs(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -306,11 +435,41 @@ impl Follow {
     }
 }
 
+/// Lets an `awaiting_approval` deploy go on, its migrations approved.
+#[utoipa::path(
+    post,
+    path = "/deploys/{id}/approve",
+    tag = "deploys",
+    params(("id" = DeployId, Path, description = "the deploy's id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "the deploy, queued again", body = Deploy),
+        (status = 400, description = "`bad_request`: the id is not a UUID", body = ErrorBody),
+        (status = 404, description = "`not_found`: no deploy with that id", body = ErrorBody),
+        (status = 409, description = "`not_awaiting_approval`: the deploy is not waiting for approval", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`: the state database fails; try again once it is fixed (GET /healthz says what)", body = ErrorBody)
+    ),
+)]
 pub async fn approve(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<Deploy>, ApiError> {
     let id = deploy_id(&id)?;
     Ok(Json(state.queue.approve(&id)?))
 }
 
+/// Cancels a queued, waiting or running deploy; refused once its recreate began.
+#[utoipa::path(
+    post,
+    path = "/deploys/{id}/cancel",
+    tag = "deploys",
+    params(("id" = DeployId, Path, description = "the deploy's id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "the deploy, cancelled", body = Deploy),
+        (status = 400, description = "`bad_request`: the id is not a UUID", body = ErrorBody),
+        (status = 404, description = "`not_found`: no deploy with that id", body = ErrorBody),
+        (status = 409, description = "`already_finished`, or `cancel_refused`: its recreate began (`deploy_id` names it)", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`: the state database fails; try again once it is fixed (GET /healthz says what)", body = ErrorBody)
+    ),
+)]
 pub async fn cancel(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<Deploy>, ApiError> {
     let id = deploy_id(&id)?;
     Ok(Json(state.queue.cancel(&id).await?))

@@ -1,5 +1,7 @@
 //! Bearer-token auth for `/api/v1/*`, compared in constant time.
 
+use std::sync::Arc;
+
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -7,12 +9,17 @@ use axum::response::Response;
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use super::ApiState;
 
-pub async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Result<Response, ApiError> {
+/// Takes the admin token alone (not the whole `ApiState`), so the routes can be built, and
+/// documented, without a running queue.
+pub async fn require_token(
+    State(admin_token): State<Arc<String>>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
     match given {
-        Some(token) if bool::from(token.as_bytes().ct_eq(state.admin_token.as_bytes())) => Ok(next.run(req).await),
+        Some(token) if bool::from(token.as_bytes().ct_eq(admin_token.as_bytes())) => Ok(next.run(req).await),
         Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the bearer token is wrong")),
         None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,

@@ -2,24 +2,27 @@
 //! both sides agree by construction. The deploy object itself is [`crate::model::Deploy`].
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::model::{AppName, CommitSha, Delivery, Deploy, DeployId, Phase};
 pub use crate::model::{ContainerStatus, LogLine, RuntimeStatus, ServiceStatus, StorageHealth};
 
 /// `POST /api/v1/apps/{app}/deploy` body; every field optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<CommitSha>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub approve_migrations: bool,
+    /// Shown with the deploy; at most 1000 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 1000)]
     pub reason: Option<String>,
 }
 
 /// The 202 answer to a trigger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DeployAccepted {
     pub deploy_id: DeployId,
     pub app: AppName,
@@ -27,7 +30,7 @@ pub struct DeployAccepted {
 }
 
 /// One line of `GET /api/v1/apps`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AppSummary {
     pub app: AppName,
     pub host: String,
@@ -38,12 +41,12 @@ pub struct AppSummary {
     pub last_commit: Option<CommitSha>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AppList {
     pub apps: Vec<AppSummary>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DeployList {
     pub app: AppName,
     pub deploys: Vec<Deploy>,
@@ -52,7 +55,7 @@ pub struct DeployList {
 /// `GET /api/v1/deploys/{id}/logs[?after=SEQ&limit=N]` without `follow`: one page of the log.
 /// The next page is `?after={next_after}`, worth asking for at once while `more` is true; once
 /// `more` is false and `phase` is terminal, the client has the whole log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LogPage {
     pub deploy_id: DeployId,
     /// The deploy's phase once the page was read.
@@ -67,7 +70,7 @@ pub struct LogPage {
 }
 
 /// One line of the `?follow=1` stream (NDJSON): a log line, or the last line saying how it ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum FollowItem {
     Line(LogLine),
@@ -75,7 +78,7 @@ pub enum FollowItem {
 }
 
 /// `GET /healthz`: `ok` (200), or `degraded` (503) while storage fails, with what fails.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     pub status: String,
     pub version: String,
@@ -84,12 +87,12 @@ pub struct Health {
 }
 
 /// Every error answer: `{"error": {"code", "message"}}`, plus the deploy in the way for a 409.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
@@ -98,7 +101,7 @@ pub struct ErrorDetail {
 }
 
 /// One app's part of the answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AppResult {
     pub app: AppName,
     /// `queued`, `duplicate` or `ignored`.
@@ -110,7 +113,7 @@ pub struct AppResult {
 }
 
 /// The 202 answer to an authenticated delivery.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct WebhookAnswer {
     pub provider: String,
     pub event: String,
@@ -119,7 +122,7 @@ pub struct WebhookAnswer {
 }
 
 /// `GET /api/v1/apps/{app}/deliveries` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DeliveryList {
     pub app: AppName,
     pub deliveries: Vec<Delivery>,

@@ -7,6 +7,7 @@ mod deploy;
 mod faults;
 mod notify;
 mod observe;
+mod openapi;
 mod recovery;
 mod secrets;
 mod shipped;

@@ -20,17 +20,30 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 pub struct GitLab;
 
-#[derive(Deserialize)]
-struct RawProject {
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = GitLabProject)]
+pub(super) struct RawProject {
+    /// `group/…/name`: selects the apps whose `webhook.repository` it is, and so the secrets.
+    #[schema(required = true, min_length = 1)]
     path_with_namespace: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct RawDelivery {
+/// The fields of a GitLab payload that are read; the rest is ignored. A push needs them all;
+/// other events only the project.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = GitLabPushPayload)]
+pub(super) struct RawDelivery {
+    /// `refs/heads/<branch>` or `refs/tags/<tag>`.
     #[serde(rename = "ref")]
+    #[schema(value_type = Option<String>)]
     git_ref: Option<serde_json::Value>,
+    /// The commit the ref now points at (40 or 64 hex; all zeros: the ref was deleted).
+    #[schema(value_type = Option<String>)]
     after: Option<serde_json::Value>,
+    /// The commit it pointed at before.
+    #[schema(value_type = Option<String>)]
     before: Option<serde_json::Value>,
+    #[schema(required = true, value_type = RawProject)]
     project: Option<RawProject>,
 }
 

@@ -1,7 +1,8 @@
 //! Push webhooks: `POST /webhook/forgejo` (also `/webhook/gitea`), `/webhook/github` and
 //! `/webhook/gitlab`. What differs between forges — how a delivery proves its sender, which
 //! header names its event and delivery, where the push fields sit in the payload — is a
-//! [`Provider`], one file each: [`forgejo`] (Forgejo and Gitea), [`github`], [`gitlab`]. What is
+//! [`Provider`], one file each: [`forgejo`] (Forgejo and Gitea), [`github`], [`gitlab`], and one
+//! documented route each here. What is
 //! the same for all lives here: the body limit, JSON or form decoding, finding the apps configured
 //! for the payload's repository, what a push means (branch, tag, deletion, test delivery), the
 //! queue submission and the answers.
@@ -20,12 +21,11 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, MethodRouter};
-use axum::{Json, Router};
+use axum::Json;
 
 use super::error::ApiError;
 use super::listener::BodyReadTimeout;
-use super::types::{AppResult, WebhookAnswer};
+use super::types::{AppResult, ErrorBody, WebhookAnswer};
 use super::ApiState;
 use crate::config::AppConfig;
 use crate::model::{now_rfc3339, BranchName, CommitSha, Delivery, Trigger, TriggerSource};
@@ -77,8 +77,8 @@ pub struct Received<'a> {
     pub json: &'a [u8],
 }
 
-/// One forge's way of sending push webhooks. Adding a forge is one file implementing this and one
-/// line in [`routes`].
+/// One forge's way of sending push webhooks. Adding a forge is one file implementing this, one
+/// `webhook_route!` here and one line in `api::routes`.
 pub trait Provider: Send + Sync {
     /// Reads the headers: the forge (or header family), the event, the delivery id and the
     /// credential. `Err` says which event header is missing; it is answered 400.
@@ -94,28 +94,84 @@ pub trait Provider: Send + Sync {
     fn authenticate(&self, credential: &str, received: &Received<'_>, secret: &[u8]) -> bool;
 }
 
-/// The webhook routes, one per provider.
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/webhook/forgejo", intake("forgejo", &forgejo::Forgejo))
-        .route("/webhook/gitea", intake("gitea", &forgejo::Forgejo))
-        .route("/webhook/github", intake("github", &github::GitHub))
-        .route("/webhook/gitlab", intake("gitlab", &gitlab::GitLab))
+/// One webhook route: its handler and its OpenAPI operation (the same answers for every forge; the
+/// headers and the credential differ).
+macro_rules! webhook_route {
+    ($(#[$doc:meta])* $name:ident, $path:literal, $provider:expr, $payload:ty, security($($scheme:literal),+), headers($($header:literal: $hty:ty = $what:literal),+ $(,)?)) => {
+        $(#[$doc])*
+        #[utoipa::path(
+            post,
+            path = $path,
+            tag = "webhooks",
+            params($(($header = $hty, Header, description = $what)),+),
+            request_body(
+                description = "the push payload as the forge sends it: JSON, or a form with the JSON in its `payload` field",
+                content(($payload = "application/json"), ("application/x-www-form-urlencoded")),
+            ),
+            security($(($scheme = [])),+),
+            responses(
+                (status = 202, description = "accepted: for each app configured for the repository, whether a deploy was queued, is a duplicate, or why the delivery was ignored", body = WebhookAnswer),
+                (status = 400, description = "`bad_request`: no event header, a body that is not JSON (or a form without `payload`), or a push without its repository, ref or commits", body = ErrorBody),
+                (status = 401, description = "`unauthorized`: the signature (token) is missing, empty or wrong, or no app with a webhook secret is configured for the repository; nothing was queued", body = ErrorBody),
+                (status = 408, description = "`request_timeout`: the body did not arrive in time", body = ErrorBody),
+                (status = 413, description = "`payload_too_large`: the body is over 5 MiB", body = ErrorBody),
+                (status = 503, description = "`storage_unavailable`: the delivery cannot be recorded; nothing was queued, the forge may redeliver", body = ErrorBody),
+            ),
+        )]
+        pub async fn $name(State(state): State<ApiState>, req: Request) -> Result<Response, ApiError> {
+            // The route names the sender in the metrics until the headers say which forge it was.
+            let mut sender: &'static str = stringify!($name);
+            let answer = receive(&state, &$provider, req, &mut sender).await;
+            // An accepted delivery was counted per app it was for; a refused one is counted once.
+            if let Err(e) = &answer {
+                state.metrics.webhook_delivery(sender, e.code);
+            }
+            answer
+        }
+    };
 }
 
-/// The route for `provider`; `route` names it in the metrics until the headers say which forge
-/// sent the delivery.
-fn intake(route: &'static str, provider: &'static dyn Provider) -> MethodRouter<ApiState> {
-    post(move |State(state): State<ApiState>, req: Request| async move {
-        let mut sender = route;
-        let answer = receive(&state, provider, req, &mut sender).await;
-        // An accepted delivery was counted per app it was for; a refused one is counted once.
-        if let Err(e) = &answer {
-            state.metrics.webhook_delivery(sender, e.code);
-        }
-        answer
-    })
-}
+webhook_route!(
+    /// A push from Forgejo (it sends Gitea's headers too; its own are used first).
+    forgejo, "/webhook/forgejo", forgejo::Forgejo, payload::RawDelivery,
+    security("forgejo_signature", "gitea_signature"),
+    headers(
+        "X-Forgejo-Event": Option<String> = "the event (`push` deploys); this or X-Gitea-Event is required",
+        "X-Gitea-Event": Option<String> = "the event, when X-Forgejo-Event is absent",
+        "X-Forgejo-Delivery": Option<String> = "the delivery id, kept to spot redeliveries",
+        "X-Gitea-Delivery": Option<String> = "the delivery id, when X-Forgejo-Delivery is absent",
+    )
+);
+webhook_route!(
+    /// A push from Gitea (Forgejo's headers are read too).
+    gitea, "/webhook/gitea", forgejo::Forgejo, payload::RawDelivery,
+    security("gitea_signature", "forgejo_signature"),
+    headers(
+        "X-Gitea-Event": Option<String> = "the event (`push` deploys); this or X-Forgejo-Event is required",
+        "X-Forgejo-Event": Option<String> = "the event, from Forgejo",
+        "X-Gitea-Delivery": Option<String> = "the delivery id, kept to spot redeliveries",
+        "X-Forgejo-Delivery": Option<String> = "the delivery id, from Forgejo",
+    )
+);
+webhook_route!(
+    /// A push from GitHub.
+    github, "/webhook/github", github::GitHub, payload::RawDelivery,
+    security("github_signature"),
+    headers(
+        "X-GitHub-Event": String = "the event (`push` deploys); required",
+        "X-GitHub-Delivery": Option<String> = "the delivery id, kept to spot redeliveries",
+    )
+);
+webhook_route!(
+    /// A push from GitLab.
+    gitlab, "/webhook/gitlab", gitlab::GitLab, gitlab::RawDelivery,
+    security("gitlab_token"),
+    headers(
+        "X-Gitlab-Event": String = "the event (`Push Hook` deploys; `Tag Push Hook` never does); required",
+        "Idempotency-Key": Option<String> = "the delivery id (GitLab 17.4 and later), kept to spot redeliveries",
+        "X-Gitlab-Event-UUID": Option<String> = "the delivery id, when Idempotency-Key is absent",
+    )
+);
 
 /// A header's value, when it is there and readable.
 pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

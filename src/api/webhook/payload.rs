@@ -45,17 +45,30 @@ pub fn json_of<'a>(content_type: Option<&str>, body: &'a [u8]) -> Result<Cow<'a,
         .ok_or(PayloadError::NoPayloadField)
 }
 
-#[derive(Deserialize)]
-struct RawRepository {
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = PushRepository)]
+pub(super) struct RawRepository {
+    /// `owner/name`: selects the apps whose `webhook.repository` it is, and so the secrets.
+    #[schema(required = true, min_length = 1)]
     full_name: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct RawDelivery {
+/// The fields of a Forgejo, Gitea or GitHub payload that are read; the rest is ignored. A push
+/// needs them all; other events only the repository.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = PushPayload)]
+pub(super) struct RawDelivery {
+    /// `refs/heads/<branch>` or `refs/tags/<tag>`.
     #[serde(rename = "ref")]
+    #[schema(value_type = Option<String>)]
     git_ref: Option<serde_json::Value>,
+    /// The commit the ref now points at (40 or 64 hex; all zeros: the ref was deleted).
+    #[schema(value_type = Option<String>)]
     after: Option<serde_json::Value>,
+    /// The commit it pointed at before.
+    #[schema(value_type = Option<String>)]
     before: Option<serde_json::Value>,
+    #[schema(required = true, value_type = RawRepository)]
     repository: Option<RawRepository>,
 }
 
