@@ -57,3 +57,18 @@ else
   echo "installing ${openapi_tools[*]} with pip"
   python3 -m pip install --quiet "${openapi_tools[@]}"
 fi
+
+# The web page's browser test: headless Chromium and its WebDriver from Debian, driven by Python
+# selenium (pinned, so a new release cannot change what the test does).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  echo "installing chromium chromium-driver with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-dejavu-core >/dev/null
+fi
+if python3 -c 'import sys, importlib.metadata as m; sys.exit(m.version("selenium") != "4.27.1")' 2>/dev/null; then
+  echo "selenium 4.27.1: already installed"
+else
+  echo "installing selenium==4.27.1 with pip"
+  python3 -m pip install --quiet selenium==4.27.1
+fi

@@ -23,6 +23,7 @@ use crate::pipeline::{self, queue::Queue};
 use crate::selfupdate;
 use crate::store::Store;
 use crate::target::compose::ComposeTargets;
+use crate::web;
 
 /// Where `serve` listens unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8790";
@@ -45,6 +46,10 @@ pub struct ServeArgs {
     /// File holding the admin token, used when KUA_ADMIN_TOKEN is not set.
     #[arg(long, env = "KUA_ADMIN_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// File holding the read-only viewer token (web page and API: reads only), used when
+    /// KUA_VIEWER_TOKEN is not set. No viewer token unless one is given.
+    #[arg(long, env = "KUA_VIEWER_TOKEN_FILE")]
+    pub viewer_token_file: Option<PathBuf>,
     /// Seconds a self-deploy waits to be replaced by its transient container before it ends the
     /// deploy `failed` (and stops the transient container).
     #[arg(long = "handoff-ceiling", env = "KUA_HANDOFF_CEILING_S", default_value_t = selfupdate::HANDOFF_CEILING.as_secs(),
@@ -79,6 +84,8 @@ pub struct Settings {
     pub registry: Arc<Registry>,
     pub state_dir: PathBuf,
     pub admin_token: String,
+    /// The read-only token, if one is set.
+    pub viewer_token: Option<String>,
     /// See [`ServeArgs::handoff_ceiling_s`].
     pub handoff_ceiling: Duration,
     /// HTTPS, when a certificate was given; else plain HTTP.
@@ -112,6 +119,24 @@ pub fn resolve_admin_token(state_dir: &Path, token_file: Option<&Path>) -> anyho
     write_private(&f, &token).with_context(|| format!("cannot write {}", f.display()))?;
     tracing::info!("generated an admin token in {}", f.display());
     Ok(token)
+}
+
+/// The viewer token: `KUA_VIEWER_TOKEN`, else the viewer token file, else none.
+pub fn resolve_viewer_token(token_file: Option<&Path>, admin_token: &str) -> anyhow::Result<Option<String>> {
+    let token = match (std::env::var("KUA_VIEWER_TOKEN"), token_file) {
+        (Ok(t), _) => t.trim().to_owned(),
+        (Err(_), Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read the viewer token file {}", f.display()))?
+            .trim()
+            .to_owned(),
+        (Err(_), None) => return Ok(None),
+    };
+    anyhow::ensure!(token.len() >= 16, "the viewer token is shorter than 16 characters; use a long random token");
+    anyhow::ensure!(
+        token != admin_token,
+        "the viewer token equals the admin token; give the viewer a token of its own"
+    );
+    Ok(Some(token))
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
@@ -156,6 +181,7 @@ async fn serve_inner(
     let mut secrets: Vec<String> =
         settings.registry.apps.values().filter_map(|a| a.webhook.as_ref()?.secret.read()).collect();
     secrets.push(settings.admin_token.clone());
+    secrets.extend(settings.viewer_token.clone());
     let secret_env = settings.registry.apps.values().filter_map(|a| match &a.webhook.as_ref()?.secret {
         SecretSource::Env(name) => Some(name.clone()),
         SecretSource::File(_) => None,
@@ -213,11 +239,13 @@ async fn serve_inner(
     let state = ApiState {
         queue: queue.clone(),
         admin_token: Arc::new(settings.admin_token),
+        viewer_token: settings.viewer_token.map(Arc::new),
         redactor,
         shutdown: stop.clone(),
         metrics: metrics.clone(),
     };
-    let router = api::router(state);
+    // The web page's routes first: the API's router brings the fallback (a JSON 404).
+    let router = web::router(web::WebState::new(state.clone(), settings.tls.is_some())).merge(api::router(state));
     let graceful = {
         let stop = stop.clone();
         async move {
@@ -325,6 +353,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
     let tls = tls.as_ref().map(ServerTls::load).transpose()?;
     let store = Store::open(&args.state_dir)?;
     let admin_token = resolve_admin_token(&args.state_dir, args.token_file.as_deref())?;
+    let viewer_token = resolve_viewer_token(args.viewer_token_file.as_deref(), &admin_token)?;
     match listener::raise_open_file_limit() {
         Ok(f) if f.soft > f.before => tracing::info!("open-file limit raised from {} to {}", f.before, f.soft),
         Ok(f) => tracing::info!("open-file limit {} (the hard limit)", f.soft),
@@ -354,6 +383,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
         registry: Arc::new(registry),
         state_dir: args.state_dir,
         admin_token,
+        viewer_token,
         handoff_ceiling: Duration::from_secs(args.handoff_ceiling_s),
         tls,
         metrics_listener,

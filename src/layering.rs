@@ -20,6 +20,8 @@ const LAYERS: &[&[&str]] = &[
     &["selfupdate"],
     &["pipeline"],
     &["api"],
+    // The web page: server-rendered over the API's state (queue, store), wired by `app`.
+    &["web"],
     // Told by the store's hooks, reads the registry; only `app` wires it.
     &["notify"],
     &["app"],

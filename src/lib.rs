@@ -26,6 +26,8 @@
 //!   transient container's recreate/verify/rollback and the self-deploy's completion at start.
 //! - [`api`]: the axum router: admin API, push webhooks, auth, errors, the OpenAPI document; the
 //!   listener that serves it (over TLS when given a certificate) within timeouts and a connection cap.
+//! - [`web`]: the web page at `/`: login (admin or viewer token), sessions and CSRF, the overview,
+//!   app and deploy pages with live updates (server-sent events).
 //! - [`notify`]: commit statuses on the forge and notifications to webhook targets, sent from the
 //!   store's lifecycle hooks, retried, never delaying a deploy.
 //! - [`app`]: `serve`: opens the store, recovers, starts the queue and the router.
@@ -33,7 +35,7 @@
 //!   `health`) over the API types; named servers (`servers.json`) and how a client trusts HTTPS.
 //!
 //! Imports point one way, down. The layers, lowest first: `model`; `host`, `store`, `metrics`; `config`,
-//! `git`, `docker`; `target`; `selfupdate`; `pipeline`; `api`; `notify`; `app`; `cli`. A unit test
+//! `git`, `docker`; `target`; `selfupdate`; `pipeline`; `api`; `web`; `notify`; `app`; `cli`. A unit test
 //! (`layering.rs`) reads the sources and refuses an import that points up.
 
 pub mod api;
@@ -52,3 +54,4 @@ pub mod pipeline;
 pub mod selfupdate;
 pub mod store;
 pub mod target;
+pub mod web;

@@ -178,6 +178,11 @@ impl Metrics {
         i.apps_in_drift.set(known.values().filter(|d| **d).count() as i64);
     }
 
+    /// The last known drift of `app`: none until a runtime-status answer looked.
+    pub fn drift(&self, app: &str) -> Option<bool> {
+        self.inner.drift.lock().unwrap_or_else(|e| e.into_inner()).get(app).copied()
+    }
+
     /// One webhook delivery's outcome (per app it was for, or once when refused).
     pub fn webhook_delivery(&self, provider: &str, outcome: &str) {
         self.inner.webhooks.with_label_values(&[provider, outcome]).inc();

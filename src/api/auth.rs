@@ -1,25 +1,42 @@
-//! Bearer-token auth for `/api/v1/*`, compared in constant time.
+//! Bearer-token auth for `/api/v1/*`, compared in constant time: the admin token may do
+//! everything, the viewer token (when one is set) only reads — it gets 403 on anything but GET.
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 
-/// Takes the admin token alone (not the whole `ApiState`), so the routes can be built, and
+/// The tokens the API takes.
+#[derive(Clone, Default)]
+pub struct Tokens {
+    pub admin: Arc<String>,
+    /// Read-only: `KUA_VIEWER_TOKEN` or `--viewer-token-file`; none unless given.
+    pub viewer: Option<Arc<String>>,
+}
+
+/// Takes the tokens alone (not the whole `ApiState`), so the routes can be built, and
 /// documented, without a running queue.
-pub async fn require_token(
-    State(admin_token): State<Arc<String>>,
-    req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
+pub async fn require_token(State(tokens): State<Tokens>, req: Request, next: Next) -> Result<Response, ApiError> {
     let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
+    let is_viewer = |t: &str| tokens.viewer.as_ref().is_some_and(|v| bool::from(t.as_bytes().ct_eq(v.as_bytes())));
     match given {
-        Some(token) if bool::from(token.as_bytes().ct_eq(admin_token.as_bytes())) => Ok(next.run(req).await),
+        Some(token) if bool::from(token.as_bytes().ct_eq(tokens.admin.as_bytes())) => Ok(next.run(req).await),
+        Some(token) if is_viewer(token) => {
+            if req.method() == Method::GET || req.method() == Method::HEAD {
+                Ok(next.run(req).await)
+            } else {
+                Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "the viewer token only reads; use the admin token to change anything",
+                ))
+            }
+        }
         Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the bearer token is wrong")),
         None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,

@@ -31,6 +31,8 @@ use types::Health;
 pub struct ApiState {
     pub queue: Queue,
     pub admin_token: Arc<String>,
+    /// The read-only token, if one is set.
+    pub viewer_token: Option<Arc<String>>,
     pub redactor: Redactor,
     /// Cancelled when the server stops: long answers (log follow streams) end with it.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -39,7 +41,8 @@ pub struct ApiState {
 }
 
 pub fn router(state: ApiState) -> Router {
-    let (router, doc) = routes(state.admin_token.clone()).split_for_parts();
+    let tokens = auth::Tokens { admin: state.admin_token.clone(), viewer: state.viewer_token.clone() };
+    let (router, doc) = routes(tokens).split_for_parts();
     router
         .layer(Extension(openapi::Served::new(&openapi::finish(doc))))
         .fallback(admin::no_route)
@@ -50,14 +53,14 @@ pub fn router(state: ApiState) -> Router {
 
 /// The OpenAPI document of every route, as `GET /api/v1/openapi.json` serves it.
 pub fn document() -> utoipa::openapi::OpenApi {
-    openapi::finish(routes(Arc::default()).into_openapi())
+    openapi::finish(routes(auth::Tokens::default()).into_openapi())
 }
 
 /// Every route, in one place. `routes!` takes each route's method and path from its handler's
 /// `#[utoipa::path]` and adds its operation to the OpenAPI document, so the router and the
 /// document are made from the same list and cannot disagree (a test checks nothing is routed
 /// around it).
-fn routes(admin_token: Arc<String>) -> OpenApiRouter<ApiState> {
+fn routes(tokens: auth::Tokens) -> OpenApiRouter<ApiState> {
     let admin = OpenApiRouter::new()
         .routes(routes!(admin::list_apps))
         .routes(routes!(admin::trigger_deploy))
@@ -70,7 +73,7 @@ fn routes(admin_token: Arc<String>) -> OpenApiRouter<ApiState> {
         .routes(routes!(admin::approve))
         .routes(routes!(admin::cancel))
         .fallback(admin::no_route)
-        .layer(middleware::from_fn_with_state(admin_token, auth::require_token));
+        .layer(middleware::from_fn_with_state(tokens, auth::require_token));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(healthz))
         // Under /api/v1 yet outside the nested router: the document needs no token.
@@ -148,7 +151,7 @@ mod tests {
 
     #[test]
     fn every_route_the_router_serves_is_in_the_openapi_document_and_nothing_else_is() {
-        let (router, doc) = routes(Arc::default()).split_for_parts();
+        let (router, doc) = routes(auth::Tokens::default()).split_for_parts();
         let served = served(&router);
         let doc = openapi::finish(doc);
         let documented = documented(&doc);

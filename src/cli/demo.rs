@@ -146,6 +146,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     let url = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let settings = Settings {
+        viewer_token: None,
         registry: Arc::new(registry),
         state_dir: state_dir.clone(),
         admin_token: token.clone(),
