@@ -98,6 +98,8 @@ fn static_file(content_type: &'static str, body: &'static str) -> Response {
 }
 
 /// The session a request's cookie names, or a redirect to the login form.
+// The error is the handler's answer, returned at once: boxing it would buy nothing.
+#[allow(clippy::result_large_err)]
 fn session_of(state: &WebState, headers: &axum::http::HeaderMap) -> Result<(String, Session), Response> {
     headers
         .get_all(header::COOKIE)
@@ -109,6 +111,7 @@ fn session_of(state: &WebState, headers: &axum::http::HeaderMap) -> Result<(Stri
 }
 
 /// The session of a state-changing form: logged in, the CSRF token right, and an admin.
+#[allow(clippy::result_large_err)]
 fn changing_session(
     state: &WebState,
     headers: &axum::http::HeaderMap,

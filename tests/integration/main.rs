@@ -15,3 +15,4 @@ mod ssh;
 mod support;
 mod tls;
 mod webhook;
+mod webui;

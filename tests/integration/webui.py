@@ -1,0 +1,75 @@
+"""The web page in headless Chromium (selenium + chromedriver): log in, see the apps, release one
+and watch its steps turn green without a reload, a viewer refused a release, log out.
+Usage: webui.py URL ADMIN_TOKEN VIEWER_TOKEN SCREENSHOT_DIR. Exits non-zero on any failure."""
+import os
+import sys
+import time
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+url, admin, viewer, shots = sys.argv[1:5]
+os.makedirs(shots, exist_ok=True)
+opts = webdriver.ChromeOptions()
+opts.binary_location = "/usr/bin/chromium"
+for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,800"):
+    opts.add_argument(a)
+d = webdriver.Chrome(options=opts, service=Service("/usr/bin/chromedriver"))
+wait = WebDriverWait(d, 30)
+
+
+def shot(name):
+    d.save_screenshot(os.path.join(shots, name + ".png"))
+
+
+def login(token):
+    d.get(url + "/login")
+    shot("login")
+    d.find_element(By.ID, "token").send_keys(token)
+    d.find_element(By.ID, "login").click()
+    wait.until(lambda d: d.find_elements(By.ID, "rows"))
+
+
+try:
+    login(admin)
+    assert "hello" in d.find_element(By.ID, "rows").text, d.page_source
+    assert admin not in d.page_source and admin not in d.current_url
+    shot("overview")
+    d.find_element(By.LINK_TEXT, "hello").click()
+    d.find_element(By.ID, "release").click()
+    shot("confirm")
+    d.find_element(By.ID, "confirm").click()
+    wait.until(lambda d: "/deploys/" in d.current_url)
+    # A marker that a reload would wipe: the steps must turn green with the page still the same.
+    d.execute_script("window.__kuaNoReload = 1")
+    started = time.monotonic()
+    WebDriverWait(d, 120).until(lambda d: d.find_element(By.ID, "phase").text in ("succeeded", "failed", "rolled_back"))
+    assert d.find_element(By.ID, "phase").text == "succeeded", d.find_element(By.ID, "body").text
+    assert d.execute_script("return window.__kuaNoReload") == 1, "the deploy page was reloaded"
+    statuses = [e.text for e in d.find_elements(By.CSS_SELECTOR, "td.status")]
+    assert statuses and all(s in ("succeeded", "skipped") for s in statuses), statuses
+    print(f"deploy page showed the end {time.monotonic() - started:.2f} s after the release")
+    shot("deploy")
+    d.find_element(By.LINK_TEXT, "hello").click()
+    shot("app")
+    d.find_element(By.ID, "logout").click()
+    wait.until(lambda d: "/login" in d.current_url)
+    d.get(url + "/")
+    assert "/login" in d.current_url, "still logged in after logout"
+
+    login(viewer)
+    assert d.find_element(By.ID, "role").text == "viewer"
+    d.get(url + "/apps/hello")
+    assert not d.find_elements(By.ID, "release"), "a viewer is offered a release"
+    d.get(url + "/confirm?action=release&app=hello")
+    d.find_element(By.ID, "confirm").click()
+    msg = wait.until(lambda d: d.find_element(By.ID, "message")).text
+    assert "viewer" in msg, msg
+    shot("viewer-refused")
+    d.find_element(By.ID, "logout").click()
+    wait.until(lambda d: "/login" in d.current_url)
+    print("webui: all checks passed")
+finally:
+    d.quit()
