@@ -1,6 +1,9 @@
-"""The web page in headless Chromium (selenium + chromedriver): log in, see the apps, release one
-and watch its steps turn green without a reload, a viewer refused a release, log out.
-Usage: webui.py URL ADMIN_TOKEN VIEWER_TOKEN SCREENSHOT_DIR. Exits non-zero on any failure."""
+"""The web page in headless Chromium (selenium + chromedriver).
+Usage: webui.py release URL ADMIN_TOKEN VIEWER_TOKEN SCREENSHOT_DIR: log in, see the apps, release
+one and watch its steps turn green without a reload, a viewer refused a release, log out.
+webui.py gate URL ADMIN_TOKEN GATED_DEPLOY_ID SCREENSHOT_DIR: see the gate's pending files,
+approve, watch the deploy end; release again and cancel that deploy while it builds.
+Exits non-zero on any failure."""
 import os
 import sys
 import time
@@ -10,7 +13,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-url, admin, viewer, shots = sys.argv[1:5]
+mode, url, admin, arg, shots = sys.argv[1:6]
 os.makedirs(shots, exist_ok=True)
 opts = webdriver.ChromeOptions()
 opts.binary_location = "/usr/bin/chromium"
@@ -32,7 +35,45 @@ def login(token):
     wait.until(lambda d: d.find_elements(By.ID, "rows"))
 
 
+def phase():
+    # Read in one script: the live update may swap the element between a find and a read.
+    return d.execute_script("var e = document.getElementById('phase'); return e && e.textContent")
+
+
+def wait_phase(phases, timeout=120):
+    WebDriverWait(d, timeout).until(lambda d: phase() in phases)
+    return phase()
+
+
+def gate(gated):
+    login(admin)
+    d.get(url + "/apps/hello")
+    pending = d.find_element(By.CSS_SELECTOR, ".pending").text
+    assert "0002_add.sql" in pending, pending
+    shot("app-awaiting-approval")
+    d.find_element(By.ID, "approve-" + gated).click()
+    d.find_element(By.ID, "confirm").click()
+    wait.until(lambda d: "/deploys/" + gated in d.current_url)
+    assert wait_phase(("succeeded", "failed", "rolled_back")) == "succeeded", d.find_element(By.ID, "body").text
+    # Release again: the tip builds slowly, long enough to cancel it from its app page.
+    d.get(url + "/apps/hello")
+    d.find_element(By.ID, "release").click()
+    d.find_element(By.ID, "confirm").click()
+    wait.until(lambda d: "/deploys/" in d.current_url and gated not in d.current_url)
+    new = d.current_url.rsplit("/", 1)[1]
+    d.get(url + "/apps/hello")
+    d.find_element(By.ID, "cancel-" + new).click()
+    d.find_element(By.ID, "confirm").click()
+    assert wait_phase(("cancelled", "succeeded", "failed"), 60) == "cancelled", d.find_element(By.ID, "body").text
+    shot("deploy-cancelled")
+    print("webui: all checks passed")
+
+
 try:
+    if mode == "gate":
+        gate(arg)
+        sys.exit(0)
+    viewer = arg
     login(admin)
     assert "hello" in d.find_element(By.ID, "rows").text, d.page_source
     assert admin not in d.page_source and admin not in d.current_url
@@ -45,8 +86,7 @@ try:
     # A marker that a reload would wipe: the steps must turn green with the page still the same.
     d.execute_script("window.__kuaNoReload = 1")
     started = time.monotonic()
-    WebDriverWait(d, 120).until(lambda d: d.find_element(By.ID, "phase").text in ("succeeded", "failed", "rolled_back"))
-    assert d.find_element(By.ID, "phase").text == "succeeded", d.find_element(By.ID, "body").text
+    assert wait_phase(("succeeded", "failed", "rolled_back")) == "succeeded", d.find_element(By.ID, "body").text
     assert d.execute_script("return window.__kuaNoReload") == 1, "the deploy page was reloaded"
     statuses = [e.text for e in d.find_elements(By.CSS_SELECTOR, "td.status")]
     assert statuses and all(s in ("succeeded", "skipped") for s in statuses), statuses

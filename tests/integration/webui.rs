@@ -5,6 +5,9 @@
 use std::process::Command;
 use std::time::Duration;
 
+use kua_deploy::api::types::DeployRequest;
+use kua_deploy::model::Phase;
+
 use crate::support::*;
 
 const VIEWER: &str = "test-viewer-token-0123456789abcd";
@@ -17,21 +20,24 @@ fn server_with_viewer(app: &TestApp) -> Server {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn in_chromium_an_admin_logs_in_sees_the_apps_releases_one_live_and_a_viewer_is_refused() {
+    let app = TestApp::new(AppOptions::default());
+    let server = server_with_viewer(&app);
+    browser(&server, &["release", &server.url, TOKEN, VIEWER]).await;
+}
+
+/// Runs tests/integration/webui.py with `args` (screenshots under target/webui-screenshots) and
+/// fails with its output, and the server's log, unless every check passed.
+async fn browser(server: &Server, args: &[&str]) {
     for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
         assert!(std::path::Path::new(tool).exists(), "{tool} is missing: run scripts/install-deps.sh");
     }
     let selenium = Command::new("python3").args(["-c", "import selenium"]).status().unwrap();
     assert!(selenium.success(), "python3 selenium is missing: run scripts/install-deps.sh");
-    let app = TestApp::new(AppOptions::default());
-    let server = server_with_viewer(&app);
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/webui-screenshots");
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/webui.py");
     let out = tokio::time::timeout(
         Duration::from_secs(240),
-        tokio::process::Command::new("python3")
-            .arg(&script)
-            .args([&server.url, TOKEN, VIEWER, shots.to_str().unwrap()])
-            .output(),
+        tokio::process::Command::new("python3").arg(&script).args(args).arg(&shots).output(),
     )
     .await
     .expect("the browser test took over 4 minutes")
@@ -40,6 +46,24 @@ async fn in_chromium_an_admin_logs_in_sees_the_apps_releases_one_live_and_a_view
     println!("{stdout}");
     assert!(out.status.success(), "the browser test failed:\n{stdout}\n{stderr}\nserver log:\n{}", server.log());
     assert!(stdout.contains("all checks passed"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_chromium_an_admin_sees_the_pending_migrations_approves_them_and_cancels_a_deploy_in_progress() {
+    let app = TestApp::new(AppOptions {
+        migrations: Some(serde_json::json!({"paths": ["migrations/"], "policy": "block"})),
+        ..AppOptions::default()
+    });
+    let server = app.start();
+    let first = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    assert_eq!(server.wait_end(&first.deploy_id).await.phase, Phase::Succeeded);
+    std::fs::write(app.work.join("migrations/0002_add.sql"), "alter table t add c int;\n").unwrap();
+    app.push("v2", Behaviour::Serve);
+    let gated = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    assert_eq!(server.wait_end(&gated.deploy_id).await.phase, Phase::AwaitingApproval);
+    // The next release (from the page) builds for a minute: long enough to cancel it there.
+    app.push("v3", Behaviour::SlowBuild(60));
+    browser(&server, &["gate", &server.url, TOKEN, gated.deploy_id.as_str()]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
