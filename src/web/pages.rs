@@ -208,7 +208,8 @@ fn deploy_ctx(d: &Deploy) -> minijinja::Value {
         .iter()
         .map(|s| {
             context! { name => s.name.to_string(), status => format!("{:?}", s.status).to_lowercase(),
-            duration => duration(s.started_at.as_deref(), s.finished_at.as_deref()), detail => s.detail.clone() }
+            duration => duration(s.started_at.as_deref(), s.finished_at.as_deref()), detail => s.detail.clone(),
+            finished_at => s.finished_at.clone() }
         })
         .collect();
     context! { id => d.deploy_id.to_string(), app => d.app.to_string(), phase => d.phase.to_string(),

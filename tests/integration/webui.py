@@ -85,11 +85,33 @@ try:
     wait.until(lambda d: "/deploys/" in d.current_url)
     # A marker that a reload would wipe: the steps must turn green with the page still the same.
     d.execute_script("window.__kuaNoReload = 1")
+    # When each step's end first shows on the page, by the browser's clock (the same machine's).
+    d.execute_script("""
+      window.__kuaSeen = {};
+      function look() {
+        document.querySelectorAll('tr[data-step]').forEach(function (r) {
+          if (r.dataset.finished && !(r.dataset.step in window.__kuaSeen))
+            window.__kuaSeen[r.dataset.step] = [Date.now(), r.dataset.finished];
+        });
+      }
+      look();
+      new MutationObserver(look).observe(document.getElementById('body'), {childList: true, subtree: true});
+    """)
     started = time.monotonic()
     assert wait_phase(("succeeded", "failed", "rolled_back")) == "succeeded", d.find_element(By.ID, "body").text
     assert d.execute_script("return window.__kuaNoReload") == 1, "the deploy page was reloaded"
     statuses = [e.text for e in d.find_elements(By.CSS_SELECTOR, "td.status")]
     assert statuses and all(s in ("succeeded", "skipped") for s in statuses), statuses
+    seen = d.execute_script("return window.__kuaSeen")
+    lags = {}
+    for step, (shown_ms, finished) in seen.items():
+        from datetime import datetime
+        end_ms = datetime.fromisoformat(finished.replace("Z", "+00:00")).timestamp() * 1000
+        lags[step] = (shown_ms - end_ms) / 1000
+    print("step end to page (s): " + ", ".join(f"{k} {v:.3f}" for k, v in lags.items()))
+    # Steps that had ended before the page loaded show up at once, with a lag of their age.
+    live = {k: v for k, v in lags.items() if k in ("build", "recreate", "verify")}
+    assert live and max(live.values()) < 1.0, f"a step's end took 1 s or more to show: {lags}"
     print(f"deploy page showed the end {time.monotonic() - started:.2f} s after the release")
     shot("deploy")
     d.find_element(By.LINK_TEXT, "hello").click()
