@@ -67,8 +67,9 @@ impl Modify for SecuritySchemes {
 }
 
 /// Adds the answers every operation can give besides its own: 401 where a credential is needed
-/// (the auth middleware and the webhooks' checks answer it before the handler runs) and 500. An
-/// answer a handler documents itself is left as it is.
+/// (the auth middleware and the webhooks' checks answer it before the handler runs), 403 on the
+/// admin API's POSTs (the viewer token only reads) and 500. An answer a handler documents itself
+/// is left as it is.
 pub fn finish(mut doc: Document) -> Document {
     let error = |description: &str| {
         RefOr::T(
@@ -81,7 +82,14 @@ pub fn finish(mut doc: Document) -> Document {
                 .build(),
         )
     };
-    for item in doc.paths.paths.values_mut() {
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if path.starts_with("/api/v1/") {
+            if let Some(op) = item.post.as_mut() {
+                op.responses.responses.entry("403".into()).or_insert_with(|| {
+                    error("`forbidden`: the viewer token only reads; use the admin token. Nothing was done")
+                });
+            }
+        }
         for op in operations(item) {
             let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
             let responses = &mut op.responses.responses;

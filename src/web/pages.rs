@@ -196,10 +196,49 @@ pub async fn app(
             pending => d.step(StepName::MigrationGate).map(|s| s.detail.clone()).unwrap_or_default() }
         })
         .collect();
-    let ctx = context! { title => cfg.name.to_string(), app => cfg.name.to_string(), host => cfg.host.label(),
+    let runtime = runtime_rows(&state, cfg).await;
+    let ctx = context! { title => cfg.name.to_string(), app => cfg.name.to_string(), host => cfg.host.label(), runtime,
     branch => cfg.branch.to_string(), services => cfg.services.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
     history, page, more, role => role_name(s.role), csrf => s.csrf };
     state.render("app.html", ctx)
+}
+
+/// How long the app page waits for the services' runtime status (docker calls on the app's host)
+/// before it shows the page without it.
+const RUNTIME_WAIT: Duration = Duration::from_secs(5);
+
+/// The services' containers now, as `GET /api/v1/apps/{app}/runtime-status` reads them (and the
+/// drift noted for the overview), or why they could not be read.
+async fn runtime_rows(state: &WebState, app: &crate::config::AppConfig) -> minijinja::Value {
+    let store = state.api.queue.store();
+    let (Ok(last), Ok(ok)) = (store.latest(&app.name), store.last_succeeded(&app.name)) else {
+        return context! { error => "the state database fails; GET /healthz says what" };
+    };
+    let project = last.as_ref().and_then(|d| d.project.clone());
+    let target = state.api.queue.target(app, project);
+    let read = crate::pipeline::runtime::runtime_status(app, target.as_ref(), &state.api.redactor, last, ok.as_ref());
+    match tokio::time::timeout(RUNTIME_WAIT, read).await {
+        Ok(Ok(status)) => {
+            state.api.metrics.set_drift(app.name.as_str(), status.drift);
+            let containers: Vec<_> = status
+                .services
+                .iter()
+                .flat_map(|s| {
+                    s.containers.iter().map(move |c| {
+                        context! { service => s.service.clone(), name => c.name.clone(), state => c.state.clone(),
+                        health => c.health.clone(), matches => c.matches_last_deploy }
+                    })
+                })
+                .collect();
+            let services: Vec<_> =
+                status.services.iter().filter(|s| s.containers.is_empty()).map(|s| s.service.clone()).collect();
+            context! { drift => status.drift, containers, missing => services }
+        }
+        Ok(Err(e)) => context! { error => format!("cannot read the containers on host {}: {e}", app.host.label()) },
+        Err(_) => {
+            context! { error => format!("host {} did not answer within {} s", app.host.label(), RUNTIME_WAIT.as_secs()) }
+        }
+    }
 }
 
 fn deploy_ctx(d: &Deploy) -> minijinja::Value {

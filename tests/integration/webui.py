@@ -78,7 +78,12 @@ try:
     assert "hello" in d.find_element(By.ID, "rows").text, d.page_source
     assert admin not in d.page_source and admin not in d.current_url
     shot("overview")
-    d.find_element(By.LINK_TEXT, "hello").click()
+    # The overview stays open in its tab while the release runs in another: it must show the
+    # deploy without a reload.
+    overview = d.current_window_handle
+    d.execute_script("window.__kuaNoReload = 1")
+    d.switch_to.new_window("tab")
+    d.get(url + "/apps/hello")
     d.find_element(By.ID, "release").click()
     shot("confirm")
     d.find_element(By.ID, "confirm").click()
@@ -114,8 +119,19 @@ try:
     assert live and max(live.values()) < 1.0, f"a step's end took 1 s or more to show: {lags}"
     print(f"deploy page showed the end {time.monotonic() - started:.2f} s after the release")
     shot("deploy")
+    d.switch_to.window(overview)
+    WebDriverWait(d, 10).until(lambda d: "succeeded" in d.execute_script(
+        "var r = document.querySelector('tr[data-app=hello]'); return r ? r.textContent : ''"))
+    assert d.execute_script("return window.__kuaNoReload") == 1, "the overview was reloaded"
+    shot("overview-live")
     d.find_element(By.LINK_TEXT, "hello").click()
+    drift = d.find_element(By.ID, "drift").text
+    assert "In sync" in drift, drift
     shot("app")
+    # The overview now shows the drift the app page read, and the deploy's phase in words.
+    d.get(url + "/")
+    row = d.find_element(By.CSS_SELECTOR, "tr[data-app=hello]").text
+    assert "succeeded" in row and "in sync" in row, row
     d.find_element(By.ID, "logout").click()
     wait.until(lambda d: "/login" in d.current_url)
     d.get(url + "/")
