@@ -11,6 +11,7 @@ import time
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 mode, url, admin, arg, shots = sys.argv[1:6]
@@ -27,11 +28,15 @@ def shot(name):
     d.save_screenshot(os.path.join(shots, name + ".png"))
 
 
-def login(token):
+def login(token, keyboard=False):
     d.get(url + "/login")
     shot("login")
-    d.find_element(By.ID, "token").send_keys(token)
-    d.find_element(By.ID, "login").click()
+    # The field has the focus on load: typing and Enter is enough, without a mouse.
+    if keyboard:
+        d.switch_to.active_element.send_keys(token + Keys.ENTER)
+    else:
+        d.find_element(By.ID, "token").send_keys(token)
+        d.find_element(By.ID, "login").click()
     wait.until(lambda d: d.find_elements(By.ID, "rows"))
 
 
@@ -137,8 +142,15 @@ try:
     d.get(url + "/")
     assert "/login" in d.current_url, "still logged in after logout"
 
-    login(viewer)
+    login(viewer, keyboard=True)
     assert d.find_element(By.ID, "role").text == "viewer"
+    # A phone's width: the overview fits without scrolling sideways.
+    d.set_window_size(390, 800)
+    d.get(url + "/")
+    overflow = d.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the overview is {overflow} px wider than a phone"
+    shot("overview-narrow")
+    d.set_window_size(1100, 800)
     d.get(url + "/apps/hello")
     assert not d.find_elements(By.ID, "release"), "a viewer is offered a release"
     d.get(url + "/confirm?action=release&app=hello")
