@@ -407,3 +407,29 @@ async fn shutdown_signal() {
 pub async fn self_recreate(args: selfupdate::TransientArgs) -> i32 {
     pipeline::transient::run(args).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_viewer_token;
+
+    const ADMIN: &str = "admin-token-0123456789abcdef";
+
+    /// These read the token from a file; KUA_VIEWER_TOKEN, which would come first, is not set in tests.
+    #[test]
+    fn a_viewer_token_file_gives_the_token_and_a_short_one_or_the_admin_token_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("viewer");
+        assert_eq!(resolve_viewer_token(None, ADMIN).unwrap(), None);
+        std::fs::write(&f, "viewer-token-0123456789\n").unwrap();
+        assert_eq!(resolve_viewer_token(Some(&f), ADMIN).unwrap().as_deref(), Some("viewer-token-0123456789"));
+        std::fs::write(&f, "short\n").unwrap();
+        assert!(resolve_viewer_token(Some(&f), ADMIN).unwrap_err().to_string().contains("shorter than 16"));
+        std::fs::write(&f, ADMIN).unwrap();
+        assert!(resolve_viewer_token(Some(&f), ADMIN).unwrap_err().to_string().contains("equals the admin token"));
+        let missing = dir.path().join("nope");
+        assert!(resolve_viewer_token(Some(&missing), ADMIN)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot read the viewer token file"));
+    }
+}
