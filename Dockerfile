@@ -18,9 +18,11 @@ FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
 WORKDIR /src
 # The dependencies first, with empty targets: a change to kua-deploy's own code rebuilds only it.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src/bin tests/integration benches \
-    && echo 'fn main() {}' > src/main.rs && echo 'fn main() {}' > src/bin/release-app.rs && touch src/lib.rs \
-    && echo 'fn main() {}' > tests/integration/main.rs && echo 'fn main() {}' > benches/webhook_intake.rs \
+# Every target the manifest names needs a file to parse: each `path`, and each bench's default one.
+RUN mkdir -p src benches && touch src/lib.rs \
+    && for p in $(sed -n 's/^path = "\(.*\)"$/\1/p' Cargo.toml); do mkdir -p "$(dirname "$p")" && echo 'fn main() {}' > "$p"; done \
+    && for b in $(awk '/^\[\[bench\]\]/ {bench = 1} bench && /^name = / {gsub(/"/, "", $3); print $3; bench = 0}' Cargo.toml); do \
+         echo 'fn main() {}' > "benches/$b.rs"; done \
     && cargo build --release --locked --bins \
     && rm -rf src
 COPY src ./src

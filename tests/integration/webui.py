@@ -24,6 +24,11 @@ d = webdriver.Chrome(options=opts, service=Service("/usr/bin/chromedriver"))
 wait = WebDriverWait(d, 30)
 
 
+def confirm():
+    # The confirmation page loads after the click: wait for it rather than race it.
+    wait.until(lambda d: d.find_elements(By.ID, "confirm"))[0].click()
+
+
 def shot(name):
     d.save_screenshot(os.path.join(shots, name + ".png"))
 
@@ -57,18 +62,18 @@ def gate(gated):
     assert "0002_add.sql" in pending, pending
     shot("app-awaiting-approval")
     d.find_element(By.ID, "approve-" + gated).click()
-    d.find_element(By.ID, "confirm").click()
+    confirm()
     wait.until(lambda d: "/deploys/" + gated in d.current_url)
     assert wait_phase(("succeeded", "failed", "rolled_back")) == "succeeded", d.find_element(By.ID, "body").text
     # Release again: the tip builds slowly, long enough to cancel it from its app page.
     d.get(url + "/apps/hello")
     d.find_element(By.ID, "release").click()
-    d.find_element(By.ID, "confirm").click()
+    confirm()
     wait.until(lambda d: "/deploys/" in d.current_url and gated not in d.current_url)
     new = d.current_url.rsplit("/", 1)[1]
     d.get(url + "/apps/hello")
     d.find_element(By.ID, "cancel-" + new).click()
-    d.find_element(By.ID, "confirm").click()
+    confirm()
     assert wait_phase(("cancelled", "succeeded", "failed"), 60) == "cancelled", d.find_element(By.ID, "body").text
     shot("deploy-cancelled")
     print("webui: all checks passed")
@@ -91,7 +96,7 @@ try:
     d.get(url + "/apps/hello")
     d.find_element(By.ID, "release").click()
     shot("confirm")
-    d.find_element(By.ID, "confirm").click()
+    confirm()
     wait.until(lambda d: "/deploys/" in d.current_url)
     # A marker that a reload would wipe: the steps must turn green with the page still the same.
     d.execute_script("window.__kuaNoReload = 1")
@@ -154,7 +159,7 @@ try:
     d.get(url + "/apps/hello")
     assert not d.find_elements(By.ID, "release"), "a viewer is offered a release"
     d.get(url + "/confirm?action=release&app=hello")
-    d.find_element(By.ID, "confirm").click()
+    confirm()
     msg = wait.until(lambda d: d.find_element(By.ID, "message")).text
     assert "viewer" in msg, msg
     shot("viewer-refused")
