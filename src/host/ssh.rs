@@ -1,13 +1,14 @@
-//! Commands over OpenSSH: one connection per command, the host key checked, the argv quoted word
-//! by word for the remote shell; ssh's own failures told apart from the command's.
+//! Commands over OpenSSH: through the host's master connection ([`super::mux`]) when there is
+//! one, else a connection of their own with the host key checked; the argv quoted word by word
+//! for the remote shell; ssh's own failures told apart from the command's.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tokio::process::Command;
 
 use super::Cmd;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SshHost {
     /// The key in the `hosts` map, or the `ssh://` URL as written in the app.
     pub name: String,
@@ -20,12 +21,30 @@ pub struct SshHost {
 }
 
 /// The remote side of OpenSSH always goes through a shell, so the argv is quoted word by word.
-pub(super) fn ssh_command(h: &SshHost, cmd: &Cmd) -> Command {
+/// With `master`, the command goes through that socket and makes no connection of its own.
+pub(super) fn ssh_command(h: &SshHost, cmd: &Cmd, master: Option<&Path>) -> Command {
     let mut c = Command::new("ssh");
+    common_options(&mut c, h);
+    match master {
+        Some(socket) => {
+            c.arg("-o").arg(format!("ControlPath={}", socket.display()));
+            c.args(["-o", "ControlMaster=no"]);
+        }
+        // One connection per command, owned by this process: a shared master from the user's
+        // config would outlive kua-deploy and escape its kill.
+        None => {
+            c.args(["-o", "ControlMaster=no", "-o", "ControlPath=none"]);
+        }
+    }
+    c.arg("--").arg(format!("{}@{}", h.user, h.host));
+    c.arg(remote_command(cmd));
+    c
+}
+
+/// What every connection to `h` is made with: no prompts, the host key checked against the host's
+/// own known hosts alone, its identity.
+pub(super) fn common_options(c: &mut Command, h: &SshHost) {
     c.args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10"]);
-    // One connection per command, owned by this process: a shared master from the user's config
-    // would outlive kua-deploy and escape its kill.
-    c.args(["-o", "ControlMaster=no", "-o", "ControlPath=none"]);
     c.args(["-p", &h.port.to_string()]);
     if let Some(id) = &h.identity_file {
         c.arg("-i").arg(id);
@@ -36,9 +55,6 @@ pub(super) fn ssh_command(h: &SshHost, cmd: &Cmd) -> Command {
         c.arg("-o").arg(format!("UserKnownHostsFile={}", kh.display()));
         c.args(["-o", "GlobalKnownHostsFile=/dev/null"]);
     }
-    c.arg("--").arg(format!("{}@{}", h.user, h.host));
-    c.arg(remote_command(cmd));
-    c
 }
 
 pub(super) fn is_ssh_failure(stderr: &str) -> bool {
@@ -48,6 +64,9 @@ pub(super) fn is_ssh_failure(stderr: &str) -> bool {
             || l.contains("Permission denied (")
             || l.contains("Connection closed by")
             || l.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+            // The master connection went away under the command.
+            || l.starts_with("mux_client")
+            || l.starts_with("Control socket connect")
     })
 }
 
@@ -136,6 +155,7 @@ mod tests {
         assert!(is_ssh_failure("Host key verification failed.\r\n"));
         assert!(is_ssh_failure("ssh: connect to host 127.0.0.1 port 2: Connection refused"));
         assert!(is_ssh_failure("root@h: Permission denied (publickey)."));
+        assert!(is_ssh_failure("mux_client_read_packet_timeout: read header failed: Broken pipe"));
         assert!(!is_ssh_failure("migration 0042 failed"));
     }
 }
