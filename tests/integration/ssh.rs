@@ -131,3 +131,25 @@ async fn a_host_lost_mid_deploy_fails_the_deploy_naming_it_and_the_next_deploy_r
         sshd.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_back_with_another_key_after_a_crash_is_refused() {
+    let mut sshd = SshServer::start();
+    let app = TestApp::new(AppOptions::default());
+    on_ssh_host(&app, &sshd, &sshd.known_hosts);
+    let server = app.start();
+    let first = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    assert_eq!(server.wait_end(&first.deploy_id).await.phase, Phase::Succeeded);
+
+    sshd.kill();
+    sshd.new_host_key();
+    sshd.listen();
+    app.push("v2", Behaviour::Serve);
+    let acc = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    let d = server.wait_end(&acc.deploy_id).await;
+    assert_eq!(d.phase, Phase::Failed, "{d:#?}");
+    let error = d.error.unwrap_or_default();
+    assert!(error.contains("cannot reach host loop over ssh"), "{error}");
+    assert!(error.to_lowercase().contains("host key"), "{error}");
+    assert_eq!(app.fetch().as_deref(), Some("v1"));
+}

@@ -495,6 +495,14 @@ impl SshServer {
         }
     }
 
+    /// Replaces the host key (as a reinstalled server would), leaving `known_hosts` with the old one.
+    pub fn new_host_key(&self) {
+        let key = self.dir.path().join("host_key");
+        let _ = std::fs::remove_file(&key);
+        let _ = std::fs::remove_file(key.with_extension("pub"));
+        sh(self.dir.path(), &["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()]);
+    }
+
     /// How many connections sshd accepted over its whole life.
     pub fn connections(&self) -> usize {
         self.log().matches("Accepted publickey").count()
