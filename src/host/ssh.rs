@@ -124,6 +124,28 @@ mod tests {
     }
 
     #[test]
+    fn with_a_master_the_command_goes_through_its_socket_and_never_becomes_a_master_itself() {
+        let h = SshHost {
+            name: "bruno".into(),
+            user: "deploy".into(),
+            host: "10.0.0.7".into(),
+            port: 2222,
+            identity_file: None,
+            known_hosts_file: Some("/etc/kua/bruno_known_hosts".into()),
+        };
+        let args = |m: Option<&Path>| -> Vec<String> {
+            let c = ssh_command(&h, &Cmd::new(["docker", "ps"]), m);
+            c.as_std().get_args().map(|a| a.to_string_lossy().into_owned()).collect()
+        };
+        let muxed = args(Some(Path::new("/run/kua/ssh/m0"))).join(" ");
+        assert!(muxed.contains("-o ControlPath=/run/kua/ssh/m0 -o ControlMaster=no"), "{muxed}");
+        assert!(muxed.contains("UserKnownHostsFile=/etc/kua/bruno_known_hosts"), "{muxed}");
+        assert!(muxed.ends_with("-- deploy@10.0.0.7 exec docker ps"), "{muxed}");
+        let own = args(None).join(" ");
+        assert!(own.contains("-o ControlMaster=no -o ControlPath=none"), "{own}");
+    }
+
+    #[test]
     fn quoting_keeps_hostile_words_as_one_argument() {
         assert_eq!(shell_quote("main"), "main");
         assert_eq!(shell_quote("a b"), "'a b'");
