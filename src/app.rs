@@ -15,7 +15,7 @@ use crate::api::tls::{ServerTls, TlsFiles};
 use crate::api::{self, listener, ApiState};
 use crate::config::{HostSpec, Registry, SecretSource};
 use crate::docker::Docker;
-use crate::host::{Host, Redactor};
+use crate::host::{Host, Redactor, SshPool};
 use crate::metrics::{self, Metrics};
 use crate::model::{DeployId, Phase};
 use crate::notify::Notifier;
@@ -192,6 +192,10 @@ async fn serve_inner(
         Ok(exe) => redactor = redactor.with_child_guard(exe),
         Err(e) => tracing::warn!("cannot find kua-deploy's own binary ({e}): commands will not die with the server"),
     }
+    let ssh_pool = SshPool::new(&settings.state_dir.join("ssh")).with_context(|| {
+        format!("cannot make the private directory for ssh sockets under {}", settings.state_dir.display())
+    })?;
+    redactor = redactor.with_ssh_pool(Arc::new(ssh_pool));
     // Before recovery, so the deploys it ends are reported too.
     let notifier = Notifier::new(store.clone(), settings.registry.clone(), redactor.clone())?;
     notifier.register();

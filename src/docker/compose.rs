@@ -259,7 +259,7 @@ impl Compose {
         args.extend(services.iter().map(|s| s.as_str()));
         let cmd = self.cmd(&args);
         log.line(Stream::Info, &format!("$ {}", cmd.display()));
-        Ok(self.host.spawn_detached(&cmd, output)?)
+        Ok(self.host.spawn_detached(&cmd, output).await?)
     }
 
     /// Compose recreates a container by creating the new one as `<old id>_<name>`, then removing the

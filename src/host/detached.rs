@@ -104,8 +104,8 @@ fn start_ticks(pid: u32) -> Option<u64> {
 
 impl Host {
     /// Starts `cmd` detached (see [`Detached`]), its stdout and stderr appended to `output`.
-    pub fn spawn_detached(&self, cmd: &Cmd, output: &std::path::Path) -> Result<Detached, RunError> {
-        let (mut command, program) = self.command(cmd)?;
+    pub async fn spawn_detached(&self, cmd: &Cmd, output: &std::path::Path) -> Result<Detached, RunError> {
+        let (mut command, program) = self.command(cmd).await?;
         let spawn_err = |source| RunError::Spawn { program: program.clone(), source };
         if let Some(dir) = output.parent() {
             std::fs::create_dir_all(dir).map_err(spawn_err)?;

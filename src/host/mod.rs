@@ -18,11 +18,13 @@ use tokio_util::sync::CancellationToken;
 
 mod detached;
 mod guard;
+mod mux;
 mod pump;
 mod ssh;
 
 pub use detached::{replay_output, Detached, ProcessRef};
 pub use guard::{child_guard_main, CHILD_GUARD};
+pub use mux::SshPool;
 pub use ssh::{shell_quote, SshHost};
 
 pub use crate::model::{LogSink, Stream};
@@ -50,6 +52,8 @@ pub struct Redactor {
     secret_env: Vec<String>,
     /// The kua-deploy binary, run as [`CHILD_GUARD`] in front of each command.
     child_guard: Option<PathBuf>,
+    /// The server's OpenSSH masters, one per host; without it every ssh command connects anew.
+    ssh_pool: Option<Arc<SshPool>>,
 }
 
 impl Redactor {
@@ -57,7 +61,7 @@ impl Redactor {
         // Short values would redact half of every line; a secret that short is not worth hiding.
         let mut secrets: Vec<String> = secrets.into_iter().filter(|s| s.len() >= 4).collect();
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        Self { secrets, secret_env: Vec::new(), child_guard: None }
+        Self { secrets, secret_env: Vec::new(), child_guard: None, ssh_pool: None }
     }
 
     /// Also replaces these values (a vault's, fetched during a deploy).
@@ -78,6 +82,12 @@ impl Redactor {
     /// Runs every command behind `exe`'s child guard (see [`child_guard_main`]).
     pub fn with_child_guard(mut self, exe: PathBuf) -> Self {
         self.child_guard = Some(exe);
+        self
+    }
+
+    /// Runs commands over OpenSSH through `pool`'s masters: one connection per host.
+    pub fn with_ssh_pool(mut self, pool: Arc<SshPool>) -> Self {
+        self.ssh_pool = Some(pool);
         self
     }
 
@@ -240,7 +250,7 @@ impl Host {
 
     /// The process that runs `cmd` here: the argv itself, or `ssh` running it on the host; with
     /// the command's program name, for errors.
-    pub(crate) fn command(&self, cmd: &Cmd) -> Result<(Command, String), RunError> {
+    pub(crate) async fn command(&self, cmd: &Cmd) -> Result<(Command, String), RunError> {
         let program = cmd.argv.first().cloned().unwrap_or_default();
         let command = match &*self.kind {
             HostSpec::Local => {
@@ -257,7 +267,10 @@ impl Host {
                 }
                 c
             }
-            HostSpec::Ssh(h) => ssh_command(h, cmd),
+            HostSpec::Ssh(h) => match &self.redactor.ssh_pool {
+                Some(pool) => ssh_command(h, cmd, Some(&pool.socket(h).await?)),
+                None => ssh_command(h, cmd, None),
+            },
         };
         Ok((command, program))
     }
@@ -274,9 +287,14 @@ impl Host {
         }
     }
 
+    /// Whether `h`'s master still runs (true without a pool: nothing to tell then).
+    fn master_alive(&self, h: &SshHost) -> bool {
+        self.redactor.ssh_pool.as_ref().is_none_or(|pool| pool.alive(h))
+    }
+
     /// Runs `cmd` to completion, or kills its process group on timeout or cancel.
     pub async fn run(&self, cmd: &Cmd, cancel: &CancellationToken, sink: &dyn LogSink) -> Result<Output, RunError> {
-        let (mut command, program) = self.command(cmd)?;
+        let (mut command, program) = self.command(cmd).await?;
         // Quick queries (inspect, rev-parse) end on their own soon enough; PDEATHSIG
         // takes them. Anything that may run long gets the guard.
         if let Some(guard) = self.redactor.child_guard.as_ref().filter(|_| cmd.timeout > GUARD_AFTER) {
@@ -327,7 +345,18 @@ impl Host {
                 match &*self.kind {
                     // 255 is also what ssh passes on from a remote command that exits 255; its
                     // own failures are the ones it explains on stderr.
+                    // A master that ended under the command (the host went away) leaves no
+                    // socket, and its clients exit 255 without a word.
+                    HostSpec::Ssh(h) if code == Some(255) && !self.master_alive(h) => {
+                        Err(RunError::Unreachable {
+                            host: h.name.clone(),
+                            detail: format!("the connection was lost while running {program}"),
+                        })
+                    }
                     HostSpec::Ssh(h) if code == Some(255) && is_ssh_failure(&out.stderr) => {
+                        if let Some(pool) = &self.redactor.ssh_pool {
+                            pool.forget(h);
+                        }
                         Err(RunError::Unreachable { host: h.name.clone(), detail: out.last_line() })
                     }
                     _ => Ok(out),
@@ -384,11 +413,11 @@ mod tests {
     #[tokio::test]
     async fn waiting_for_a_detached_process_ends_when_it_exits_and_not_before() {
         let dir = tempfile::tempdir().unwrap();
-        let quick = Host::local().spawn_detached(&Cmd::new(["sleep", "0.3"]), &dir.path().join("a.log")).unwrap();
+        let quick = Host::local().spawn_detached(&Cmd::new(["sleep", "0.3"]), &dir.path().join("a.log")).await.unwrap();
         let started = std::time::Instant::now();
         assert!(quick.process().wait_gone(Duration::from_secs(10)).await);
         assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
-        let slow = Host::local().spawn_detached(&Cmd::new(["sleep", "30"]), &dir.path().join("b.log")).unwrap();
+        let slow = Host::local().spawn_detached(&Cmd::new(["sleep", "30"]), &dir.path().join("b.log")).await.unwrap();
         assert!(!slow.process().wait_gone(Duration::from_millis(300)).await, "it still runs");
         slow.process().kill_group();
         assert!(slow.process().wait_gone(Duration::from_secs(10)).await);

@@ -1,13 +1,14 @@
-//! Commands over OpenSSH: one connection per command, the host key checked, the argv quoted word
-//! by word for the remote shell; ssh's own failures told apart from the command's.
+//! Commands over OpenSSH: through the host's master connection ([`super::mux`]) when there is
+//! one, else a connection of their own with the host key checked; the argv quoted word by word
+//! for the remote shell; ssh's own failures told apart from the command's.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tokio::process::Command;
 
 use super::Cmd;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SshHost {
     /// The key in the `hosts` map, or the `ssh://` URL as written in the app.
     pub name: String,
@@ -20,12 +21,30 @@ pub struct SshHost {
 }
 
 /// The remote side of OpenSSH always goes through a shell, so the argv is quoted word by word.
-pub(super) fn ssh_command(h: &SshHost, cmd: &Cmd) -> Command {
+/// With `master`, the command goes through that socket and makes no connection of its own.
+pub(super) fn ssh_command(h: &SshHost, cmd: &Cmd, master: Option<&Path>) -> Command {
     let mut c = Command::new("ssh");
+    common_options(&mut c, h);
+    match master {
+        Some(socket) => {
+            c.arg("-o").arg(format!("ControlPath={}", socket.display()));
+            c.args(["-o", "ControlMaster=no"]);
+        }
+        // One connection per command, owned by this process: a shared master from the user's
+        // config would outlive kua-deploy and escape its kill.
+        None => {
+            c.args(["-o", "ControlMaster=no", "-o", "ControlPath=none"]);
+        }
+    }
+    c.arg("--").arg(format!("{}@{}", h.user, h.host));
+    c.arg(remote_command(cmd));
+    c
+}
+
+/// What every connection to `h` is made with: no prompts, the host key checked against the host's
+/// own known hosts alone, its identity.
+pub(super) fn common_options(c: &mut Command, h: &SshHost) {
     c.args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10"]);
-    // One connection per command, owned by this process: a shared master from the user's config
-    // would outlive kua-deploy and escape its kill.
-    c.args(["-o", "ControlMaster=no", "-o", "ControlPath=none"]);
     c.args(["-p", &h.port.to_string()]);
     if let Some(id) = &h.identity_file {
         c.arg("-i").arg(id);
@@ -36,9 +55,6 @@ pub(super) fn ssh_command(h: &SshHost, cmd: &Cmd) -> Command {
         c.arg("-o").arg(format!("UserKnownHostsFile={}", kh.display()));
         c.args(["-o", "GlobalKnownHostsFile=/dev/null"]);
     }
-    c.arg("--").arg(format!("{}@{}", h.user, h.host));
-    c.arg(remote_command(cmd));
-    c
 }
 
 pub(super) fn is_ssh_failure(stderr: &str) -> bool {
@@ -48,6 +64,9 @@ pub(super) fn is_ssh_failure(stderr: &str) -> bool {
             || l.contains("Permission denied (")
             || l.contains("Connection closed by")
             || l.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+            // The master connection went away under the command.
+            || l.starts_with("mux_client")
+            || l.starts_with("Control socket connect")
     })
 }
 
@@ -105,6 +124,28 @@ mod tests {
     }
 
     #[test]
+    fn with_a_master_the_command_goes_through_its_socket_and_never_becomes_a_master_itself() {
+        let h = SshHost {
+            name: "bruno".into(),
+            user: "deploy".into(),
+            host: "10.0.0.7".into(),
+            port: 2222,
+            identity_file: None,
+            known_hosts_file: Some("/etc/kua/bruno_known_hosts".into()),
+        };
+        let args = |m: Option<&Path>| -> Vec<String> {
+            let c = ssh_command(&h, &Cmd::new(["docker", "ps"]), m);
+            c.as_std().get_args().map(|a| a.to_string_lossy().into_owned()).collect()
+        };
+        let muxed = args(Some(Path::new("/run/kua/ssh/m0"))).join(" ");
+        assert!(muxed.contains("-o ControlPath=/run/kua/ssh/m0 -o ControlMaster=no"), "{muxed}");
+        assert!(muxed.contains("UserKnownHostsFile=/etc/kua/bruno_known_hosts"), "{muxed}");
+        assert!(muxed.ends_with("-- deploy@10.0.0.7 exec docker ps"), "{muxed}");
+        let own = args(None).join(" ");
+        assert!(own.contains("-o ControlMaster=no -o ControlPath=none"), "{own}");
+    }
+
+    #[test]
     fn quoting_keeps_hostile_words_as_one_argument() {
         assert_eq!(shell_quote("main"), "main");
         assert_eq!(shell_quote("a b"), "'a b'");
@@ -136,6 +177,7 @@ mod tests {
         assert!(is_ssh_failure("Host key verification failed.\r\n"));
         assert!(is_ssh_failure("ssh: connect to host 127.0.0.1 port 2: Connection refused"));
         assert!(is_ssh_failure("root@h: Permission denied (publickey)."));
+        assert!(is_ssh_failure("mux_client_read_packet_timeout: read header failed: Broken pipe"));
         assert!(!is_ssh_failure("migration 0042 failed"));
     }
 }

@@ -1,4 +1,5 @@
-//! Apps on a host reached over OpenSSH: a real `sshd` on loopback, host keys always checked.
+//! Apps on a host reached over OpenSSH: a real `sshd` on loopback, host keys always checked, one
+//! connection per host shared by every command.
 
 use kua_deploy::api::types::DeployRequest;
 use kua_deploy::model::{Phase, StepName, StepStatus};
@@ -64,4 +65,91 @@ async fn a_host_whose_key_is_not_the_known_one_is_refused_and_nothing_changes() 
     assert!(error.contains("cannot reach host loop over ssh"), "{error}");
     assert!(error.to_lowercase().contains("host key"), "{error}");
     assert!(app.web_containers().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_command_of_two_deploys_and_a_runtime_status_shares_one_connection_to_the_host() {
+    let sshd = SshServer::start();
+    let app = TestApp::new(AppOptions::default());
+    on_ssh_host(&app, &sshd, &sshd.known_hosts);
+    let server = app.start();
+
+    let first = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    let d1 = server.wait_end(&first.deploy_id).await;
+    assert_eq!(d1.phase, Phase::Succeeded, "{d1:#?}\nsshd log:\n{}", sshd.log());
+    app.push("v2", Behaviour::Serve);
+    let second = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    let d2 = server.wait_end(&second.deploy_id).await;
+    assert_eq!(d2.phase, Phase::Succeeded, "{d2:#?}");
+    let rs = server.client.runtime_status(&app.name).await.unwrap();
+    assert!(!rs.drift, "{rs:#?}");
+    assert_eq!(sshd.connections(), 1, "sshd log:\n{}", sshd.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_lost_mid_deploy_fails_the_deploy_naming_it_and_the_next_deploy_reconnects() {
+    let mut sshd = SshServer::start();
+    let app = TestApp::new(AppOptions::default());
+    on_ssh_host(&app, &sshd, &sshd.known_hosts);
+    let server = app.start();
+    let first = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    let d1 = server.wait_end(&first.deploy_id).await;
+    assert_eq!(d1.phase, Phase::Succeeded, "{d1:#?}");
+
+    // A number of its own, so no cached layer of another run skips the slow step.
+    let secs = 600 + std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() % 10_000;
+    app.push("v2", Behaviour::SlowBuild(secs as u32));
+    let lost = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    server
+        .wait_for(&lost.deploy_id, std::time::Duration::from_secs(60), |d| {
+            d.step(StepName::Build).is_some_and(|s| s.status == StepStatus::Running)
+        })
+        .await;
+    // Inside the slow RUN by now.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    sshd.kill();
+    let started = std::time::Instant::now();
+    let d = server.wait_end(&lost.deploy_id).await;
+    assert_eq!(d.phase, Phase::Failed, "{d:#?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "took {:?}", started.elapsed());
+    let error = d.error.clone().unwrap_or_default();
+    assert!(error.contains("cannot reach host loop"), "{error}");
+    assert!(d.steps.iter().all(|s| s.status != StepStatus::Running), "nothing left running: {d:#?}");
+    assert_eq!(app.fetch().as_deref(), Some("v1"), "the app keeps what it ran");
+
+    sshd.listen();
+    app.push("v3", Behaviour::Serve);
+    let next = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    let d3 = server.wait_end(&next.deploy_id).await;
+    assert_eq!(d3.phase, Phase::Succeeded, "{d3:#?}\nsshd log:\n{}", sshd.log());
+    assert_eq!(app.fetch().as_deref(), Some("v3"));
+    let after_loss = sshd.log().split("Server listening").nth(2).unwrap_or_default().to_owned();
+    assert_eq!(
+        after_loss.matches("Accepted publickey").count(),
+        1,
+        "one new connection for the whole deploy after the loss:\n{}",
+        sshd.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_back_with_another_key_after_a_crash_is_refused() {
+    let mut sshd = SshServer::start();
+    let app = TestApp::new(AppOptions::default());
+    on_ssh_host(&app, &sshd, &sshd.known_hosts);
+    let server = app.start();
+    let first = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    assert_eq!(server.wait_end(&first.deploy_id).await.phase, Phase::Succeeded);
+
+    sshd.kill();
+    sshd.new_host_key();
+    sshd.listen();
+    app.push("v2", Behaviour::Serve);
+    let acc = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    let d = server.wait_end(&acc.deploy_id).await;
+    assert_eq!(d.phase, Phase::Failed, "{d:#?}");
+    let error = d.error.unwrap_or_default();
+    assert!(error.contains("cannot reach host loop over ssh"), "{error}");
+    assert!(error.to_lowercase().contains("host key"), "{error}");
+    assert_eq!(app.fetch().as_deref(), Some("v1"));
 }

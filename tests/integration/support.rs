@@ -422,7 +422,7 @@ pub struct SshServer {
     pub identity: PathBuf,
     pub known_hosts: PathBuf,
     dir: tempfile::TempDir,
-    child: Child,
+    child: Option<Child>,
 }
 
 impl SshServer {
@@ -446,16 +446,66 @@ impl SshServer {
         std::fs::write(p("sshd_config"), config).unwrap();
         let host_pub = std::fs::read_to_string(p("host_key.pub")).unwrap();
         std::fs::write(p("known_hosts"), format!("[127.0.0.1]:{port} {host_pub}")).unwrap();
+        let mut server = SshServer { port, identity: p("id"), known_hosts: p("known_hosts"), dir, child: None };
+        server.listen();
+        server
+    }
+
+    /// Starts sshd (again) with the same port, keys and log.
+    pub fn listen(&mut self) {
+        let p = |name: &str| self.dir.path().join(name);
         let child = Command::new("/usr/sbin/sshd")
             .args(["-D", "-f", p("sshd_config").to_str().unwrap(), "-E", p("sshd.log").to_str().unwrap()])
             .spawn()
             .expect("start /usr/sbin/sshd (apt-get install openssh-server)");
         let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "sshd did not listen on {port}");
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(10), "sshd did not listen on {}", self.port);
             std::thread::sleep(Duration::from_millis(50));
         }
-        SshServer { port, identity: p("id"), known_hosts: p("known_hosts"), dir, child }
+        self.child = Some(child);
+    }
+
+    /// Kills sshd and every connection it serves (its child processes), as a crashed host would.
+    pub fn kill(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let pid = child.id();
+        // Its connections' processes, and theirs: found by parent pid, children before parents.
+        let mut family = vec![pid];
+        let mut i = 0;
+        while i < family.len() {
+            let parent = family[i];
+            for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+                let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+                let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+                let ppid: u32 = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+                let Ok(own) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+                if ppid == parent && !family.contains(&own) {
+                    family.push(own);
+                }
+            }
+            i += 1;
+        }
+        // Found before the listener dies, while they are still its children.
+        let _ = child.kill();
+        let _ = child.wait();
+        for p in family.into_iter().skip(1) {
+            // SAFETY: a plain kill of a process this test's sshd forked.
+            unsafe { libc::kill(p as i32, libc::SIGKILL) };
+        }
+    }
+
+    /// Replaces the host key (as a reinstalled server would), leaving `known_hosts` with the old one.
+    pub fn new_host_key(&self) {
+        let key = self.dir.path().join("host_key");
+        let _ = std::fs::remove_file(&key);
+        let _ = std::fs::remove_file(key.with_extension("pub"));
+        sh(self.dir.path(), &["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()]);
+    }
+
+    /// How many connections sshd accepted over its whole life.
+    pub fn connections(&self) -> usize {
+        self.log().matches("Accepted publickey").count()
     }
 
     pub fn log(&self) -> String {
@@ -465,8 +515,7 @@ impl SshServer {
 
 impl Drop for SshServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
