@@ -12,6 +12,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.support.ui import WebDriverWait
 
 mode, url, admin, arg, shots = sys.argv[1:6]
@@ -22,6 +23,18 @@ for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window
     opts.add_argument(a)
 d = webdriver.Chrome(options=opts, service=Service("/usr/bin/chromedriver"))
 wait = WebDriverWait(d, 30)
+
+
+def click_live(by, value):
+    # A live page swaps its parts as events arrive: an element found a moment ago may be gone.
+    def attempt(d):
+        try:
+            d.find_element(by, value).click()
+            return True
+        except StaleElementReferenceException:
+            return False
+
+    wait.until(attempt)
 
 
 def confirm():
@@ -61,18 +74,18 @@ def gate(gated):
     pending = d.find_element(By.CSS_SELECTOR, ".pending").text
     assert "0002_add.sql" in pending, pending
     shot("app-awaiting-approval")
-    d.find_element(By.ID, "approve-" + gated).click()
+    click_live(By.ID, "approve-" + gated)
     confirm()
     wait.until(lambda d: "/deploys/" + gated in d.current_url)
     assert wait_phase(("succeeded", "failed", "rolled_back")) == "succeeded", d.find_element(By.ID, "body").text
     # Release again: the tip builds slowly, long enough to cancel it from its app page.
     d.get(url + "/apps/hello")
-    d.find_element(By.ID, "release").click()
+    click_live(By.ID, "release")
     confirm()
     wait.until(lambda d: "/deploys/" in d.current_url and gated not in d.current_url)
     new = d.current_url.rsplit("/", 1)[1]
     d.get(url + "/apps/hello")
-    d.find_element(By.ID, "cancel-" + new).click()
+    click_live(By.ID, "cancel-" + new)
     confirm()
     assert wait_phase(("cancelled", "succeeded", "failed"), 60) == "cancelled", d.find_element(By.ID, "body").text
     shot("deploy-cancelled")
@@ -94,7 +107,7 @@ try:
     d.execute_script("window.__kuaNoReload = 1")
     d.switch_to.new_window("tab")
     d.get(url + "/apps/hello")
-    d.find_element(By.ID, "release").click()
+    click_live(By.ID, "release")
     shot("confirm")
     confirm()
     wait.until(lambda d: "/deploys/" in d.current_url)
@@ -134,7 +147,7 @@ try:
         "var r = document.querySelector('tr[data-app=hello]'); return r ? r.textContent : ''"))
     assert d.execute_script("return window.__kuaNoReload") == 1, "the overview was reloaded"
     shot("overview-live")
-    d.find_element(By.LINK_TEXT, "hello").click()
+    click_live(By.LINK_TEXT, "hello")
     drift = d.find_element(By.ID, "drift").text
     assert "In sync" in drift, drift
     shot("app")
