@@ -16,7 +16,6 @@ creates in Docker carries the run's labels and is removed at the end.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import secrets
 import socket
@@ -26,16 +25,10 @@ import threading
 from pathlib import Path
 
 
-def _load(name: str, file: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / file)
-    module = importlib.util.module_from_spec(spec)
-    sys.dont_write_bytecode = True
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+sys.dont_write_bytecode = True  # before the sibling import: no __pycache__ in bench/
+import siblings  # noqa: E402
 
-
-cpd = _load("commands_per_deploy", "commands-per-deploy.py")
+cpd = siblings.load("commands_per_deploy", "commands-per-deploy.py")
 do = cpd.do
 log, median, parse_ts, APP = do.log, do.median, do.parse_ts, do.APP
 REPO = Path(__file__).resolve().parent.parent

@@ -14,7 +14,6 @@ and clean-up (everything made in Docker carries the label `kua-deploy.bench=1`).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pwd
@@ -25,17 +24,10 @@ import tempfile
 from pathlib import Path
 
 
-def _load(name: str, file: str):
-    path = Path(__file__).resolve().parent / file
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.dont_write_bytecode = True
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+sys.dont_write_bytecode = True  # before the sibling import: no __pycache__ in bench/
+import siblings  # noqa: E402
 
-
-cpd = _load("commands_per_deploy", "commands-per-deploy.py")
+cpd = siblings.load("commands_per_deploy", "commands-per-deploy.py")
 do = cpd.do
 log, median, parse_ts = do.log, do.median, do.parse_ts
 
