@@ -140,6 +140,7 @@ impl Store {
         tx.commit()?;
         drop(conn);
         if let PushRecord::Queued { superseded, .. } = &result {
+            self.inner.events.fleet_changed();
             for id in superseded {
                 self.notify(id, super::Change::Phase);
                 self.ended(id, Phase::Cancelled);

@@ -82,6 +82,7 @@ impl Store {
             tx.commit()?;
             id
         };
+        self.inner.events.fleet_changed();
         Ok(self.deploy(&id)?.expect("just inserted"))
     }
 

@@ -7,6 +7,9 @@
 //! change: a waiter never misses a change made after it subscribed, changes made while it was
 //! busy collapse into one wake-up, and a deploy nobody waits on costs a map lookup per write.
 //! A notification says only "look again"; the record itself stays the one truth.
+//!
+//! Besides, one fleet-wide counter moves on every new deploy and every phase written, for views of
+//! all apps at once (the web page's overview) that would otherwise read the store on a timer.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,9 +35,15 @@ struct Marks {
 }
 
 /// The waiters of every deploy someone waits on.
-#[derive(Default)]
 pub(super) struct Bus {
     deploys: Mutex<HashMap<DeployId, watch::Sender<Marks>>>,
+    fleet: watch::Sender<u64>,
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Self { deploys: Mutex::default(), fleet: watch::channel(0).0 }
+    }
 }
 
 impl Bus {
@@ -45,6 +54,9 @@ impl Bus {
 
     /// Wakes whoever waits on `id`.
     pub(super) fn notify(&self, id: &DeployId, change: Change) {
+        if change == Change::Phase {
+            self.fleet_changed();
+        }
         let mut deploys = self.deploys();
         let Some(tx) = deploys.get(id) else { return };
         if tx.receiver_count() == 0 {
@@ -55,6 +67,17 @@ impl Bus {
             Change::Phase => m.phase += 1,
             Change::Log => m.log += 1,
         });
+    }
+
+    /// Wakes whoever watches the whole fleet (a deploy was added, or a phase written).
+    pub(super) fn fleet_changed(&self) {
+        self.fleet.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub(super) fn watch_fleet(&self) -> FleetWatch {
+        let mut rx = self.fleet.subscribe();
+        rx.mark_unchanged();
+        FleetWatch { rx }
     }
 
     pub(super) fn watch(self: &Arc<Self>, id: &DeployId) -> DeployWatch {
@@ -93,6 +116,21 @@ impl DeployWatch {
             // The sender lives in the bus as long as this receiver does; should it ever go,
             // nothing will change any more.
             Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+/// Waits for any deploy to be added or change phase. Made before a read, it wakes for every
+/// change after it was made; changes while its holder was busy collapse into one wake-up.
+pub struct FleetWatch {
+    rx: watch::Receiver<u64>,
+}
+
+impl FleetWatch {
+    pub async fn changed(&mut self) {
+        if self.rx.changed().await.is_err() {
+            // The bus lives as long as the store; without it nothing changes any more.
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -143,6 +181,21 @@ mod tests {
         bus.notify(&deploy, Change::Phase);
         assert!(wakes(phase.phase_changed()).await);
         assert!(wakes(any.changed()).await);
+    }
+
+    #[tokio::test]
+    async fn the_fleet_watch_wakes_for_any_deploy_s_phase_but_not_for_log_lines() {
+        let bus = Arc::new(Bus::default());
+        let mut fleet = bus.watch_fleet();
+        assert!(!wakes(fleet.changed()).await, "nothing changed yet");
+        bus.notify(&id(), Change::Log);
+        assert!(!wakes(fleet.changed()).await, "a log line is not a change the fleet sees");
+        bus.notify(&id(), Change::Phase);
+        bus.notify(&id(), Change::Phase);
+        assert!(wakes(fleet.changed()).await);
+        assert!(!wakes(fleet.changed()).await, "two changes while busy wake once");
+        bus.fleet_changed();
+        assert!(wakes(fleet.changed()).await, "a new deploy wakes it");
     }
 
     #[tokio::test]

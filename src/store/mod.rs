@@ -33,7 +33,7 @@ use rusqlite::Connection;
 pub use backup::{BACKUP_FILE, DB_FILE};
 pub use deliveries::PushRecord;
 pub use deploys::{NewDeploy, Orphans};
-pub use events::{Change, DeployWatch};
+pub use events::{Change, DeployWatch, FleetWatch};
 pub use health::storage_failure;
 pub use lifecycle::{EndHook, Transition};
 pub use lock::{LockError, LOCK_FILE};
@@ -180,6 +180,11 @@ impl Store {
     /// Waits for changes to deploy `id`: make it before reading the deploy, then wait on it.
     pub fn watch(&self, id: &DeployId) -> DeployWatch {
         self.inner.events.watch(id)
+    }
+
+    /// Waits for any deploy to be added or to change phase (see [`FleetWatch`]).
+    pub fn watch_fleet(&self) -> FleetWatch {
+        self.inner.events.watch_fleet()
     }
 
     /// Wakes whoever waits on deploy `id`; every write of a phase or a log line calls it once

@@ -191,7 +191,9 @@ pub async fn app(
         .iter()
         .skip(page * PAGE)
         .map(|d| {
-            context! { id => d.deploy_id.to_string(), phase => d.phase.to_string(), commit => short(d.commit.as_ref()),
+            // A queued deploy has no commit yet; the one its trigger asked for is what it will deploy.
+            let commit = d.commit.as_ref().or(d.trigger.requested_commit.as_ref());
+            context! { id => d.deploy_id.to_string(), phase => d.phase.to_string(), commit => short(commit),
             age => age(&d.created_at), active => !d.phase.is_terminal(), awaiting => d.phase == Phase::AwaitingApproval,
             pending => d.step(StepName::MigrationGate).map(|s| s.detail.clone()).unwrap_or_default() }
         })
@@ -413,17 +415,22 @@ pub async fn cancel(
     }
 }
 
-/// How often the overview's stream looks at the store: there is no fleet-wide notification, and
-/// one query per app every half second is cheap next to the target of showing a change within 1 s.
-const OVERVIEW_TICK: Duration = Duration::from_millis(400);
+/// Drift (read by runtime checks, not a deploy) and the ages change without any deploy event:
+/// the overview looks again this often even when nothing was deployed.
+const OVERVIEW_REFRESH: Duration = Duration::from_secs(5);
+/// After a wake-up, how long to let a burst of changes (a push that queues one deploy and
+/// supersedes another, a deploy that ends while the next starts) settle into one update.
+const OVERVIEW_SETTLE: Duration = Duration::from_millis(50);
 
-/// The overview's rows, re-rendered and sent whenever they change.
+/// The overview's rows, re-rendered and sent whenever a deploy is added or changes phase (the
+/// store's fleet-wide notification), and every few seconds for drift and ages.
 pub async fn overview_events(State(state): State<WebState>, headers: HeaderMap) -> Response {
     if session_of(&state, &headers).is_err() {
         return (StatusCode::UNAUTHORIZED, "log in first").into_response();
     }
     let stop = state.api.shutdown.clone();
-    let stream = futures::stream::unfold((state, String::new()), move |(state, last)| {
+    let fleet = state.api.queue.store().watch_fleet();
+    let stream = futures::stream::unfold((state, fleet, String::new()), move |(state, mut fleet, last)| {
         let stop = stop.clone();
         async move {
             loop {
@@ -434,11 +441,12 @@ pub async fn overview_events(State(state): State<WebState>, headers: HeaderMap) 
                 if html != last {
                     return Some((
                         Ok::<_, Infallible>(Event::default().event("rows").data(html.clone())),
-                        (state, html),
+                        (state, fleet, html),
                     ));
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(OVERVIEW_TICK) => {}
+                    _ = fleet.changed() => tokio::time::sleep(OVERVIEW_SETTLE).await,
+                    _ = tokio::time::sleep(OVERVIEW_REFRESH) => {}
                     _ = stop.cancelled() => return None,
                 }
             }

@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::support::{AppOptions, Pki, Server, TestApp, TOKEN};
 
 /// The app's server over HTTPS; its `client` trusts the test CA.
-fn start_https(app: &TestApp, pki: &Pki) -> Server {
+pub(crate) fn start_https(app: &TestApp, pki: &Pki) -> Server {
     let mut cmd = Server::command(&app.registry, &app.state);
     cmd.args(["--tls-cert", pki.cert.to_str().unwrap(), "--tls-key", pki.key.to_str().unwrap()]);
     let mut server = Server::spawn(cmd);

@@ -18,7 +18,7 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 /// A recorded push body, pointed at this test's repository, ref and commit.
-fn push_body(fixture_name: &str, git_ref: &str, after: &str) -> Vec<u8> {
+pub(crate) fn push_body(fixture_name: &str, git_ref: &str, after: &str) -> Vec<u8> {
     let mut v: Value = serde_json::from_slice(&fixture(fixture_name)).unwrap();
     v["repository"]["full_name"] = json!(WEBHOOK_REPO);
     v["ref"] = json!(git_ref);
@@ -34,7 +34,7 @@ fn hook_app() -> TestApp {
 }
 
 #[derive(Clone, Copy)]
-enum Provider {
+pub(crate) enum Provider {
     Forgejo,
     Gitea,
     GitHub,
@@ -112,7 +112,7 @@ async fn send(
 }
 
 /// A JSON push signed with the app's secret over the exact bytes sent.
-async fn deliver_push(server: &Server, provider: Provider, delivery: &str, body: Vec<u8>) -> (StatusCode, Value) {
+pub(crate) async fn deliver_push(server: &Server, provider: Provider, delivery: &str, body: Vec<u8>) -> (StatusCode, Value) {
     let sig = sign(WEBHOOK_SECRET.as_bytes(), &body);
     send(server, provider, headers(provider, "push", delivery, &sig), "application/json", body).await
 }

@@ -3,6 +3,8 @@ Usage: webui.py release URL ADMIN_TOKEN VIEWER_TOKEN SCREENSHOT_DIR: log in, see
 one and watch its steps turn green without a reload, a viewer refused a release, log out.
 webui.py gate URL ADMIN_TOKEN GATED_DEPLOY_ID SCREENSHOT_DIR: see the gate's pending files,
 approve, watch the deploy end; release again and cancel that deploy while it builds.
+webui.py queued URL ADMIN_TOKEN RUNNING_ID:QUEUED_ID SCREENSHOT_DIR: on the app page, cancel the
+deploy queued behind a running one, then the running one.
 Exits non-zero on any failure."""
 import os
 import sys
@@ -92,9 +94,40 @@ def gate(gated):
     print("webui: all checks passed")
 
 
+def row_phase(deploy):
+    return d.execute_script(
+        "var r = document.querySelector('tr[data-deploy=\"' + arguments[0] + '\"] .phase');"
+        " return r && r.textContent", deploy)
+
+
+def queued(running, waiting):
+    login(admin)
+    d.get(url + "/apps/hello")
+    WebDriverWait(d, 10).until(lambda d: row_phase(waiting) == "queued")
+    assert row_phase(running) == "running", row_phase(running)
+    shot("app-queued")
+    click_live(By.ID, "cancel-" + waiting)
+    confirm()
+    wait.until(lambda d: "/deploys/" + waiting in d.current_url)
+    assert wait_phase(("cancelled",), 30) == "cancelled", d.find_element(By.ID, "body").text
+    shot("deploy-queued-cancelled")
+    # The one that was building goes on until it is cancelled too.
+    d.get(url + "/apps/hello")
+    assert row_phase(running) == "running", row_phase(running)
+    assert row_phase(waiting) == "cancelled", row_phase(waiting)
+    click_live(By.ID, "cancel-" + running)
+    confirm()
+    wait.until(lambda d: "/deploys/" + running in d.current_url)
+    assert wait_phase(("cancelled", "succeeded", "failed"), 60) == "cancelled", d.find_element(By.ID, "body").text
+    print("webui: all checks passed")
+
+
 try:
     if mode == "gate":
         gate(arg)
+        sys.exit(0)
+    if mode == "queued":
+        queued(*arg.split(":"))
         sys.exit(0)
     viewer = arg
     login(admin)

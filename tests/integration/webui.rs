@@ -49,9 +49,10 @@ async fn browser(server: &Server, args: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn in_chromium_an_admin_sees_the_pending_migrations_approves_them_and_cancels_a_deploy_in_progress() {
+async fn in_chromium_an_admin_approves_a_gated_migration_and_cancels_a_queued_and_a_running_deploy() {
     let app = TestApp::new(AppOptions {
         migrations: Some(serde_json::json!({"paths": ["migrations/"], "policy": "block"})),
+        webhook: Some(serde_json::json!({"repository": WEBHOOK_REPO, "secret_file": "SECRET_FILE"})),
         ..AppOptions::default()
     });
     let server = app.start();
@@ -64,6 +65,24 @@ async fn in_chromium_an_admin_sees_the_pending_migrations_approves_them_and_canc
     // The next release (from the page) builds for a minute: long enough to cancel it there.
     app.push("v3", Behaviour::SlowBuild(60));
     browser(&server, &["gate", &server.url, TOKEN, gated.deploy_id.as_str()]).await;
+
+    // A push during a slow build waits behind it, queued: the page cancels that one first, then
+    // the build itself.
+    app.push("v4", Behaviour::SlowBuild(60));
+    let running = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    server.wait_for(&running.deploy_id, Duration::from_secs(30), |d| d.phase == Phase::Running).await;
+    let v5 = app.push("v5", Behaviour::Serve);
+    let body = crate::webhook::push_body("forgejo-push-branch-3-commits.json", "refs/heads/main", &v5);
+    let (status, v) = crate::webhook::deliver_push(&server, crate::webhook::Provider::Forgejo, &uuid_hex(), body).await;
+    assert_eq!(status, 202, "{v}");
+    let queued = v["results"][0]["deploy_id"].as_str().expect("the push queued a deploy").to_owned();
+    assert_eq!(v["results"][0]["outcome"], "queued", "{v}");
+    browser(&server, &["queued", &server.url, TOKEN, &format!("{}:{queued}", running.deploy_id)]).await;
+    for id in [running.deploy_id.as_str(), queued.as_str()] {
+        let d = server.client.deploy_status(&kua_deploy::model::DeployId::parse(id).unwrap()).await.unwrap();
+        assert_eq!(d.phase, Phase::Cancelled, "{d:#?}");
+    }
+    assert_eq!(app.fetch().as_deref(), Some("v2"), "the app no longer serves what it ran");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -75,6 +94,9 @@ async fn a_form_posted_without_its_csrf_token_is_refused_and_the_viewer_token_ca
     assert_eq!(login.status(), 303, "{:?}", login.text().await);
     let cookie = login.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    // Over plain HTTP a `Secure` cookie would never come back: the login would not hold.
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    assert!(cookie.contains("Max-Age="), "the session never expires: {cookie}");
     let session = cookie.split(';').next().unwrap().to_owned();
     let page = http.get(format!("{}/", server.url)).header("cookie", &session).send().await.unwrap();
     assert_eq!(page.status(), 200);
@@ -102,4 +124,28 @@ async fn a_form_posted_without_its_csrf_token_is_refused_and_the_viewer_token_ca
     let r = http.get(format!("{}/api/v1/apps", server.url)).bearer_auth(VIEWER).send().await.unwrap();
     assert_eq!(r.status(), 200, "the viewer token cannot read");
     assert!(server.client.history(&app.name, 5).await.unwrap().deploys.is_empty(), "something was deployed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_tls_the_session_cookie_is_secure_and_the_page_answers_over_https() {
+    let pki = Pki::new();
+    let app = TestApp::new(AppOptions::default());
+    let server = crate::tls::start_https(&app, &pki);
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca).unwrap()).unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = http.post(format!("{}/login", server.url)).form(&[("token", TOKEN)]).send().await.unwrap();
+    assert_eq!(login.status(), 303, "{:?}", login.text().await);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let attributes: Vec<&str> = cookie.split(';').map(str::trim).collect();
+    for wanted in ["Secure", "HttpOnly", "SameSite=Strict"] {
+        assert!(attributes.contains(&wanted), "{wanted} is missing: {cookie}");
+    }
+    let session = attributes[0].to_owned();
+    let page = http.get(format!("{}/", server.url)).header("cookie", &session).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("hello"), "the overview over HTTPS lacks the app");
 }
