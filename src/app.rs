@@ -55,6 +55,11 @@ pub struct ServeArgs {
     #[arg(long = "handoff-ceiling", env = "KUA_HANDOFF_CEILING_S", default_value_t = selfupdate::HANDOFF_CEILING.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub handoff_ceiling_s: u64,
+    /// Seconds between two looks at every app's containers (drift and health on the web page's
+    /// overview and in the metrics); 0 turns the monitor off (then only runtime-status looks).
+    #[arg(long = "runtime-check-every", env = "KUA_RUNTIME_CHECK_S", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(0..=86400))]
+    pub runtime_check_s: u64,
     /// Serve HTTPS with this PEM certificate chain (the server's certificate first); needs
     /// --tls-key.
     #[arg(long, env = "KUA_TLS_CERT")]
@@ -88,6 +93,8 @@ pub struct Settings {
     pub viewer_token: Option<String>,
     /// See [`ServeArgs::handoff_ceiling_s`].
     pub handoff_ceiling: Duration,
+    /// How often the runtime monitor looks at every app; `None`: never.
+    pub runtime_check: Option<Duration>,
     /// HTTPS, when a certificate was given; else plain HTTP.
     pub tls: Option<ServerTls>,
     /// The metrics listener, bound, when `--metrics-listen` was given.
@@ -240,6 +247,9 @@ async fn serve_inner(
             }
         });
     }
+    if let Some(every) = settings.runtime_check {
+        tokio::spawn(pipeline::monitor::monitor(queue.clone(), metrics.clone(), every, stop.clone()));
+    }
     let state = ApiState {
         queue: queue.clone(),
         admin_token: Arc::new(settings.admin_token),
@@ -389,6 +399,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
         admin_token,
         viewer_token,
         handoff_ceiling: Duration::from_secs(args.handoff_ceiling_s),
+        runtime_check: (args.runtime_check_s > 0).then(|| Duration::from_secs(args.runtime_check_s)),
         tls,
         metrics_listener,
     };

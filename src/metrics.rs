@@ -18,7 +18,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::model::{Deploy, Phase, StepStatus};
+use crate::model::{AppHealth, Deploy, Phase, RuntimeStatus, StepStatus};
 
 /// Deploys take seconds to tens of minutes (a build from scratch).
 const DEPLOY_BUCKETS: &[f64] = &[1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0];
@@ -40,8 +40,11 @@ struct Inner {
     queue_depth: IntGaugeVec,
     app_drift: IntGaugeVec,
     apps_in_drift: IntGauge,
+    app_healthy: IntGaugeVec,
     /// The last known drift of each app, from which the two drift gauges are set.
     drift: Mutex<BTreeMap<String, bool>>,
+    /// The last known health of each app (the overview shows it).
+    health: Mutex<BTreeMap<String, AppHealth>>,
 }
 
 impl Metrics {
@@ -98,6 +101,16 @@ impl Metrics {
         .expect("valid metric");
         let apps_in_drift =
             IntGauge::new("kua_apps_in_drift", "How many apps kua_app_drift says are drifted.").expect("valid metric");
+        let app_healthy = IntGaugeVec::new(
+            Opts::new(
+                "kua_app_healthy",
+                "1 when every service of the app was last seen running (and healthy where it has a \
+                 healthcheck); 0 when one was starting, unhealthy, missing, or its host could not be read; \
+                 absent until known.",
+            ),
+            &["app"],
+        )
+        .expect("valid metric");
         let build = IntGaugeVec::new(
             Opts::new("kua_build_info", "The running kua-deploy: its version and git commit (always 1)."),
             &["version", "commit"],
@@ -114,7 +127,7 @@ impl Metrics {
         for phase in Phase::ALL.iter().filter(|p| !p.is_terminal()) {
             queue_depth.with_label_values(&[phase.as_str()]);
         }
-        let collectors: [Box<dyn prometheus::core::Collector>; 8] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
             Box::new(deploys.clone()),
             Box::new(deploy_seconds.clone()),
             Box::new(step_seconds.clone()),
@@ -122,6 +135,7 @@ impl Metrics {
             Box::new(queue_depth.clone()),
             Box::new(app_drift.clone()),
             Box::new(apps_in_drift.clone()),
+            Box::new(app_healthy.clone()),
             Box::new(build),
         ];
         for c in collectors {
@@ -137,7 +151,9 @@ impl Metrics {
                 queue_depth,
                 app_drift,
                 apps_in_drift,
+                app_healthy,
                 drift: Mutex::new(BTreeMap::new()),
+                health: Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -169,8 +185,30 @@ impl Metrics {
         }
     }
 
-    /// What a runtime-status answer found for `app`.
-    pub fn set_drift(&self, app: &str, drift: bool) {
+    /// What a look at `app`'s containers found (a runtime-status answer, the runtime monitor).
+    pub fn observe_runtime(&self, app: &str, status: &RuntimeStatus) {
+        self.set_drift(app, status.drift);
+        self.set_health(app, status.health());
+    }
+
+    /// `app`'s host or engine could not be read: its health is unknown, its drift as it was.
+    pub fn runtime_unreadable(&self, app: &str) {
+        self.set_health(app, AppHealth::Unreachable);
+    }
+
+    fn set_health(&self, app: &str, health: AppHealth) {
+        let i = &self.inner;
+        i.health.lock().unwrap_or_else(|e| e.into_inner()).insert(app.to_owned(), health);
+        i.app_healthy.with_label_values(&[app]).set(i64::from(health == AppHealth::Healthy));
+    }
+
+    /// The last known health of `app`: none until its containers were looked at.
+    pub fn health(&self, app: &str) -> Option<AppHealth> {
+        self.inner.health.lock().unwrap_or_else(|e| e.into_inner()).get(app).copied()
+    }
+
+    /// Sets the last known drift of `app`.
+    fn set_drift(&self, app: &str, drift: bool) {
         let i = &self.inner;
         let mut known = i.drift.lock().unwrap_or_else(|e| e.into_inner());
         known.insert(app.to_owned(), drift);
@@ -291,5 +329,17 @@ mod tests {
         failed.app = crate::model::AppName::parse("a").unwrap();
         m.deploy_ended(&failed);
         assert!(m.render(&[]).contains("kua_apps_in_drift 2"));
+    }
+
+    #[test]
+    fn health_is_absent_until_looked_at_then_follows_each_look() {
+        let m = Metrics::new(["a"]);
+        assert_eq!(m.health("a"), None);
+        assert!(!m.render(&[]).contains("kua_app_healthy{"), "unknown health is absent");
+        m.set_health("a", AppHealth::Healthy);
+        assert!(m.render(&[]).contains("kua_app_healthy{app=\"a\"} 1"));
+        m.runtime_unreadable("a");
+        assert_eq!(m.health("a"), Some(AppHealth::Unreachable));
+        assert!(m.render(&[]).contains("kua_app_healthy{app=\"a\"} 0"));
     }
 }

@@ -420,6 +420,54 @@ pub struct RuntimeStatus {
     pub drift: bool,
 }
 
+impl RuntimeStatus {
+    /// The app's health in one word: its worst service decides.
+    pub fn health(&self) -> AppHealth {
+        let mut worst = AppHealth::Healthy;
+        for s in &self.services {
+            let here = if s.containers.is_empty() {
+                AppHealth::Down
+            } else if s.containers.iter().any(|c| c.state != "running" || c.health == "unhealthy") {
+                AppHealth::Unhealthy
+            } else if s.containers.iter().any(|c| c.health == "starting") {
+                AppHealth::Starting
+            } else {
+                AppHealth::Healthy
+            };
+            worst = worst.max(here);
+        }
+        worst
+    }
+}
+
+/// How an app's services are doing, as one word for a glance (the overview, a gauge). Ordered
+/// from best to worst, so the worst of several is their maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AppHealth {
+    /// Every service has its containers running, healthy where they have a healthcheck.
+    Healthy,
+    /// A container's healthcheck has not passed yet.
+    Starting,
+    /// A container is not running, or its healthcheck fails.
+    Unhealthy,
+    /// A service has no container at all.
+    Down,
+    /// The app's host or its engine could not be read.
+    Unreachable,
+}
+
+impl fmt::Display for AppHealth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AppHealth::Healthy => "healthy",
+            AppHealth::Starting => "starting",
+            AppHealth::Unhealthy => "unhealthy",
+            AppHealth::Down => "down",
+            AppHealth::Unreachable => "unreachable",
+        })
+    }
+}
+
 /// One webhook delivery as recorded for an app: what came in and what became of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Delivery {
@@ -519,6 +567,36 @@ pub fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_app_s_health_is_that_of_its_worst_service() {
+        let c = |state: &str, health: &str| ContainerStatus {
+            id: "c".into(),
+            name: "n".into(),
+            image: "sha256:x".into(),
+            state: state.into(),
+            health: health.into(),
+            started_at: String::new(),
+            matches_last_deploy: true,
+        };
+        let status = |services: Vec<Vec<ContainerStatus>>| RuntimeStatus {
+            app: AppName::parse("hello").unwrap(),
+            host: "local".into(),
+            git_head: None,
+            last_deploy: None,
+            services: services
+                .into_iter()
+                .enumerate()
+                .map(|(i, containers)| ServiceStatus { service: format!("s{i}"), containers })
+                .collect(),
+            drift: false,
+        };
+        assert_eq!(status(vec![vec![c("running", "none")], vec![c("running", "healthy")]]).health(), AppHealth::Healthy);
+        assert_eq!(status(vec![vec![c("running", "starting")], vec![c("running", "none")]]).health(), AppHealth::Starting);
+        assert_eq!(status(vec![vec![c("running", "starting")], vec![c("exited", "none")]]).health(), AppHealth::Unhealthy);
+        assert_eq!(status(vec![vec![c("running", "unhealthy")]]).health(), AppHealth::Unhealthy);
+        assert_eq!(status(vec![vec![c("running", "unhealthy")], vec![]]).health(), AppHealth::Down);
+    }
 
     #[test]
     fn commit_must_be_full_lowercase_hex() {

@@ -175,21 +175,20 @@ pub async fn progress(State(state): State<ApiState>, Path(app): Path<String>) ->
 )]
 pub async fn runtime_status(State(state): State<ApiState>, Path(app): Path<String>) -> Result<Response, ApiError> {
     let app = known_app(&state, &app)?;
-    let store = state.queue.store();
-    let last = store.latest(&app.name)?;
-    let ok = store.last_succeeded(&app.name)?;
-    let project = last.as_ref().and_then(|d| d.project.clone());
-    let target = state.queue.target(app, project);
-    match runtime::runtime_status(app, target.as_ref(), &state.redactor, last, ok.as_ref()).await {
+    match state.queue.runtime_status(app).await {
         Ok(status) => {
-            state.metrics.set_drift(app.name.as_str(), status.drift);
+            state.metrics.observe_runtime(app.name.as_str(), &status);
             Ok(Json(status).into_response())
         }
-        Err(e) => Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "engine_unavailable",
-            format!("cannot read the containers of {} on host {}: {e}", app.name, app.host.label()),
-        )),
+        Err(runtime::ReadError::Store(e)) => Err(e.into()),
+        Err(runtime::ReadError::Target(e)) => {
+            state.metrics.runtime_unreadable(app.name.as_str());
+            Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "engine_unavailable",
+                format!("cannot read the containers of {} on host {}: {e}", app.name, app.host.label()),
+            ))
+        }
     }
 }
 

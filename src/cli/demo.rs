@@ -151,6 +151,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
         state_dir: state_dir.clone(),
         admin_token: token.clone(),
         handoff_ceiling: crate::selfupdate::HANDOFF_CEILING,
+        runtime_check: Some(Duration::from_secs(60)),
         tls: None,
         metrics_listener: None,
     };

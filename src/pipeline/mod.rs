@@ -8,6 +8,7 @@ pub mod complete;
 mod git_pull;
 mod migrate;
 mod migration_gate;
+pub mod monitor;
 pub mod queue;
 mod recreate;
 mod rollback;

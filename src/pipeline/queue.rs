@@ -10,11 +10,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{planned_steps, run_deploy, Control, DeployCtx, SharedControl};
+use super::{planned_steps, run_deploy, runtime, Control, DeployCtx, SharedControl};
 use crate::config::{AppConfig, Registry};
 use crate::docker::Docker;
 use crate::host::{Host, Redactor};
-use crate::model::{AppName, Delivery, Deploy, DeployId, Phase, ProjectName, StepName, Trigger};
+use crate::model::{AppName, Delivery, Deploy, DeployId, Phase, ProjectName, RuntimeStatus, StepName, Trigger};
 use crate::selfupdate::{self, SelfTarget};
 use crate::store::{NewDeploy, PushRecord, Store};
 use crate::target::{SelfHandOff, Target, Targets};
@@ -122,6 +122,15 @@ impl Queue {
     pub fn target(&self, app: &AppConfig, project: Option<ProjectName>) -> Arc<dyn Target> {
         let host = Host::new(app.host.clone(), self.inner.redactor.clone());
         self.inner.targets.target(app, project, "status", host)
+    }
+
+    /// What runs of `app` now, checked against its last successful deploy: `runtime-status`.
+    pub async fn runtime_status(&self, app: &AppConfig) -> Result<RuntimeStatus, runtime::ReadError> {
+        let store = &self.inner.store;
+        let last = store.latest(&app.name)?;
+        let ok = store.last_succeeded(&app.name)?;
+        let target = self.target(app, last.as_ref().and_then(|d| d.project.clone()));
+        Ok(runtime::runtime_status(app, target.as_ref(), &self.inner.redactor, last, ok.as_ref()).await?)
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<AppName, AppSlot>> {

@@ -7,6 +7,15 @@ use crate::host::{Host, Redactor};
 use crate::model::{ContainerStatus, Deploy, RuntimeStatus, ServiceStatus};
 use crate::target::{Target, TargetError};
 
+/// Why the runtime of an app could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("the state database fails ({0}); GET /healthz says what")]
+    Store(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+}
+
 /// Reads the live state of `app`'s services through `target` (working on the project the last
 /// deploy resolved, else the registry's, else the runtime's own). `last_deploy` is shown as is;
 /// drift is judged against `last_succeeded`: a service whose containers do not all run its

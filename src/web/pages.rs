@@ -63,6 +63,7 @@ struct Row {
     phase: String,
     age: String,
     drift: &'static str,
+    health: String,
     active: bool,
 }
 
@@ -87,6 +88,7 @@ fn overview_rows(state: &WebState) -> Result<Vec<Row>, String> {
                 Some(false) => "in sync",
                 None => "not checked",
             },
+            health: state.api.metrics.health(name.as_str()).map_or_else(|| "not checked".into(), |h| h.to_string()),
             active,
         });
     }
@@ -212,16 +214,9 @@ const RUNTIME_WAIT: Duration = Duration::from_secs(5);
 /// The services' containers now, as `GET /api/v1/apps/{app}/runtime-status` reads them (and the
 /// drift noted for the overview), or why they could not be read.
 async fn runtime_rows(state: &WebState, app: &crate::config::AppConfig) -> minijinja::Value {
-    let store = state.api.queue.store();
-    let (Ok(last), Ok(ok)) = (store.latest(&app.name), store.last_succeeded(&app.name)) else {
-        return context! { error => "the state database fails; GET /healthz says what" };
-    };
-    let project = last.as_ref().and_then(|d| d.project.clone());
-    let target = state.api.queue.target(app, project);
-    let read = crate::pipeline::runtime::runtime_status(app, target.as_ref(), &state.api.redactor, last, ok.as_ref());
-    match tokio::time::timeout(RUNTIME_WAIT, read).await {
+    match tokio::time::timeout(RUNTIME_WAIT, state.api.queue.runtime_status(app)).await {
         Ok(Ok(status)) => {
-            state.api.metrics.set_drift(app.name.as_str(), status.drift);
+            state.api.metrics.observe_runtime(app.name.as_str(), &status);
             let containers: Vec<_> = status
                 .services
                 .iter()
@@ -236,7 +231,11 @@ async fn runtime_rows(state: &WebState, app: &crate::config::AppConfig) -> minij
                 status.services.iter().filter(|s| s.containers.is_empty()).map(|s| s.service.clone()).collect();
             context! { drift => status.drift, containers, missing => services }
         }
-        Ok(Err(e)) => context! { error => format!("cannot read the containers on host {}: {e}", app.host.label()) },
+        Ok(Err(e @ crate::pipeline::runtime::ReadError::Store(_))) => context! { error => e.to_string() },
+        Ok(Err(e)) => {
+            state.api.metrics.runtime_unreadable(app.name.as_str());
+            context! { error => format!("cannot read the containers on host {}: {e}", app.host.label()) }
+        }
         Err(_) => {
             context! { error => format!("host {} did not answer within {} s", app.host.label(), RUNTIME_WAIT.as_secs()) }
         }
@@ -436,7 +435,7 @@ pub async fn overview_events(State(state): State<WebState>, headers: HeaderMap) 
             loop {
                 let html = match overview_rows(&state) {
                     Ok(rows) => state.fragment("overview_rows.html", context! { rows }),
-                    Err(e) => format!("<tr><td colspan=\"7\" role=\"alert\">{e}</td></tr>"),
+                    Err(e) => format!("<tr><td colspan=\"8\" role=\"alert\">{e}</td></tr>"),
                 };
                 if html != last {
                     return Some((

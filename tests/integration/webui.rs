@@ -149,3 +149,44 @@ async fn under_tls_the_session_cookie_is_secure_and_the_page_answers_over_https(
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("hello"), "the overview over HTTPS lacks the app");
 }
+
+/// The overview's row of `app`, as the page renders it now, with the session `cookie`.
+async fn overview_row(server: &Server, http: &reqwest::Client, cookie: &str, app: &str) -> String {
+    let page = http.get(format!("{}/", server.url)).header("cookie", cookie).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    let start = html.find(&format!("data-app=\"{app}\"")).unwrap_or_else(|| panic!("no row for {app}: {html}"));
+    let row = &html[start..];
+    row[..row.find("</tr>").unwrap()].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_that_stops_shows_on_the_overview_as_unhealthy_and_drifted_without_anyone_asking() {
+    let app = TestApp::new(AppOptions::default());
+    let mut cmd = Server::command(&app.registry, &app.state);
+    cmd.args(["--runtime-check-every", "1"]);
+    let server = Server::spawn(cmd);
+    let first = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    assert_eq!(server.wait_end(&first.deploy_id).await.phase, Phase::Succeeded);
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let login = http.post(format!("{}/login", server.url)).form(&[("token", TOKEN)]).send().await.unwrap();
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let mut row = overview_row(&server, &http, &cookie, "hello").await;
+    while !(row.contains(">healthy<") && row.contains(">in sync<")) {
+        assert!(std::time::Instant::now() < until, "the monitor never said healthy and in sync: {row}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        row = overview_row(&server, &http, &cookie, "hello").await;
+    }
+
+    // Nobody opens the app page or asks for its runtime status: the monitor notices by itself.
+    let (container, _) = app.web_containers().into_iter().next().expect("the app runs");
+    sh(app.dir.path(), &["docker", "stop", "--time", "1", &container]);
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while !(row.contains(">unhealthy<") && row.contains(">drifted<")) {
+        assert!(std::time::Instant::now() < until, "the stopped container never showed: {row}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        row = overview_row(&server, &http, &cookie, "hello").await;
+    }
+}
