@@ -331,14 +331,22 @@ impl<'t> Checker<'t> {
     }
 
     fn seconds(&mut self, v: &Value<'_>, at: &At, min: u64, max: u64) -> Option<u64> {
-        let expected = format!("a whole number of seconds from {min} to {max}");
+        self.whole_in(v, at, (min, max), &format!("a whole number of seconds from {min} to {max}"), "")
+    }
+
+    /// A whole number within `range` (both ends in); `too_small` is added to the error of one below it.
+    fn whole_in(&mut self, v: &Value<'_>, at: &At, range: (u64, u64), expected: &str, too_small: &str) -> Option<u64> {
         let Value::NumberLit(n) = v else {
-            self.wrong_type(v, at, &expected);
+            self.wrong_type(v, at, expected);
             return None;
         };
         let parsed = if n.value.bytes().all(|b| b.is_ascii_digit()) { n.value.parse::<u64>().ok() } else { None };
         match parsed {
-            Some(s) if (min..=max).contains(&s) => Some(s),
+            Some(x) if (range.0..=range.1).contains(&x) => Some(x),
+            Some(x) if x < range.0 && !too_small.is_empty() => {
+                self.error(at, n.range.start, format!("expected {expected}, found {}, {too_small}", n.value));
+                None
+            }
             _ => {
                 self.error(at, n.range.start, format!("expected {expected}, found {}", n.value));
                 None
@@ -358,8 +366,12 @@ impl<'t> Checker<'t> {
         // Hosts first, whatever the key order, because apps refer to them by name.
         let mut hosts = BTreeMap::new();
         let mut host_names = BTreeSet::new();
+        let mut limits = DeployLimits::default();
         if let Some(p) = f.get("hosts") {
-            self.hosts(&p.value, &top.child("hosts"), &mut hosts, &mut host_names);
+            self.hosts(&p.value, &top.child("hosts"), &mut hosts, &mut host_names, &mut limits.per_host);
+        }
+        if let Some(p) = f.get("limits") {
+            self.limits(&p.value, &top.child("limits"), &mut limits);
         }
 
         // The default secrets command too: every app without its own takes it.
@@ -442,10 +454,17 @@ impl<'t> Checker<'t> {
             }
         }
 
-        Some(Registry { path: self.path.clone(), apps, hosts, self_app, public_url })
+        Some(Registry { path: self.path.clone(), apps, hosts, self_app, public_url, limits })
     }
 
-    fn hosts(&mut self, v: &Value<'_>, at: &At, hosts: &mut BTreeMap<String, SshHost>, names: &mut BTreeSet<String>) {
+    fn hosts(
+        &mut self,
+        v: &Value<'_>,
+        at: &At,
+        hosts: &mut BTreeMap<String, SshHost>,
+        names: &mut BTreeSet<String>,
+        max_deploys: &mut BTreeMap<String, usize>,
+    ) {
         let Some(obj) =
             self.object(v, at, "an object of named hosts such as {\"bruno\": {\"ssh\": \"deploy@bruno.example:22\"}}")
         else {
@@ -460,15 +479,51 @@ impl<'t> Checker<'t> {
             }
             // Remembered even when the entry is bad, so apps using it do not repeat the error.
             names.insert(name.to_owned());
-            if let Some(h) = self.host_entry(name, &p.value, &hat) {
+            if let Some(h) = self.host_entry(name, &p.value, &hat, max_deploys) {
                 hosts.insert(name.to_owned(), h);
             }
         }
     }
 
-    fn host_entry(&mut self, name: &str, v: &Value<'_>, at: &At) -> Option<SshHost> {
+    /// `limits`: `deploys` and `deploys_per_host`, each a count of at least 1.
+    fn limits(&mut self, v: &Value<'_>, at: &At, limits: &mut DeployLimits) {
+        let Some(obj) = self.object(v, at, "an object such as {\"deploys\": 8, \"deploys_per_host\": 2}") else {
+            return;
+        };
+        let f = self.fields(obj, at, LIMITS_KEYS);
+        if let Some(p) = f.get("deploys") {
+            if let Some(n) = self.deploy_count(&p.value, &at.child("deploys"), "on all hosts together") {
+                limits.deploys = n;
+            }
+        }
+        if let Some(p) = f.get("deploys_per_host") {
+            if let Some(n) = self.deploy_count(&p.value, &at.child("deploys_per_host"), "on each host") {
+                limits.deploys_per_host = n;
+            }
+        }
+    }
+
+    /// How many deploys may run at once `where_`: a whole number from 1.
+    fn deploy_count(&mut self, v: &Value<'_>, at: &At, where_: &str) -> Option<usize> {
+        let expected = format!("a whole number from 1 to {MAX_DEPLOYS}: how many deploys may run at once {where_}");
+        let n = self.whole_in(v, at, (1, MAX_DEPLOYS), &expected, "which would never start a deploy")?;
+        Some(n as usize)
+    }
+
+    fn host_entry(
+        &mut self,
+        name: &str,
+        v: &Value<'_>,
+        at: &At,
+        max_deploys: &mut BTreeMap<String, usize>,
+    ) -> Option<SshHost> {
         let obj = self.object(v, at, "an object such as {\"ssh\": \"deploy@bruno.example:22\"}")?;
         let f = self.fields(obj, at, HOST_KEYS);
+        if let Some(p) = f.get("max_deploys") {
+            if let Some(n) = self.deploy_count(&p.value, &at.child("max_deploys"), "on this host") {
+                max_deploys.insert(name.to_owned(), n);
+            }
+        }
         let target = match f.get("ssh") {
             None => {
                 self.missing(obj, at, "ssh", "give it as \"user@host\" or \"user@host:port\"");

@@ -19,7 +19,18 @@ const MAX_STABLE_S: u64 = 600;
 const DEFAULT_SECRETS_TIMEOUT_S: u64 = 30;
 const MAX_SECRETS_TIMEOUT_S: u64 = 600;
 
-const TOP_KEYS: &[&str] = &["apps", "hosts", "self", "secrets", "status", "notify", "public_url"];
+/// How many deploys may run at once on one host, unless the registry says otherwise: a build is
+/// CPU- and disk-heavy, and a small server with two cores building three images at once slows
+/// every one of them (and the apps it serves) more than it gains.
+pub const DEFAULT_DEPLOYS_PER_HOST: usize = 2;
+/// How many deploys may run at once in all: each holds a few processes, pipes and a log writer
+/// on this server, and most of them wait on remote hosts; eight keep a fleet of a handful of
+/// servers busy without letting a burst of pushes fork hundreds of `ssh` and `docker` processes.
+pub const DEFAULT_DEPLOYS: usize = 8;
+const MAX_DEPLOYS: u64 = 1000;
+
+const TOP_KEYS: &[&str] = &["apps", "hosts", "self", "secrets", "status", "notify", "public_url", "limits"];
+const LIMITS_KEYS: &[&str] = &["deploys", "deploys_per_host"];
 const APP_KEYS: &[&str] = &[
     "host",
     "repo",
@@ -36,7 +47,7 @@ const APP_KEYS: &[&str] = &[
     "notify",
 ];
 const SECRETS_KEYS: &[&str] = &["command", "format", "timeout_s"];
-const HOST_KEYS: &[&str] = &["ssh", "identity_file", "known_hosts_file"];
+const HOST_KEYS: &[&str] = &["ssh", "identity_file", "known_hosts_file", "max_deploys"];
 const MIGRATIONS_KEYS: &[&str] = &["paths", "policy", "service", "command"];
 const VERIFY_KEYS: &[&str] = &["timeout_s", "stable_s"];
 const STATUS_KEYS: &[&str] = &["kind", "api", "token_env", "token_file", "repository"];
@@ -53,6 +64,34 @@ pub struct Registry {
     /// Where people reach this server (`https://deploy.example`, no trailing `/`): commit statuses
     /// link to `<public_url>/api/v1/deploys/<id>`.
     pub public_url: Option<String>,
+    pub limits: DeployLimits,
+}
+
+/// How many deploys may run at once (`limits`, and a host's `max_deploys`). A deploy holds a slot
+/// of its host and one of the whole server from the moment it leaves `queued` until it ends or
+/// parks awaiting approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployLimits {
+    /// On all hosts together (`limits.deploys`).
+    pub deploys: usize,
+    /// On each host that does not set its own (`limits.deploys_per_host`).
+    pub deploys_per_host: usize,
+    /// `hosts.<name>.max_deploys`, by host name.
+    pub per_host: BTreeMap<String, usize>,
+}
+
+impl Default for DeployLimits {
+    fn default() -> Self {
+        Self { deploys: DEFAULT_DEPLOYS, deploys_per_host: DEFAULT_DEPLOYS_PER_HOST, per_host: BTreeMap::new() }
+    }
+}
+
+impl DeployLimits {
+    /// How many deploys may run at once on `host`. Hosts are told apart by their label (the
+    /// `hosts` map's name, the `ssh://` URL, or `local`), as deploys and runtime-status name them.
+    pub fn for_host(&self, host: &HostSpec) -> usize {
+        self.per_host.get(&host.label()).copied().unwrap_or(self.deploys_per_host)
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -870,3 +870,64 @@ fn a_gitlab_project_may_be_named_by_its_numeric_id() {
     .unwrap();
     assert_eq!(r.apps.values().next().unwrap().status.as_ref().unwrap().repository, "4211");
 }
+
+#[test]
+fn without_limits_two_deploys_run_per_host_and_eight_in_all() {
+    let r = parse(&one_app("")).unwrap();
+    assert_eq!(r.limits, DeployLimits { deploys: 8, deploys_per_host: 2, per_host: BTreeMap::new() });
+    assert_eq!(r.limits.for_host(&HostSpec::Local), 2);
+}
+
+#[test]
+fn limits_and_a_hosts_max_deploys_set_how_many_deploys_run_at_once() {
+    let text = r#"{"limits": {"deploys": 5, "deploys_per_host": 3},
+  "hosts": {"bruno": {"ssh": "deploy@bruno.example", "max_deploys": 1}, "edge": {"ssh": "ops@edge"}},
+  "apps": {"hello": {"host": "bruno", "repo": "/srv/apps/hello", "services": ["web"]}}}"#;
+    let r = parse(text).unwrap();
+    assert_eq!((r.limits.deploys, r.limits.deploys_per_host), (5, 3));
+    assert_eq!(r.limits.for_host(&hello(&r).host), 1, "bruno's own limit");
+    assert_eq!(r.limits.for_host(&HostSpec::Ssh(r.hosts["edge"].clone())), 3, "edge takes deploys_per_host");
+    assert_eq!(r.limits.for_host(&HostSpec::Local), 3);
+}
+
+#[test]
+fn a_limit_of_zero_a_negative_or_fractional_one_or_an_unknown_limits_key_is_an_error_naming_the_key() {
+    let text = r#"{"limits": {"deploys": 0, "deploys_per_host": -1, "builds": 2},
+  "hosts": {"bruno": {"ssh": "deploy@bruno.example", "max_deploys": 1.5}, "edge": {"ssh": "a@b", "max_deploys": "2"}},
+  "apps": {"hello": {"repo": "/srv/apps/hello", "services": ["web"]}}}"#;
+    let errs = errors(text);
+    let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "limits.deploys",
+            "limits.deploys_per_host",
+            "limits.builds",
+            "hosts.bruno.max_deploys",
+            "hosts.edge.max_deploys"
+        ]
+    );
+    assert!(errs[0].message.contains("found 0, which would never start a deploy"), "{}", errs[0].message);
+    assert!(errs[1].message.contains("a whole number from 1 to 1000"), "{}", errs[1].message);
+    assert!(errs[1].message.contains("found -1"), "{}", errs[1].message);
+    assert!(
+        errs[2].message.contains("unknown key; the keys allowed here are: deploys, deploys_per_host"),
+        "{}",
+        errs[2].message
+    );
+    assert!(errs[3].message.contains("on this host, found 1.5"), "{}", errs[3].message);
+    assert!(errs[4].message.contains("found a string"), "{}", errs[4].message);
+    assert_eq!((errs[0].line, errs[0].column), (1, 24), "the position of the value");
+    assert_eq!(errs[3].line, 2);
+}
+
+#[test]
+fn limits_that_are_not_an_object_are_an_error() {
+    let e = only_error(r#"{"limits": 4, "apps": {"hello": {"repo": "/srv/apps/hello", "services": ["web"]}}}"#);
+    assert_eq!(e.key, "limits");
+    assert!(
+        e.message.contains("expected an object such as {\"deploys\": 8, \"deploys_per_host\": 2}"),
+        "{}",
+        e.message
+    );
+}

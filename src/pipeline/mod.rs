@@ -16,6 +16,7 @@ pub mod runtime;
 #[cfg(test)]
 mod scenarios;
 mod secrets;
+mod slots;
 pub mod transient;
 mod verify;
 

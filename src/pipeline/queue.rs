@@ -1,7 +1,8 @@
 //! The queue: every trigger enters here. One deploy at a time per app (a worker task per app that
-//! has work), apps in parallel. Queued deploys live in SQLite, so a restart loses none; the
-//! worker only decides which one runs next. Cancel and approve also go through here, because
-//! they must agree with the worker about what is running.
+//! has work), apps in parallel within the registry's `limits`: a deploy waits, still `queued`,
+//! for a slot of its host and a global one ([`slots`](super::slots)). Queued deploys live in
+//! SQLite, so a restart loses none; the worker only decides which one runs next. Cancel and
+//! approve also go through here, because they must agree with the worker about what is running.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,13 +11,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::slots::{Held, Slots};
 use super::{planned_steps, run_deploy, runtime, Control, DeployCtx, SharedControl};
-use crate::config::{AppConfig, Registry};
+use crate::config::{AppConfig, HostSpec, Registry};
 use crate::docker::Docker;
 use crate::host::{Host, Redactor};
 use crate::model::{AppName, Delivery, Deploy, DeployId, Phase, ProjectName, RuntimeStatus, StepName, Trigger};
 use crate::selfupdate::{self, SelfTarget};
-use crate::store::{NewDeploy, PushRecord, Store};
+use crate::store::{LogWriter, NewDeploy, PushRecord, Store};
 use crate::target::{SelfHandOff, Target, Targets};
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +79,8 @@ struct Inner {
     targets: Arc<dyn Targets>,
     tracker: TaskTracker,
     slots: Mutex<HashMap<AppName, AppSlot>>,
+    /// How many deploys may run at once, per host and in all.
+    limits: Slots,
 }
 
 /// Cheap to clone; all clones share the same slots.
@@ -98,7 +102,6 @@ impl Queue {
         Self {
             inner: Arc::new(Inner {
                 store,
-                registry,
                 redactor,
                 shutdown,
                 self_target,
@@ -106,6 +109,8 @@ impl Queue {
                 targets,
                 tracker: TaskTracker::new(),
                 slots: Mutex::new(HashMap::new()),
+                limits: Slots::new(registry.limits.clone()),
+                registry,
             }),
         }
     }
@@ -216,30 +221,20 @@ impl Queue {
     /// the same lock `submit` takes, so a deploy queued as the worker ends is never stranded.
     async fn work(self, app: AppName) {
         loop {
-            let next = {
+            let picked = {
                 let mut slots = self.slots();
                 let slot = slots.entry(app.clone()).or_default();
                 // A self-recreate still being judged holds the app: what is queued behind it waits
                 // until the completion (`complete.rs`) has ended it and calls resume_queued.
                 let held = self.inner.shutdown.is_cancelled() || self.handing_over(&app);
                 let resumed = if held || slot.resume.is_empty() { None } else { Some(slot.resume.remove(0)) };
-                let resuming = resumed.is_some();
                 let next = match resumed {
-                    Some(d) => Ok(Some(d)),
+                    Some(d) => Ok(Some((d, true))),
                     None if held => Ok(None),
-                    None => self.inner.store.next_queued(&app),
+                    None => self.inner.store.next_queued(&app).map(|d| d.map(|d| (d, false))),
                 };
                 match next {
-                    Ok(Some(deploy)) => {
-                        let control: SharedControl = Arc::new(Mutex::new(Control::default()));
-                        let cancel = self.inner.shutdown.child_token();
-                        slot.running = Some(Running {
-                            id: deploy.deploy_id.clone(),
-                            control: control.clone(),
-                            cancel: cancel.clone(),
-                        });
-                        (deploy, control, cancel, resuming)
-                    }
+                    Ok(Some(picked)) => picked,
                     Ok(None) => {
                         slot.worker = false;
                         return;
@@ -251,9 +246,72 @@ impl Queue {
                     }
                 }
             };
-            let (deploy, control, cancel, resuming) = next;
+            let (deploy, resuming) = picked;
+            // A deploy taken over mid-recreate has an app between two versions: it finishes first,
+            // and kua-deploy's own deploy must not wait behind the fleet's (see `bypasses_limits`).
+            let held = match self.inner.registry.app(&app) {
+                Some(config) if !resuming && !self.bypasses_limits(&app) => {
+                    match self.wait_for_slots(&config.host, &deploy.deploy_id).await {
+                        Some(held) => Some(held),
+                        // Cancelled, superseded or shut down while it waited: the loop looks again.
+                        None => continue,
+                    }
+                }
+                _ => None,
+            };
+            let (control, cancel) = {
+                let mut slots = self.slots();
+                if self.inner.shutdown.is_cancelled() {
+                    // Stopping while it waited: it stays queued for the next start (the loop ends).
+                    continue;
+                }
+                let control: SharedControl = Arc::new(Mutex::new(Control::default()));
+                let cancel = self.inner.shutdown.child_token();
+                let running =
+                    Running { id: deploy.deploy_id.clone(), control: control.clone(), cancel: cancel.clone() };
+                slots.entry(app.clone()).or_default().running = Some(running);
+                (control, cancel)
+            };
             self.run_one(&app, deploy, control, cancel, resuming).await;
             self.slots().entry(app.clone()).or_default().running = None;
+            // Ended, parked awaiting approval or handed over: its slots go to the next in line.
+            drop(held);
+        }
+    }
+
+    /// kua-deploy's own app takes no slot: it runs on the local host, a handful of times a day,
+    /// and a release of the deployer must not queue behind a burst of the fleet's deploys.
+    fn bypasses_limits(&self, app: &AppName) -> bool {
+        self.inner.registry.self_app.as_ref() == Some(app)
+            || self.inner.self_target.as_ref().is_some_and(|t| &t.app == app)
+    }
+
+    /// Waits for the slots of deploy `id` on `host`; `None` when the deploy stopped being queued
+    /// (a cancel or a newer push ended it) or the server stops while it waits. Cancel needs no
+    /// part in this: it finds the deploy `queued` with no run and ends it at once.
+    async fn wait_for_slots(&self, host: &HostSpec, id: &DeployId) -> Option<Held> {
+        let store = &self.inner.store;
+        // Made before the phase is read: a change in between still wakes the wait.
+        let mut watch = store.watch(id);
+        let log = LogWriter::new(store.clone(), id.clone());
+        let acquire = self.inner.limits.acquire(host, |line| log.info(line));
+        tokio::pin!(acquire);
+        loop {
+            match store.deploy(id) {
+                Ok(Some(d)) if d.phase == Phase::Queued => {}
+                Ok(_) => return None,
+                Err(e) => {
+                    tracing::error!(deploy = %id, "cannot read the deploy waiting for a slot: {e}");
+                    return None;
+                }
+            }
+            tokio::select! {
+                // A slot freed by a deploy the shutdown stopped must not start this one.
+                biased;
+                _ = self.inner.shutdown.cancelled() => return None,
+                held = &mut acquire => return Some(held),
+                _ = watch.phase_changed() => {}
+            }
         }
     }
 

@@ -398,18 +398,7 @@ async fn a_newer_push_supersedes_a_parked_deploy_and_is_the_one_that_runs() {
         reason: None,
         steps: planned_steps(&w.app),
     };
-    let delivery = Delivery {
-        id: Some("d-2".into()),
-        provider: "forgejo".into(),
-        event: "push".into(),
-        repository: "kua/hello".into(),
-        git_ref: Some("refs/heads/main".into()),
-        after: Some(fixed.clone()),
-        outcome: String::new(),
-        reason: String::new(),
-        deploy_id: None,
-        received_at: crate::model::now_rfc3339(),
-    };
+    let delivery = forgejo_push("d-2", "kua/hello", &fixed);
     let PushRecord::Queued { deploy_id, superseded } = w.store.record_push(&push, delivery).unwrap() else {
         panic!("the push is queued");
     };
@@ -506,15 +495,21 @@ fn queue_over(w: &World, target: &Arc<FakeTarget>) -> Queue {
         hosts: Default::default(),
         self_app: None,
         public_url: None,
+        limits: Default::default(),
     };
+    queue_of(&w.store, registry, Arc::new(FakeTargets(target.clone())))
+}
+
+/// The queue as the server makes it, over `targets`.
+fn queue_of(store: &Store, registry: Registry, targets: Arc<dyn crate::target::Targets>) -> Queue {
     Queue::new(
-        w.store.clone(),
+        store.clone(),
         Arc::new(registry),
         Redactor::new(Vec::<String>::new()),
         CancellationToken::new(),
         None,
         crate::selfupdate::HANDOFF_CEILING,
-        Arc::new(FakeTargets(target.clone())),
+        targets,
     )
 }
 
@@ -611,6 +606,7 @@ fn registry_of(w: &World) -> Registry {
         hosts: Default::default(),
         self_app: Some(w.app.name.clone()),
         public_url: None,
+        limits: Default::default(),
     }
 }
 
@@ -805,4 +801,246 @@ fn no_step_writes_the_store_or_names_a_runtime_module() {
             assert!(!text.contains(needle), "{step}.rs names `{needle}`: go through ctx.record, ctx.target");
         }
     }
+}
+
+/// A Forgejo push delivery of `after` to `main` of `repository`, as the webhook intake records it.
+fn forgejo_push(id: &str, repository: &str, after: &str) -> Delivery {
+    Delivery {
+        id: Some(id.into()),
+        provider: "forgejo".into(),
+        event: "push".into(),
+        repository: repository.into(),
+        git_ref: Some("refs/heads/main".into()),
+        after: Some(after.to_owned()),
+        outcome: String::new(),
+        reason: String::new(),
+        deploy_id: None,
+        received_at: crate::model::now_rfc3339(),
+    }
+}
+
+/// Each app its own fake runtime, as each app has its own Compose project.
+struct PerApp(std::collections::BTreeMap<AppName, Arc<FakeTarget>>);
+
+impl crate::target::Targets for PerApp {
+    fn target(
+        &self,
+        app: &AppConfig,
+        _: Option<crate::model::ProjectName>,
+        _: &str,
+        _: Host,
+    ) -> Arc<dyn crate::target::Target> {
+        self.0[&app.name].clone()
+    }
+}
+
+/// Two apps on the local host (`hello` and `other`) in one store, through the queue as the server
+/// runs it under `limits`; each app's builds wait for its gate.
+struct Fleet {
+    worlds: [World; 2],
+    targets: [Arc<FakeTarget>; 2],
+    gates: [Arc<tokio::sync::Notify>; 2],
+    queue: Queue,
+}
+
+impl Fleet {
+    fn new(deploys: usize, per_host: usize, migrations: Option<MigrationPolicy>) -> Fleet {
+        let a = World::new(migrations, true);
+        let mut b = World::new(None, true);
+        b.app.name = AppName::parse("other").unwrap();
+        b.store = a.store.clone();
+        let gates = [Arc::new(tokio::sync::Notify::new()), Arc::new(tokio::sync::Notify::new())];
+        let targets = [Arc::new(FakeTarget::default()), Arc::new(FakeTarget::default())];
+        for (t, g) in targets.iter().zip(&gates) {
+            t.with(|s| s.build_gate = Some(g.clone()));
+        }
+        let registry = Registry {
+            path: a.checkout.join("registry.json"),
+            apps: [(a.app.name.clone(), a.app.clone()), (b.app.name.clone(), b.app.clone())].into(),
+            hosts: Default::default(),
+            self_app: None,
+            public_url: None,
+            limits: crate::config::DeployLimits { deploys, deploys_per_host: per_host, per_host: Default::default() },
+        };
+        let per_app =
+            PerApp([(a.app.name.clone(), targets[0].clone()), (b.app.name.clone(), targets[1].clone())].into());
+        let queue = queue_of(&a.store, registry, Arc::new(per_app));
+        Fleet { worlds: [a, b], targets, gates, queue }
+    }
+
+    fn store(&self) -> &Store {
+        &self.worlds[0].store
+    }
+
+    fn submit(&self, i: usize) -> Deploy {
+        self.queue.submit(api_request(&self.worlds[i])).unwrap()
+    }
+
+    fn phase(&self, d: &Deploy) -> Phase {
+        self.store().deploy(&d.deploy_id).unwrap().unwrap().phase
+    }
+
+    fn log(&self, d: &Deploy) -> Vec<String> {
+        let (lines, _) = self.store().log_page(&d.deploy_id, 0, 10_000, 1 << 20).unwrap();
+        lines.into_iter().map(|l| l.line).collect()
+    }
+
+    /// Queues a deploy of the first app and, once it builds, one of the second, which waits for a
+    /// slot saying `line`.
+    async fn second_waiting(&self, line: &str) -> (Deploy, Deploy) {
+        let first = self.submit(0);
+        called(&self.targets[0], "build").await;
+        let second = self.submit(1);
+        self.logged(&second, line).await;
+        (first, second)
+    }
+
+    /// Lets both apps' builds go on, and waits for both deploys to end.
+    async fn release_both(&self, first: &Deploy, second: &Deploy) -> (Deploy, Deploy) {
+        self.gates[1].notify_one();
+        self.gates[0].notify_one();
+        (ended(self.store(), &first.deploy_id).await, ended(self.store(), &second.deploy_id).await)
+    }
+
+    /// Waits until the deploy is in `phase`.
+    async fn until(&self, d: &Deploy, phase: Phase) {
+        let mut watch = self.store().watch(&d.deploy_id);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.phase(d) != phase {
+            let woken = tokio::time::timeout_at(deadline, watch.phase_changed()).await;
+            assert!(woken.is_ok(), "never {phase}: {:#?}", self.store().deploy(&d.deploy_id));
+        }
+    }
+
+    /// Waits until the deploy's log has `line`.
+    async fn logged(&self, d: &Deploy, line: &str) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !self.log(d).iter().any(|l| l == line) {
+            assert!(tokio::time::Instant::now() < deadline, "never logged {line:?}: {:#?}", self.log(d));
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+}
+
+const WAITING_ON_LOCAL: &str = "waiting for a free slot on host local: 1 deploy running there (limit 1)";
+
+#[tokio::test]
+async fn with_one_deploy_per_host_a_second_app_on_the_host_waits_queued_and_runs_once_the_first_ends() {
+    let f = Fleet::new(8, 1, None);
+    let (first, second) = f.second_waiting(WAITING_ON_LOCAL).await;
+    assert_eq!(f.phase(&second), Phase::Queued, "a deploy waiting for a slot stays queued");
+    assert!(f.targets[1].calls().is_empty(), "nothing of it ran: {:?}", f.targets[1].calls());
+
+    let (first, second) = f.release_both(&first, &second).await;
+    assert_eq!((first.phase, second.phase), (Phase::Succeeded, Phase::Succeeded), "{second:#?}");
+    assert!(second.started_at >= first.finished_at, "one after the other: {first:#?}\n{second:#?}");
+    let log = f.log(&second);
+    assert_eq!(log.iter().filter(|l| l.starts_with("waiting for")).count(), 1, "said once: {log:#?}");
+    assert!(log.iter().any(|l| l.starts_with("got a slot after waiting")), "{log:#?}");
+}
+
+#[tokio::test]
+async fn the_global_limit_makes_a_deploy_wait_even_when_its_host_has_room() {
+    let f = Fleet::new(1, 2, None);
+    let (first, second) =
+        f.second_waiting("waiting for a free deploy slot: 1 deploy running on all hosts (limit 1)").await;
+    assert_eq!(f.phase(&second), Phase::Queued);
+    let (first, second) = f.release_both(&first, &second).await;
+    assert_eq!(second.phase, Phase::Succeeded, "{second:#?}");
+    assert!(second.started_at >= first.finished_at);
+}
+
+#[tokio::test]
+async fn a_deploy_waiting_for_a_slot_is_cancelled_at_once_and_leaves_no_slot_taken() {
+    let f = Fleet::new(8, 1, None);
+    let (first, waiting) = f.second_waiting(WAITING_ON_LOCAL).await;
+    let asked = std::time::Instant::now();
+    let cancelled = f.queue.cancel(&waiting.deploy_id).await.unwrap();
+    assert!(asked.elapsed() < std::time::Duration::from_secs(1), "took {:?}", asked.elapsed());
+    assert_eq!(cancelled.phase, Phase::Cancelled, "{cancelled:#?}");
+    assert!(cancelled.error.as_deref().unwrap().contains("cancelled while queued"), "{:?}", cancelled.error);
+    assert!(f.targets[1].calls().is_empty());
+
+    f.gates[0].notify_one();
+    assert_eq!(ended(f.store(), &first.deploy_id).await.phase, Phase::Succeeded);
+    // The slot is free again: the next deploy of the other app does not wait.
+    f.gates[1].notify_one();
+    let next = f.submit(1);
+    let next = ended(f.store(), &next.deploy_id).await;
+    assert_eq!(next.phase, Phase::Succeeded, "{next:#?}");
+    assert!(!f.log(&next).iter().any(|l| l.starts_with("waiting for")), "{:#?}", f.log(&next));
+}
+
+#[tokio::test]
+async fn a_deploy_parked_awaiting_approval_holds_no_slot_and_waits_for_one_when_approved() {
+    let f = Fleet::new(8, 1, Some(MigrationPolicy::Block));
+    let a = &f.worlds[0];
+    f.gates[0].notify_one();
+    a.deployed(&f.targets[0]).await;
+    a.push("migrations/002.sql", "alter");
+    let parked = f.submit(0);
+    f.until(&parked, Phase::AwaitingApproval).await;
+    // The other app's deploy runs at once, though the limit is one deploy on the host.
+    f.gates[1].notify_one();
+    let other = f.submit(1);
+    let other = ended(f.store(), &other.deploy_id).await;
+    assert_eq!(other.phase, Phase::Succeeded, "{other:#?}");
+    assert!(!f.log(&other).iter().any(|l| l.starts_with("waiting for")));
+
+    f.gates[0].notify_one();
+    f.queue.approve(&parked.deploy_id).unwrap();
+    assert_eq!(ended(f.store(), &parked.deploy_id).await.phase, Phase::Succeeded);
+}
+
+#[tokio::test]
+async fn a_push_while_the_app_waits_for_a_slot_replaces_the_waiting_deploy_and_the_newest_runs() {
+    let f = Fleet::new(8, 1, None);
+    let first = f.submit(0);
+    called(&f.targets[0], "build").await;
+    let b = &f.worlds[1];
+    let push = |n: u32, commit: &str| {
+        let req = Request {
+            app: b.app.name.clone(),
+            trigger: Trigger {
+                source: TriggerSource::Webhook,
+                delivery: Some(format!("d-{n}")),
+                git_ref: "refs/heads/main".into(),
+                requested_commit: Some(CommitSha::parse(commit).unwrap()),
+            },
+            approve_migrations: false,
+            reason: None,
+        };
+        let delivery = forgejo_push(&format!("d-{n}"), "kua/other", commit);
+        match f.queue.submit_push(req, delivery).unwrap() {
+            PushRecord::Queued { deploy_id, .. } => f.store().deploy(&deploy_id).unwrap().unwrap(),
+            other => panic!("the push is queued: {other:?}"),
+        }
+    };
+    let older = push(1, &b.push("index.html", "v2"));
+    f.logged(&older, WAITING_ON_LOCAL).await;
+    let newest_commit = b.push("index.html", "v3");
+    let newest = push(2, &newest_commit);
+    let older = f.store().deploy(&older.deploy_id).unwrap().unwrap();
+    assert_eq!(older.phase, Phase::Cancelled);
+    assert_eq!(older.superseded_by.as_ref(), Some(&newest.deploy_id));
+    f.logged(&newest, WAITING_ON_LOCAL).await;
+
+    f.gates[1].notify_one();
+    f.gates[0].notify_one();
+    assert_eq!(ended(f.store(), &first.deploy_id).await.phase, Phase::Succeeded);
+    let newest = ended(f.store(), &newest.deploy_id).await;
+    assert_eq!(newest.phase, Phase::Succeeded, "{newest:#?}");
+    assert_eq!(newest.commit.map(|c| c.to_string()), Some(newest_commit));
+    assert_eq!(f.targets[1].calls().iter().filter(|c| *c == "build").count(), 1, "only the newest built");
+}
+
+#[tokio::test]
+async fn a_deploy_waiting_for_a_slot_when_the_server_stops_stays_queued_for_the_next_start() {
+    let f = Fleet::new(8, 1, None);
+    let (first, waiting) = f.second_waiting(WAITING_ON_LOCAL).await;
+    f.queue.shutdown(std::time::Duration::from_secs(5)).await;
+    assert_eq!(f.phase(&first), Phase::Interrupted);
+    let waiting = f.store().deploy(&waiting.deploy_id).unwrap().unwrap();
+    assert_eq!(waiting.phase, Phase::Queued, "{waiting:#?}");
+    assert_eq!(waiting.started_at, None);
 }

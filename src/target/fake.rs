@@ -38,6 +38,8 @@ pub struct FakeState {
     pub apply_gate: Option<Arc<tokio::sync::Notify>>,
     /// A build runs until it is cancelled (a long build a cancel kills).
     pub build_blocks: bool,
+    /// A build waits for this to be notified (or a cancel) before it completes (a deploy in flight).
+    pub build_gate: Option<Arc<tokio::sync::Notify>>,
     /// Variables the configuration uses and nobody set (reported by resolve).
     pub unset: Vec<String>,
     /// The secret variables given to it, names and values, as the runtime would hold them.
@@ -113,6 +115,13 @@ impl Target for FakeTarget {
         if self.state.lock().unwrap().build_blocks {
             cancel.cancelled().await;
             return Err(TargetError::Stopped);
+        }
+        let gate = self.state.lock().unwrap().build_gate.clone();
+        if let Some(gate) = gate {
+            tokio::select! {
+                _ = gate.notified() => {}
+                _ = cancel.cancelled() => return Err(TargetError::Stopped),
+            }
         }
         let mut s = self.state.lock().unwrap();
         let mut images = Images::new();

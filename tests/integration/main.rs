@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod deploy;
 mod faults;
+mod fleet;
 mod notify;
 mod observe;
 mod openapi;

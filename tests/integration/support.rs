@@ -415,9 +415,12 @@ impl Drop for Server {
     }
 }
 
-/// A real OpenSSH server on a loopback port, with its own host key and one authorized client key,
-/// for apps on an `ssh://` host. Stopped when dropped.
+/// A real OpenSSH server on a loopback address and port, with its own host key, one authorized
+/// client key and its own log, for apps on an `ssh://` host; several run side by side as a
+/// fleet's servers. Stopped when dropped.
 pub struct SshServer {
+    /// The loopback address it listens on (127.0.0.1 unless started with [`SshServer::start_at`]).
+    pub addr: String,
     pub port: u16,
     pub identity: PathBuf,
     pub known_hosts: PathBuf,
@@ -427,6 +430,12 @@ pub struct SshServer {
 
 impl SshServer {
     pub fn start() -> SshServer {
+        SshServer::start_at("127.0.0.1")
+    }
+
+    /// Starts one on `addr`, an address of the loopback network (127.0.0.0/8 needs no setup on
+    /// Linux), so that each of several servers is a host of its own name.
+    pub fn start_at(addr: &str) -> SshServer {
         let dir = tempfile::tempdir().unwrap();
         let p = |name: &str| dir.path().join(name);
         for key in ["host_key", "id"] {
@@ -434,9 +443,9 @@ impl SshServer {
         }
         std::fs::copy(p("id.pub"), p("authorized_keys")).unwrap();
         std::fs::create_dir_all("/run/sshd").expect("create /run/sshd (sshd's privilege separation dir)");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind((addr, 0)).unwrap().local_addr().unwrap().port();
         let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nStrictModes no\n\
+            "Port {port}\nListenAddress {addr}\nHostKey {}\nAuthorizedKeysFile {}\nStrictModes no\n\
              PermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\nPidFile {}\n\
              SetEnv PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin\n",
             p("host_key").display(),
@@ -445,8 +454,15 @@ impl SshServer {
         );
         std::fs::write(p("sshd_config"), config).unwrap();
         let host_pub = std::fs::read_to_string(p("host_key.pub")).unwrap();
-        std::fs::write(p("known_hosts"), format!("[127.0.0.1]:{port} {host_pub}")).unwrap();
-        let mut server = SshServer { port, identity: p("id"), known_hosts: p("known_hosts"), dir, child: None };
+        std::fs::write(p("known_hosts"), format!("[{addr}]:{port} {host_pub}")).unwrap();
+        let mut server = SshServer {
+            addr: addr.to_owned(),
+            port,
+            identity: p("id"),
+            known_hosts: p("known_hosts"),
+            dir,
+            child: None,
+        };
         server.listen();
         server
     }
@@ -459,8 +475,8 @@ impl SshServer {
             .spawn()
             .expect("start /usr/sbin/sshd (apt-get install openssh-server)");
         let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "sshd did not listen on {}", self.port);
+        while std::net::TcpStream::connect((self.addr.as_str(), self.port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(10), "sshd did not listen on {}:{}", self.addr, self.port);
             std::thread::sleep(Duration::from_millis(50));
         }
         self.child = Some(child);
