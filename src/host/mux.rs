@@ -80,6 +80,14 @@ impl SshPool {
         }
     }
 
+    /// The socket of `h`'s master if one is up now; never connects (a command that stops another
+    /// must not wait for a host that is gone). None while another command is connecting one.
+    pub(super) fn existing(&self, h: &SshHost) -> Option<PathBuf> {
+        let slot = self.masters.lock().unwrap().get(h).cloned()?;
+        let socket = slot.try_lock().ok()?.clone();
+        socket.filter(|s| s.exists())
+    }
+
     /// Forgets `h`'s master (after a command saw it fail), so the next command connects anew.
     pub fn forget(&self, h: &SshHost) {
         let slot = self.masters.lock().unwrap().get(h).cloned();
