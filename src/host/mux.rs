@@ -172,6 +172,24 @@ mod tests {
     }
 
     #[test]
+    fn looking_for_a_master_to_stop_a_command_never_connects_one() {
+        let base = tempfile::tempdir().unwrap();
+        let pool = SshPool::new(&base.path().join("ssh")).unwrap();
+        // A port nothing listens on: connecting would fail only after a try; asking must not try.
+        let h = SshHost {
+            name: "gone".into(),
+            user: "deploy".into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            identity_file: None,
+            known_hosts_file: None,
+        };
+        assert_eq!(pool.existing(&h), None);
+        assert!(pool.masters.lock().unwrap().is_empty(), "a slot was made for the host");
+        assert_eq!(std::fs::read_dir(pool.dir()).unwrap().count(), 0, "an ssh was started");
+    }
+
+    #[test]
     fn a_directory_too_long_for_a_socket_is_replaced_by_a_short_one() {
         let base = tempfile::tempdir().unwrap();
         let long = base.path().join("x".repeat(120));
