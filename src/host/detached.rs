@@ -105,7 +105,9 @@ fn start_ticks(pid: u32) -> Option<u64> {
 impl Host {
     /// Starts `cmd` detached (see [`Detached`]), its stdout and stderr appended to `output`.
     pub async fn spawn_detached(&self, cmd: &Cmd, output: &std::path::Path) -> Result<Detached, RunError> {
-        let (mut command, program) = self.command(cmd).await?;
+        // No pid marker: a detached command is never stopped from here on cancel, and its output
+        // goes to a file read later, possibly by another server.
+        let (mut command, program) = self.command(cmd, None).await?;
         let spawn_err = |source| RunError::Spawn { program: program.clone(), source };
         if let Some(dir) = output.parent() {
             std::fs::create_dir_all(dir).map_err(spawn_err)?;

@@ -1,11 +1,12 @@
 //! Runs an argv on a host — a local process or a command over OpenSSH — with a timeout and a
-//! cancellation token; on either, the command's whole process group is killed. Every line of
-//! output is redacted, then handed to a [`LogSink`] as it arrives.
+//! cancellation token; on either, the command's whole process group is killed (over OpenSSH, the
+//! one on the host too). Every line of output is redacted, then handed to a [`LogSink`] as it
+//! arrives.
 //!
 //! Below every other module but `model`: it knows nothing of the registry, the store or the
-//! pipeline. [`HostSpec`] says where commands run; `ssh` builds the OpenSSH command line, `guard`
-//! the child guard, `detached` the commands that outlive the server, `pump` the bounded reading of
-//! their output.
+//! pipeline. [`HostSpec`] says where commands run; `ssh` builds the OpenSSH command line,
+//! `remote_stop` ends a stopped command's process group on its host, `guard` the child guard,
+//! `detached` the commands that outlive the server, `pump` the bounded reading of their output.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -20,6 +21,7 @@ mod detached;
 mod guard;
 mod mux;
 mod pump;
+mod remote_stop;
 mod ssh;
 
 pub use detached::{replay_output, Detached, ProcessRef};
@@ -31,6 +33,7 @@ pub use crate::model::{LogSink, Stream};
 
 use guard::{guarded, GUARD_AFTER};
 use pump::pump;
+use remote_stop::{kill_remote_group, PidMarker, PID_WAIT};
 use ssh::{is_ssh_failure, ssh_command};
 
 /// A sink that drops everything, for commands whose output only matters to the caller.
@@ -248,9 +251,10 @@ impl Host {
         &self.redactor
     }
 
-    /// The process that runs `cmd` here: the argv itself, or `ssh` running it on the host; with
-    /// the command's program name, for errors.
-    pub(crate) async fn command(&self, cmd: &Cmd) -> Result<(Command, String), RunError> {
+    /// The process that runs `cmd` here: the argv itself, or `ssh` running it on the host (whose
+    /// shell first reports its pid behind `marker`, when given); with the command's program name,
+    /// for errors.
+    async fn command(&self, cmd: &Cmd, marker: Option<&PidMarker>) -> Result<(Command, String), RunError> {
         let program = cmd.argv.first().cloned().unwrap_or_default();
         let command = match &*self.kind {
             HostSpec::Local => {
@@ -268,8 +272,8 @@ impl Host {
                 c
             }
             HostSpec::Ssh(h) => match &self.redactor.ssh_pool {
-                Some(pool) => ssh_command(h, cmd, Some(&pool.socket(h).await?)),
-                None => ssh_command(h, cmd, None),
+                Some(pool) => ssh_command(h, cmd, Some(&pool.socket(h).await?), marker),
+                None => ssh_command(h, cmd, None, marker),
             },
         };
         Ok((command, program))
@@ -292,9 +296,11 @@ impl Host {
         self.redactor.ssh_pool.as_ref().is_none_or(|pool| pool.alive(h))
     }
 
-    /// Runs `cmd` to completion, or kills its process group on timeout or cancel.
+    /// Runs `cmd` to completion, or kills its process group on timeout or cancel; over OpenSSH,
+    /// the command's process group on the host too (see `remote_stop`).
     pub async fn run(&self, cmd: &Cmd, cancel: &CancellationToken, sink: &dyn LogSink) -> Result<Output, RunError> {
-        let (mut command, program) = self.command(cmd).await?;
+        let marker = matches!(*self.kind, HostSpec::Ssh(_)).then(PidMarker::new);
+        let (mut command, program) = self.command(cmd, marker.as_ref()).await?;
         // Quick queries (inspect, rev-parse) end on their own soon enough; PDEATHSIG
         // takes them. Anything that may run long gets the guard.
         if let Some(guard) = self.redactor.child_guard.as_ref().filter(|_| cmd.timeout > GUARD_AFTER) {
@@ -331,18 +337,19 @@ impl Host {
         let err = child.stderr.take().expect("piped stderr");
         let collect = async {
             let (o, e) = tokio::join!(
-                pump(out, Stream::Stdout, sink, &self.redactor),
-                pump(err, Stream::Stderr, sink, &self.redactor)
+                pump(out, Stream::Stdout, sink, &self.redactor, None),
+                pump(err, Stream::Stderr, sink, &self.redactor, marker.as_ref())
             );
             let status = child.wait().await;
             (o, e, status)
         };
+        tokio::pin!(collect);
 
-        tokio::select! {
-            (stdout, stderr, status) = collect => {
+        let stopped = tokio::select! {
+            (stdout, stderr, status) = &mut collect => {
                 let code = status.ok().and_then(|s| s.code());
                 let out = Output { code, stdout, stderr };
-                match &*self.kind {
+                return match &*self.kind {
                     // 255 is also what ssh passes on from a remote command that exits 255; its
                     // own failures are the ones it explains on stderr.
                     // A master that ended under the command (the host went away) leaves no
@@ -360,16 +367,54 @@ impl Host {
                         Err(RunError::Unreachable { host: h.name.clone(), detail: out.last_line() })
                     }
                     _ => Ok(out),
+                };
+            }
+            _ = tokio::time::sleep(cmd.timeout) => RunError::TimedOut { program, after: cmd.timeout },
+            _ = cancel.cancelled() => RunError::Cancelled { program },
+        };
+        let mut ended = false;
+        if let (HostSpec::Ssh(h), Some(marker)) = (&*self.kind, &marker) {
+            self.stop_remote(h, marker, collect.as_mut(), &mut ended).await;
+        }
+        // Once the output is read to its end and the ssh reaped, its pid may be another's.
+        if !ended {
+            kill_group(pgid);
+        }
+        Err(stopped)
+    }
+
+    /// Ends the process group of a command stopped on `h`, whose shell reported its pid behind
+    /// `marker`, while `collect` keeps reading the command's output (it may tell why it stopped);
+    /// `ended` turns true if that reading ended meanwhile. Gives up rather than hang: the pid has
+    /// [`PID_WAIT`] to arrive, the kill its own limit, and a host whose master is gone is left alone.
+    async fn stop_remote<F: std::future::Future>(
+        &self,
+        h: &SshHost,
+        marker: &PidMarker,
+        mut collect: std::pin::Pin<&mut F>,
+        ended: &mut bool,
+    ) {
+        let pid = match marker.pid() {
+            Some(pid) => Some(pid),
+            None => alongside(marker.wait(PID_WAIT), collect.as_mut(), ended).await,
+        };
+        let Some(pgid) = pid else {
+            tracing::warn!(host = %h.name, "a stopped command never reported its remote pid; only the local ssh is killed");
+            return;
+        };
+        let master = match &self.redactor.ssh_pool {
+            Some(pool) => match pool.existing(h) {
+                Some(socket) => Some(socket),
+                None => {
+                    tracing::warn!(host = %h.name, pgid, "no connection to the host left to stop the remote process group");
+                    return;
                 }
-            }
-            _ = tokio::time::sleep(cmd.timeout) => {
-                kill_group(pgid);
-                Err(RunError::TimedOut { program, after: cmd.timeout })
-            }
-            _ = cancel.cancelled() => {
-                kill_group(pgid);
-                Err(RunError::Cancelled { program })
-            }
+            },
+            None => None,
+        };
+        match alongside(kill_remote_group(h, master, pgid), collect, ended).await {
+            Ok(()) => tracing::info!(host = %h.name, pgid, "stopped the remote process group"),
+            Err(why) => tracing::warn!(host = %h.name, pgid, "could not stop the remote process group: {why}"),
         }
     }
 
@@ -394,6 +439,23 @@ impl Host {
     pub async fn query(&self, cmd: &Cmd) -> Result<Output, RunError> {
         self.run(cmd, &CancellationToken::new(), &NoLog).await
     }
+}
+
+/// `work`, while `collect` (unless `ended`) is polled too, so that a command's output keeps being
+/// read; `ended` turns true when `collect` finishes first.
+async fn alongside<T, F: std::future::Future>(
+    work: impl std::future::Future<Output = T>,
+    collect: std::pin::Pin<&mut F>,
+    ended: &mut bool,
+) -> T {
+    tokio::pin!(work);
+    if !*ended {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = collect => *ended = true,
+        }
+    }
+    work.await
 }
 
 fn kill_group(pgid: Option<u32>) {

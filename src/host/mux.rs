@@ -80,6 +80,14 @@ impl SshPool {
         }
     }
 
+    /// The socket of `h`'s master if one is up now; never connects (a command that stops another
+    /// must not wait for a host that is gone). None while another command is connecting one.
+    pub(super) fn existing(&self, h: &SshHost) -> Option<PathBuf> {
+        let slot = self.masters.lock().unwrap().get(h).cloned()?;
+        let socket = slot.try_lock().ok()?.clone();
+        socket.filter(|s| s.exists())
+    }
+
     /// Forgets `h`'s master (after a command saw it fail), so the next command connects anew.
     pub fn forget(&self, h: &SshHost) {
         let slot = self.masters.lock().unwrap().get(h).cloned();
@@ -161,6 +169,24 @@ mod tests {
         assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
         drop(pool);
         assert!(!dir.exists(), "the directory outlived the pool");
+    }
+
+    #[test]
+    fn looking_for_a_master_to_stop_a_command_never_connects_one() {
+        let base = tempfile::tempdir().unwrap();
+        let pool = SshPool::new(&base.path().join("ssh")).unwrap();
+        // A port nothing listens on: connecting would fail only after a try; asking must not try.
+        let h = SshHost {
+            name: "gone".into(),
+            user: "deploy".into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            identity_file: None,
+            known_hosts_file: None,
+        };
+        assert_eq!(pool.existing(&h), None);
+        assert!(pool.masters.lock().unwrap().is_empty(), "a slot was made for the host");
+        assert_eq!(std::fs::read_dir(pool.dir()).unwrap().count(), 0, "an ssh was started");
     }
 
     #[test]

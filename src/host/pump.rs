@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
+use super::remote_stop::PidMarker;
 use super::{LogSink, Redactor, Stream, KEEP_BYTES};
 
 /// Reads what a detached command appended to its output file since the last call, line by line
@@ -69,11 +70,13 @@ pub(super) async fn pump<R: AsyncRead + Unpin>(
     stream: Stream,
     sink: &dyn LogSink,
     redactor: &Redactor,
+    marker: Option<&PidMarker>,
 ) -> String {
     // Reads the stream in chunks of `READ_CHUNK`, never a whole line at once, so memory stays
     // bounded whatever a line's length: each line reaches the sink redacted, one longer than
     // `SINK_LINE_BYTES` cut and saying how many bytes were dropped. Returns the redacted text, at
-    // most `KEEP_BYTES` of it, for callers that parse it.
+    // most `KEEP_BYTES` of it, for callers that parse it. A remote shell's pid line (`marker`) is
+    // taken out: it reaches neither.
     let mut kept = String::new();
     let mut reader = BufReader::with_capacity(READ_CHUNK, reader);
     let mut held: Vec<u8> = Vec::new();
@@ -94,7 +97,10 @@ pub(super) async fn pump<R: AsyncRead + Unpin>(
         let used = part.len() + usize::from(ends);
         reader.consume(used);
         if ends {
-            emit_line(&held, line_len, stream, sink, redactor, &mut kept);
+            let is_marker = line_len == held.len() && marker.is_some_and(|m| m.take(&held));
+            if !is_marker {
+                emit_line(&held, line_len, stream, sink, redactor, &mut kept);
+            }
             held.clear();
             line_len = 0;
         }
@@ -208,7 +214,7 @@ mod pump_tests {
 
     async fn pump_bytes(data: &[u8], redactor: &Redactor) -> (Vec<String>, String) {
         let sink = Lines::default();
-        let kept = pump(data, Stream::Stdout, &sink, redactor).await;
+        let kept = pump(data, Stream::Stdout, &sink, redactor, None).await;
         (sink.all(), kept)
     }
 
@@ -246,6 +252,19 @@ mod pump_tests {
         assert!(out.stdout.starts_with("xxxx"));
         // Holding the line, as whole-line reads do, would take at least its 50 MB.
         assert!(grown_mib < 40, "the test process grew by {grown_mib} MiB while reading a 50 MB line");
+    }
+
+    #[tokio::test]
+    async fn a_remote_shell_s_pid_line_is_taken_out_and_everything_around_it_passes() {
+        let marker = PidMarker::new();
+        let pid_line = marker.line_for("4711");
+        // What a login shell's rc file printed comes first; the command's own lines after.
+        let data = format!("motd line\n{pid_line}\nerror: no such image\n{pid_line}\n");
+        let sink = Lines::default();
+        let kept = pump(data.as_bytes(), Stream::Stderr, &sink, &Redactor::default(), Some(&marker)).await;
+        assert_eq!(marker.pid(), Some(4711));
+        assert_eq!(sink.all(), ["motd line", "error: no such image", pid_line.as_str()], "only the first is ours");
+        assert_eq!(kept, format!("motd line\nerror: no such image\n{pid_line}\n"));
     }
 
     #[tokio::test]

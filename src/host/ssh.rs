@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::process::Command;
 
+use super::remote_stop::PidMarker;
 use super::Cmd;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -21,8 +22,16 @@ pub struct SshHost {
 }
 
 /// The remote side of OpenSSH always goes through a shell, so the argv is quoted word by word.
-/// With `master`, the command goes through that socket and makes no connection of its own.
-pub(super) fn ssh_command(h: &SshHost, cmd: &Cmd, master: Option<&Path>) -> Command {
+/// With `master`, the command goes through that socket and makes no connection of its own; with
+/// `marker`, the remote shell first reports its pid on stderr (see [`super::remote_stop`]).
+pub(super) fn ssh_command(h: &SshHost, cmd: &Cmd, master: Option<&Path>, marker: Option<&PidMarker>) -> Command {
+    let mut c = ssh_to(h, master);
+    c.arg(remote_command(cmd, marker));
+    c
+}
+
+/// `ssh … -- user@host`, ready for the remote command line.
+pub(super) fn ssh_to(h: &SshHost, master: Option<&Path>) -> Command {
     let mut c = Command::new("ssh");
     common_options(&mut c, h);
     match master {
@@ -37,7 +46,6 @@ pub(super) fn ssh_command(h: &SshHost, cmd: &Cmd, master: Option<&Path>) -> Comm
         }
     }
     c.arg("--").arg(format!("{}@{}", h.user, h.host));
-    c.arg(remote_command(cmd));
     c
 }
 
@@ -71,9 +79,9 @@ pub(super) fn is_ssh_failure(stderr: &str) -> bool {
 }
 
 /// The one string OpenSSH hands to the remote shell: `cd DIR && exec env K=V argv…`, every word
-/// quoted, so the argv arrives as it was.
-fn remote_command(cmd: &Cmd) -> String {
-    let mut remote = String::new();
+/// quoted, so the argv arrives as it was; with `marker`, after the line that reports the shell's pid.
+fn remote_command(cmd: &Cmd, marker: Option<&PidMarker>) -> String {
+    let mut remote = marker.map(PidMarker::shell_prefix).unwrap_or_default();
     if let Some(dir) = &cmd.cwd {
         remote.push_str(&format!("cd {} && ", shell_quote(&dir.to_string_lossy())));
     }
@@ -117,7 +125,7 @@ mod tests {
         let cmd = Cmd::new(["docker", "compose", "up"])
             .cwd("/srv/app")
             .secret_env(&[("DB_PASSWORD".into(), "s3cr'et x".into())]);
-        let line = remote_command(&cmd);
+        let line = remote_command(&cmd, None);
         assert_eq!(line, "cd /srv/app && . /dev/stdin && exec docker compose up");
         assert!(!line.contains("s3cr"));
         assert_eq!(export_lines(&cmd.secret_env), "export DB_PASSWORD='s3cr'\\''et x'\n");
@@ -134,7 +142,7 @@ mod tests {
             known_hosts_file: Some("/etc/kua/bruno_known_hosts".into()),
         };
         let args = |m: Option<&Path>| -> Vec<String> {
-            let c = ssh_command(&h, &Cmd::new(["docker", "ps"]), m);
+            let c = ssh_command(&h, &Cmd::new(["docker", "ps"]), m, None);
             c.as_std().get_args().map(|a| a.to_string_lossy().into_owned()).collect()
         };
         let muxed = args(Some(Path::new("/run/kua/ssh/m0"))).join(" ");
@@ -157,8 +165,11 @@ mod tests {
     #[test]
     fn the_remote_command_changes_directory_sets_the_environment_and_quotes_every_word() {
         let cmd = Cmd::new(["git", "log", "--format=%H x"]).cwd("/srv/my app").env("LC_ALL", "C");
-        assert_eq!(remote_command(&cmd), "cd '/srv/my app' && exec env LC_ALL=C git log '--format=%H x'");
-        assert_eq!(remote_command(&Cmd::new(["docker", "ps"])), "exec docker ps");
+        assert_eq!(remote_command(&cmd, None), "cd '/srv/my app' && exec env LC_ALL=C git log '--format=%H x'");
+        assert_eq!(remote_command(&Cmd::new(["docker", "ps"]), None), "exec docker ps");
+        let marker = PidMarker::new();
+        let marked = remote_command(&Cmd::new(["docker", "ps"]), Some(&marker));
+        assert_eq!(marked, format!("{}exec docker ps", marker.shell_prefix()));
     }
 
     #[tokio::test]
@@ -167,7 +178,7 @@ mod tests {
         let cmd = Cmd::new(["sh", "-c", "printf '%s|' \"$PWD\" \"$KV\" \"$0\"", "it's $(here)"])
             .cwd(dir.path())
             .env("KV", "a b");
-        let out = Host::local().query(&Cmd::new(["sh", "-c", &remote_command(&cmd)])).await.unwrap();
+        let out = Host::local().query(&Cmd::new(["sh", "-c", &remote_command(&cmd, None)])).await.unwrap();
         let pwd = std::fs::canonicalize(dir.path()).unwrap();
         assert_eq!(out.stdout.trim_end(), format!("{}|a b|it's $(here)|", pwd.display()));
     }

@@ -1,11 +1,12 @@
 //! Apps on a host reached over OpenSSH: a real `sshd` on loopback, host keys always checked, one
-//! connection per host shared by every command.
+//! connection per host shared by every command, and a remote command cancelled or timed out
+//! leaves no process behind on the host.
 
 use kua_deploy::api::types::DeployRequest;
-use kua_deploy::model::{Phase, StepName, StepStatus};
+use kua_deploy::model::{DeployId, Phase, StepName, StepStatus};
 use serde_json::json;
 
-use crate::support::{AppOptions, Behaviour, SshServer, TestApp};
+use crate::support::{AppOptions, Behaviour, Server, SshServer, TestApp};
 
 fn on_ssh_host(app: &TestApp, sshd: &SshServer, known_hosts: &std::path::Path) {
     app.edit_registry(|reg| {
@@ -152,4 +153,100 @@ async fn a_host_back_with_another_key_after_a_crash_is_refused() {
     assert!(error.contains("cannot reach host loop over ssh"), "{error}");
     assert!(error.to_lowercase().contains("host key"), "{error}");
     assert_eq!(app.fetch().as_deref(), Some("v1"));
+}
+
+/// A `sleep` no other test runs: `sleep <n>` with `n` from a fresh uuid.
+fn unique_sleep_secs() -> u32 {
+    40_000 + u32::from_str_radix(&crate::support::uuid_hex()[..4], 16).unwrap()
+}
+
+/// The pids of processes whose whole command line is `sleep <secs>`.
+fn sleeping(secs: u32) -> Vec<String> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", &format!("^sleep {secs}$")])
+        .output()
+        .expect("run pgrep (apt-get install procps)");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect()
+}
+
+/// Polls until no `sleep <secs>` is left, at most `limit`; the pids still there if some are.
+async fn gone_within(secs: u32, limit: std::time::Duration) -> Vec<String> {
+    let started = std::time::Instant::now();
+    loop {
+        let left = sleeping(secs);
+        if left.is_empty() || started.elapsed() > limit {
+            return left;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// A deploy started on the ssh host, of an app whose secrets command runs `sleep <secs>` as its
+/// own child (not `exec`: killing the command's pid alone would leave the sleep running), within
+/// `timeout_s`. Fields drop in order: the server before the app it deploys.
+struct SlowSecrets {
+    server: Server,
+    deploy: DeployId,
+    secs: u32,
+    _app: TestApp,
+    sshd: SshServer,
+}
+
+async fn deploy_with_slow_secrets(timeout_s: u64) -> SlowSecrets {
+    let sshd = SshServer::start();
+    let app = TestApp::new(AppOptions::default());
+    on_ssh_host(&app, &sshd, &sshd.known_hosts);
+    let secs = unique_sleep_secs();
+    let vault = app.dir.path().join("slow-vault");
+    std::fs::write(&vault, format!("#!/bin/sh\nsleep {secs}\necho DB_PASSWORD=never-printed\n")).unwrap();
+    std::fs::set_permissions(&vault, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    app.edit_registry(|reg| {
+        reg["apps"]["hello"]["secrets"] = json!({"command": [vault, "{app}"], "timeout_s": timeout_s});
+    });
+    let server = app.start();
+    let deploy = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap().deploy_id;
+    SlowSecrets { server, deploy, secs, _app: app, sshd }
+}
+
+/// Kills what a failed assertion left behind, so a failing run does not leave sleeps around.
+fn kill_left(pids: &[String]) {
+    for pid in pids {
+        let _ = std::process::Command::new("kill").args(["-KILL", pid]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_remote_command_leaves_no_process_on_the_host() {
+    let SlowSecrets { server, deploy, secs, sshd, .. } = &deploy_with_slow_secrets(600).await;
+    server
+        .wait_for(deploy, std::time::Duration::from_secs(60), |d| {
+            d.step(StepName::Secrets).is_some_and(|s| s.status == StepStatus::Running)
+        })
+        .await;
+    let started = std::time::Instant::now();
+    while sleeping(*secs).is_empty() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the remote sleep {secs} never started");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    server.client.cancel(deploy).await.unwrap();
+    let d = server.wait_end(deploy).await;
+    let left = gone_within(*secs, std::time::Duration::from_secs(5)).await;
+    kill_left(&left);
+    assert_eq!(d.phase, Phase::Cancelled, "{d:#?}");
+    assert!(left.is_empty(), "the remote `sleep {secs}` still runs after the cancel: pids {left:?}");
+    assert!(d.steps.iter().all(|s| s.status != StepStatus::Running), "{d:#?}");
+    assert_eq!(sshd.connections(), 1, "the kill went through the host's master:\n{}", sshd.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remote_command_past_its_timeout_leaves_no_process_on_the_host() {
+    let SlowSecrets { server, deploy, secs, .. } = &deploy_with_slow_secrets(2).await;
+    let d = server.wait_end(deploy).await;
+    let left = gone_within(*secs, std::time::Duration::from_secs(5)).await;
+    kill_left(&left);
+    assert_eq!(d.phase, Phase::Failed, "{d:#?}");
+    let step = d.step(StepName::Secrets).unwrap();
+    assert_eq!(step.status, StepStatus::Failed);
+    assert!(step.detail.contains("did not finish within 2s"), "{}", step.detail);
+    assert!(left.is_empty(), "the remote `sleep {secs}` still runs after the timeout: pids {left:?}");
 }
