@@ -1,4 +1,4 @@
-//! Many hosts at once: three real sshds, each on a loopback address of its own with its own host
+//! Many hosts at once: three real sshds, each on a port of its own on 127.0.0.1 with its own host
 //! key, client key and log, two apps on each (their own checkouts and Compose projects, sharing
 //! the one engine), all six released at once through the API under the registry's `limits`.
 
@@ -30,7 +30,8 @@ fn most_at_once(ds: &[&Deploy]) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn six_apps_on_three_hosts_deploy_at_once_over_one_connection_per_host_within_each_hosts_limit() {
-    let sshds: Vec<SshServer> = ["127.0.0.2", "127.0.0.3", "127.0.0.4"].into_iter().map(SshServer::start_at).collect();
+    // Three servers as kua-deploy sees them: an address and port each, a host key each.
+    let sshds: Vec<SshServer> = (0..3).map(|_| SshServer::start()).collect();
     let apps: Vec<TestApp> = (0..6).map(|_| TestApp::new(AppOptions::default())).collect();
     // One registry, the first app's, lists all six: app{i} on host h{i / 2}. h0 may run two
     // deploys at once (its own `max_deploys`), h1 and h2 one (`limits.deploys_per_host`).

@@ -415,11 +415,11 @@ impl Drop for Server {
     }
 }
 
-/// A real OpenSSH server on a loopback address and port, with its own host key, one authorized
+/// A real OpenSSH server on a port of 127.0.0.1, with its own host key, one authorized
 /// client key and its own log, for apps on an `ssh://` host; several run side by side as a
 /// fleet's servers. Stopped when dropped.
 pub struct SshServer {
-    /// The loopback address it listens on (127.0.0.1 unless started with [`SshServer::start_at`]).
+    /// The address it listens on: 127.0.0.1 (tests reach nothing else).
     pub addr: String,
     pub port: u16,
     pub identity: PathBuf,
@@ -430,12 +430,7 @@ pub struct SshServer {
 
 impl SshServer {
     pub fn start() -> SshServer {
-        SshServer::start_at("127.0.0.1")
-    }
-
-    /// Starts one on `addr`, an address of the loopback network (127.0.0.0/8 needs no setup on
-    /// Linux), so that each of several servers is a host of its own name.
-    pub fn start_at(addr: &str) -> SshServer {
+        let addr = "127.0.0.1";
         let dir = tempfile::tempdir().unwrap();
         let p = |name: &str| dir.path().join(name);
         for key in ["host_key", "id"] {
