@@ -462,13 +462,32 @@ impl SshServer {
         server
     }
 
-    /// Starts sshd (again) with the same port, keys and log.
+    /// Starts sshd (again) with the same port, keys and log. Its sessions see an empty
+    /// `~/.bashrc`: bash sources it for every command sshd runs, and this machine's runs `pyenv
+    /// init`, whose rehash lock serializes concurrent sessions (seconds each under load) — a
+    /// fleet host's profile is its own, not the test machine's. A bind mount in a mount namespace
+    /// of sshd's own; nothing changes for the rest of the machine.
     pub fn listen(&mut self) {
         let p = |name: &str| self.dir.path().join(name);
-        let child = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-f", p("sshd_config").to_str().unwrap(), "-E", p("sshd.log").to_str().unwrap()])
-            .spawn()
-            .expect("start /usr/sbin/sshd (apt-get install openssh-server)");
+        let sshd = ["/usr/sbin/sshd", "-D", "-f", p("sshd_config").to_str().unwrap(), "-E", p("sshd.log").to_str().unwrap()]
+            .map(str::to_owned);
+        let bashrc = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".bashrc")).filter(|rc| rc.exists());
+        let mut cmd = match bashrc {
+            Some(rc) => {
+                std::fs::write(p("empty_bashrc"), "").unwrap();
+                let mut c = Command::new("unshare");
+                // Every step execs, so the child's pid stays sshd's (kill() walks its children).
+                c.args(["--mount", "--propagation", "private", "sh", "-c", r#"mount --bind "$0" "$1" && shift && exec "$@""#]);
+                c.arg(p("empty_bashrc")).arg(rc).args(&sshd);
+                c
+            }
+            None => {
+                let mut c = Command::new(&sshd[0]);
+                c.args(&sshd[1..]);
+                c
+            }
+        };
+        let child = cmd.spawn().expect("start /usr/sbin/sshd (apt-get install openssh-server)");
         let start = Instant::now();
         while std::net::TcpStream::connect((self.addr.as_str(), self.port)).is_err() {
             assert!(start.elapsed() < Duration::from_secs(10), "sshd did not listen on {}:{}", self.addr, self.port);
