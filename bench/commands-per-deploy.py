@@ -111,7 +111,11 @@ class Counting:
 class Sshd:
     """An sshd of its own (host key, client key, authorized_keys, known_hosts, log) on `address`
     (127.0.0.1 by default) and `port` (a free one by default); with `netns`, run inside that
-    network namespace (`ip netns exec`), where `address` must be one of its own."""
+    network namespace (`ip netns exec`), where `address` must be one of its own. With
+    `empty_bashrc`, its sessions see an empty ~/.bashrc (a bind mount in a mount namespace of
+    its own; nothing changes for the rest of the machine): bash sources that file for every
+    command sshd runs, and one that does real work (`pyenv init` rehashes under a lock shared
+    by every shell) would be measured instead of the commands."""
 
     def __init__(
         self,
@@ -121,6 +125,7 @@ class Sshd:
         port: int | None = None,
         netns: str | None = None,
         extra_config: str = "",
+        empty_bashrc: bool = False,
     ):
         self.dir = root
         root.mkdir(parents=True)
@@ -147,6 +152,11 @@ class Sshd:
         self.identity, self.known_hosts = p("id"), p("known_hosts")
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
         inside = ["ip", "netns", "exec", netns] if netns else []  # it execs sshd: the pid is sshd's
+        bashrc = Path.home() / ".bashrc"
+        if empty_bashrc and bashrc.exists():
+            p("empty").write_text("")
+            mount = 'mount --bind "$0" "$1" && shift && exec "$@"'  # every step execs: the pid stays sshd's
+            inside = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, str(p("empty")), str(bashrc), *inside]
         self.proc = subprocess.Popen(
             [*inside, sshd, "-D", "-f", str(p("sshd_config")), "-E", str(p("sshd.log"))],
             stdin=subprocess.DEVNULL,

@@ -4,8 +4,9 @@
 
 N simulated servers, each its own `sshd` (own port, host key, client key, known_hosts, log), each
 in a network namespace of its own reached through a veth pair (10.77.X.4i+1 <-> 10.77.X.4i+2/30;
-distinct loopback addresses 127.0.1.i+1 where namespaces cannot be made). M apps per host, each
-with its own bare remote, checkout and Compose project, all on this machine's one Docker engine.
+distinct loopback addresses 127.0.1.i+1 where namespaces cannot be made), its sessions seeing an
+empty ~/.bashrc (see bench/README.md). M apps per host, each with its own bare remote, checkout
+and Compose project, all on this machine's one Docker engine.
 
  1. (untimed) a `kua-deploy serve` with every app on the local engine: the first deploy of all,
     --first-parallel at a time.
@@ -136,6 +137,7 @@ def make_hosts(args, root: Path, run_id: str, state: dict) -> tuple[list[Host], 
             port=SSH_PORT_BASE + i,
             netns=netns,
             extra_config=f"MaxSessions {args.max_sessions}\n" if args.max_sessions else "",
+            empty_bashrc=not args.keep_bashrc,
         )
         state["sshd"].append(sshd)
         hosts.append(Host(i, sshd, netns))
@@ -478,7 +480,7 @@ def bench(args: argparse.Namespace, root: Path, run_id: str, state: dict) -> Non
     extra = json.loads(args.registry_extra) if args.registry_extra else {}
     if not isinstance(extra, dict):
         raise BenchError("--registry-extra must be a JSON object of top-level registry keys")
-    state.update(netns=[], sshd=[], servers=[], prober=None)
+    state.update(netns=[], sshd=[], servers=[], prober=None, keep=args.keep)
     log(f"run {run_id}: {args.hosts} hosts x {args.apps} apps, {binary}; files in {root}")
 
     t = time.monotonic()
@@ -538,6 +540,16 @@ def bench(args: argparse.Namespace, root: Path, run_id: str, state: dict) -> Non
         raise BenchError(f"{len(ssh['failures'])} deploy(s) over ssh and {len(local['failures'])} local ones did not succeed")
 
 
+def keep_logs(root: Path, keep: Path) -> None:
+    """The servers' logs and state (every deploy's log is in kua.db) and the sshds' logs."""
+    keep.mkdir(parents=True, exist_ok=True)
+    for server in root.glob("server-*"):
+        shutil.copytree(server, keep / server.name, dirs_exist_ok=True)
+    for host in root.glob("hosts/h*"):
+        shutil.copy(host / "sshd.log", keep / f"sshd-{host.name}.log")
+    log(f"kept the servers' logs and state and the sshds' logs in {keep}")
+
+
 def cleanup(root: Path, run_id: str, state: dict) -> None:
     if state.get("prober") is not None:
         state["prober"].kill()
@@ -548,6 +560,8 @@ def cleanup(root: Path, run_id: str, state: dict) -> None:
     removed = do.remove_docker_objects([f"label={do.RUN_LABEL}={run_id}"])
     again = do.remove_docker_objects([f"label={do.RUN_LABEL}={run_id}"])  # the base once its children are gone
     removed += [f"then {r}" for r in again]
+    if state.get("keep"):
+        keep_logs(root, Path(state["keep"]))
     shutil.rmtree(root, ignore_errors=True)
     log(
         f"cleanup: removed {', '.join(removed) if removed else 'no Docker objects'}, "
@@ -565,6 +579,9 @@ def main() -> int:
     ap.add_argument("--max-sessions", type=int, metavar="N", help="sshd's MaxSessions (default: sshd's own, 10)")
     ap.add_argument("--first-parallel", type=int, default=20, metavar="N",
                     help="first deploys (phase 1, untimed) run N at a time (default 20)")
+    ap.add_argument("--keep", metavar="DIR", help="copy the servers' logs and state dirs and the sshds' logs to DIR")
+    ap.add_argument("--keep-bashrc", action="store_true",
+                    help="the sshds' sessions source this machine's ~/.bashrc (default: an empty one, see bench/README.md)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds a wave may take (default 1800)")
     ap.add_argument("--bin", help="kua-deploy binary (default target/release/kua-deploy, built with cargo)")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build when the default binary exists")
