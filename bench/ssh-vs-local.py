@@ -42,7 +42,7 @@ def world_for(root: Path, run_id: str, host: str, state: dict):
     if host == "ssh":
         plain = root / "plain-path"
         plain.mkdir(exist_ok=True)
-        sshd = cpd.Sshd(root / "sshd", plain)
+        sshd = cpd.Sshd(root / "sshd", plain, empty_bashrc=True)  # see bench/README.md, fleet.py
         state["sshd"].append(sshd)
         user = pwd.getpwuid(os.getuid()).pw_name
         registry["hosts"] = {
