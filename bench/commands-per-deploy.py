@@ -109,7 +109,24 @@ class Counting:
 
 
 class Sshd:
-    def __init__(self, root: Path, remote_path_prefix: Path):
+    """An sshd of its own (host key, client key, authorized_keys, known_hosts, log) on `address`
+    (127.0.0.1 by default) and `port` (a free one by default); with `netns`, run inside that
+    network namespace (`ip netns exec`), where `address` must be one of its own. With
+    `empty_bashrc`, its sessions see an empty ~/.bashrc (a bind mount in a mount namespace of
+    its own; nothing changes for the rest of the machine): bash sources that file for every
+    command sshd runs, and one that does real work (`pyenv init` rehashes under a lock shared
+    by every shell) would be measured instead of the commands."""
+
+    def __init__(
+        self,
+        root: Path,
+        remote_path_prefix: Path,
+        address: str = "127.0.0.1",
+        port: int | None = None,
+        netns: str | None = None,
+        extra_config: str = "",
+        empty_bashrc: bool = False,
+    ):
         self.dir = root
         root.mkdir(parents=True)
         p = lambda name: root / name  # noqa: E731
@@ -119,36 +136,78 @@ class Sshd:
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
         import socket
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        if port is None:
+            with socket.socket() as s:
+                s.bind((address, 0))
+                port = s.getsockname()[1]
+        self.address, self.port = address, port
         p("sshd_config").write_text(
-            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {p('host_key')}\n"
+            f"Port {self.port}\nListenAddress {address}\nHostKey {p('host_key')}\n"
             f"AuthorizedKeysFile {p('authorized_keys')}\nStrictModes no\nPermitRootLogin prohibit-password\n"
             f"PasswordAuthentication no\nUsePAM no\nPidFile {p('sshd.pid')}\n"
-            f"SetEnv PATH={remote_path_prefix}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin\n"
+            f"SetEnv PATH={remote_path_prefix}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin\n{extra_config}"
         )
         host_pub = p("host_key.pub").read_text()
-        p("known_hosts").write_text(f"[127.0.0.1]:{self.port} {host_pub}")
+        p("known_hosts").write_text(f"[{address}]:{self.port} {host_pub}")
         self.identity, self.known_hosts = p("id"), p("known_hosts")
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+        inside = ["ip", "netns", "exec", netns] if netns else []  # it execs sshd: the pid is sshd's
+        bashrc = Path.home() / ".bashrc"
+        if empty_bashrc and bashrc.exists():
+            p("empty").write_text("")
+            mount = 'mount --bind "$0" "$1" && shift && exec "$@"'  # every step execs: the pid stays sshd's
+            inside = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, str(p("empty")), str(bashrc), *inside]
         self.proc = subprocess.Popen(
-            [sshd, "-D", "-f", str(p("sshd_config")), "-E", str(p("sshd.log"))], start_new_session=True
+            [*inside, sshd, "-D", "-f", str(p("sshd_config")), "-E", str(p("sshd.log"))],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # it logs to sshd.log; its sessions must not hold the script's pipes
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + 10
         while True:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                socket.create_connection((address, self.port), timeout=1).close()
                 break
             except OSError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise BenchError(f"sshd did not listen on 127.0.0.1:{self.port}") from None
+                    raise BenchError(f"sshd did not listen on {address}:{self.port}") from None
                 time.sleep(0.05)
 
     def stop(self) -> None:
+        """Stops the listener and the sessions it forked: a session whose client vanished without
+        closing its connection would otherwise live on, reparented to init."""
+        sessions = [pid for pid in _children(self.proc.pid) if pid != self.proc.pid]
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+        for pid in sessions:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def stop_all(things, what: str) -> None:
+    """Stops each of `things` (servers, sshds) at clean-up, going on past any failure."""
+    for thing in things:
+        try:
+            thing.stop()
+        except Exception as e:  # noqa: BLE001 - cleanup goes on regardless
+            log(f"cleanup: stopping {what}: {e}")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # the field after the state: ppid
+                found.append(int(entry))
+    return found
 
 
 # ----------------------------------------------------------------------------------------------
@@ -386,11 +445,7 @@ def bench(args: argparse.Namespace, root: Path, run_id: str, state: dict) -> Non
 
 
 def cleanup(root: Path, run_id: str, state: dict) -> None:
-    for sshd in state.get("sshd", []):
-        try:
-            sshd.stop()
-        except Exception as e:  # noqa: BLE001 - cleanup goes on regardless
-            log(f"cleanup: stopping sshd: {e}")
+    stop_all(state.get("sshd", []), "sshd")
     server = state.get("server")
     if server is not None:
         try:

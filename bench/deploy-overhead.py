@@ -774,6 +774,13 @@ def run_and_clean_up(bench_fn, cleanup_fn, args, root: Path, run_id: str, state:
         cleanup_fn(root, run_id, state)
 
 
+def run_in_temp_dir(bench_fn, cleanup_fn, args, id_bytes: int = 3) -> int:
+    """`run_and_clean_up` with a fresh run id and a temp dir named after it."""
+    run_id = secrets.token_hex(id_bytes)
+    root = Path(tempfile.mkdtemp(prefix=f"kua-bench-{run_id}-"))
+    return run_and_clean_up(bench_fn, cleanup_fn, args, root, run_id, {})
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="kua-deploy deploy overhead, idle memory and healthy->succeeded latency")
     ap.add_argument("--rounds", type=int, default=7, help="timed deploys per side (default 7)")

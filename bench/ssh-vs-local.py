@@ -20,7 +20,6 @@ import pwd
 import secrets
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 
@@ -43,7 +42,7 @@ def world_for(root: Path, run_id: str, host: str, state: dict):
     if host == "ssh":
         plain = root / "plain-path"
         plain.mkdir(exist_ok=True)
-        sshd = cpd.Sshd(root / "sshd", plain)
+        sshd = cpd.Sshd(root / "sshd", plain, empty_bashrc=True)  # see bench/README.md, fleet.py
         state["sshd"].append(sshd)
         user = pwd.getpwuid(os.getuid()).pw_name
         registry["hosts"] = {
@@ -97,16 +96,8 @@ def bench(args: argparse.Namespace, root: Path, run_id: str, state: dict) -> Non
 
 
 def cleanup(root: Path, run_id: str, state: dict) -> None:
-    for server in state.get("servers", []):
-        try:
-            server.stop()
-        except Exception as e:  # noqa: BLE001 - cleanup goes on regardless
-            log(f"cleanup: stopping a server: {e}")
-    for sshd in state.get("sshd", []):
-        try:
-            sshd.stop()
-        except Exception as e:  # noqa: BLE001
-            log(f"cleanup: stopping sshd: {e}")
+    cpd.stop_all(state.get("servers", []), "a server")
+    cpd.stop_all(state.get("sshd", []), "sshd")
     filters = [f"label={do.RUN_LABEL}={run_id}{suffix}" for suffix in ("l", "s")]
     filters += [f"label=com.docker.compose.project={p}" for p in state.get("projects", [])]
     removed = do.remove_docker_objects(filters)
@@ -123,9 +114,7 @@ def main() -> int:
     args.after_bin = args.bin
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
-    run_id = secrets.token_hex(3)
-    root = Path(tempfile.mkdtemp(prefix=f"kua-bench-{run_id}-"))
-    return do.run_and_clean_up(bench, cleanup, args, root, run_id, {})
+    return do.run_in_temp_dir(bench, cleanup, args)
 
 
 if __name__ == "__main__":
