@@ -202,7 +202,10 @@ async fn serve_inner(
     let ssh_pool = SshPool::new(&settings.state_dir.join("ssh")).with_context(|| {
         format!("cannot make the private directory for ssh sockets under {}", settings.state_dir.display())
     })?;
-    redactor = redactor.with_ssh_pool(Arc::new(ssh_pool));
+    // Kept here as well: the store's hooks hold the redactor (and so the pool) for the store's
+    // whole life, so the pool is closed explicitly at stop rather than when the last clone goes.
+    let ssh_pool = Arc::new(ssh_pool);
+    redactor = redactor.with_ssh_pool(ssh_pool.clone());
     // Before recovery, so the deploys it ends are reported too.
     let notifier = Notifier::new(store.clone(), settings.registry.clone(), redactor.clone())?;
     notifier.register();
@@ -319,6 +322,7 @@ async fn serve_inner(
     if let Some(task) = scraping {
         task.abort();
     }
+    ssh_pool.close();
     Ok(())
 }
 

@@ -133,10 +133,12 @@ impl SshPool {
     }
 }
 
-impl Drop for SshPool {
-    /// Ends every master and removes the directory.
-    fn drop(&mut self) {
-        for slot in self.masters.get_mut().unwrap().values() {
+impl SshPool {
+    /// Ends every master and removes the directory: at the server's stop. Commands still running
+    /// through a master lose it (they end as an unreachable host); none should be left by then.
+    pub fn close(&self) {
+        let slots: Vec<_> = self.masters.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for slot in slots {
             if let Ok(s) = slot.try_lock() {
                 if let Some(socket) = s.as_ref() {
                     let _ = std::process::Command::new("ssh")
@@ -149,6 +151,12 @@ impl Drop for SshPool {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for SshPool {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 

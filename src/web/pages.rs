@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::session::{self, Role};
 use super::{changing_session, session_of, WebState};
 use crate::model::{AppName, Deploy, DeployId, Phase, StepName, Trigger, TriggerSource};
-use crate::pipeline::queue::Request;
+use crate::pipeline::queue::{QueueError, Request};
 
 /// History rows on one page of an app's page.
 const PAGE: usize = 20;
@@ -313,7 +313,13 @@ pub async fn confirm(State(state): State<WebState>, headers: HeaderMap, Query(q)
         Err(r) => return r,
     };
     let commit = q.commit.filter(|c| !c.trim().is_empty());
-    let (what, action) = match (q.action.as_str(), &q.app, &q.deploy) {
+    // What goes into the form's action must be a name or an id, never a path of its own.
+    let app = q.app.as_deref().map(AppName::parse).transpose();
+    let deploy = q.deploy.as_deref().map(DeployId::parse).transpose();
+    let (Ok(app), Ok(deploy)) = (app, deploy) else {
+        return (StatusCode::BAD_REQUEST, "app must be an app name and deploy a deploy id").into_response();
+    };
+    let (what, action) = match (q.action.as_str(), &app, &deploy) {
         ("release", Some(app), _) => (
             format!(
                 "Release {app} ({})?",
@@ -340,8 +346,13 @@ pub async fn confirm(State(state): State<WebState>, headers: HeaderMap, Query(q)
     )
 }
 
-fn queue_error(e: impl std::fmt::Display) -> Response {
-    (StatusCode::CONFLICT, format!("refused: {e}")).into_response()
+fn queue_error(e: QueueError) -> Response {
+    let status = match &e {
+        QueueError::UnknownApp(_) | QueueError::NoSuchDeploy(_) => StatusCode::NOT_FOUND,
+        QueueError::Store(_) | QueueError::Unrecorded(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::CONFLICT,
+    };
+    (status, format!("refused: {e}")).into_response()
 }
 
 pub async fn release(
@@ -430,9 +441,12 @@ pub async fn overview_events(State(state): State<WebState>, headers: HeaderMap) 
     let stop = state.api.shutdown.clone();
     let fleet = state.api.queue.store().watch_fleet();
     let stream = futures::stream::unfold((state, fleet, String::new()), move |(state, mut fleet, last)| {
-        let stop = stop.clone();
+        let (stop, headers) = (stop.clone(), headers.clone());
         async move {
             loop {
+                // A logout elsewhere or the session's expiry ends the stream; the browser's
+                // reconnect then gets a 401 and stops.
+                session_of(&state, &headers).ok()?;
                 let html = match overview_rows(&state) {
                     Ok(rows) => state.fragment("overview_rows.html", context! { rows }),
                     Err(e) => format!("<tr><td colspan=\"8\" role=\"alert\">{e}</td></tr>"),
@@ -458,6 +472,15 @@ fn sse(stream: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
 
+/// Where a deploy page's stream is.
+#[derive(Clone, Copy)]
+enum Stage {
+    First,
+    Watching,
+    Ended,
+    Done,
+}
+
 /// The deploy page's body, re-rendered on every change of the deploy (the store's notification),
 /// until it ends.
 pub async fn deploy_events(State(state): State<WebState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
@@ -467,22 +490,29 @@ pub async fn deploy_events(State(state): State<WebState>, headers: HeaderMap, Pa
     let Ok(id) = DeployId::parse(&id) else { return (StatusCode::BAD_REQUEST, "not a deploy id").into_response() };
     let stop = state.api.shutdown.clone();
     let watch = state.api.queue.store().watch(&id);
-    let stream = futures::stream::unfold((state, watch, false, false), move |(state, mut watch, first, done)| {
-        let (stop, id) = (stop.clone(), id.clone());
+    let stream = futures::stream::unfold((state, watch, Stage::First), move |(state, mut watch, stage)| {
+        let (stop, id, headers) = (stop.clone(), id.clone(), headers.clone());
         async move {
-            if done {
-                return None;
-            }
-            if first {
-                tokio::select! {
+            match stage {
+                Stage::Done => return None,
+                // Said once the last body is out, so the page closes its stream: a browser
+                // reconnects to a stream that merely ends, and would read the deploy again forever.
+                // Not empty: a browser drops an event without data.
+                Stage::Ended => {
+                    return Some((Ok::<_, Infallible>(Event::default().event("end").data("ended")), (state, watch, Stage::Done)))
+                }
+                Stage::Watching => tokio::select! {
                     _ = watch.changed() => {}
                     _ = stop.cancelled() => return None,
-                }
+                },
+                Stage::First => {}
             }
+            // A logout elsewhere or the session's expiry ends the stream; the reconnect gets a 401.
+            session_of(&state, &headers).ok()?;
             let d = state.api.queue.store().deploy(&id).ok().flatten()?;
             let body = deploy_body(&state, &d);
-            let ended = d.phase.is_terminal();
-            Some((Ok::<_, Infallible>(Event::default().event("body").data(body)), (state, watch, true, ended)))
+            let next = if d.phase.is_terminal() { Stage::Ended } else { Stage::Watching };
+            Some((Ok::<_, Infallible>(Event::default().event("body").data(body)), (state, watch, next)))
         }
     });
     sse(stream)

@@ -85,6 +85,15 @@ async fn every_command_of_two_deploys_and_a_runtime_status_shares_one_connection
     let rs = server.client.runtime_status(&app.name).await.unwrap();
     assert!(!rs.drift, "{rs:#?}");
     assert_eq!(sshd.connections(), 1, "sshd log:\n{}", sshd.log());
+
+    // At stop the master ends and its private directory goes with it.
+    let sockets = app.state.join("ssh");
+    assert!(sockets.exists(), "no socket directory at {}", sockets.display());
+    let mut server = server;
+    server.terminate();
+    assert!(!sockets.exists(), "{} outlived the server", sockets.display());
+    let masters = std::process::Command::new("pgrep").args(["-f", &sockets.to_string_lossy()]).output().unwrap();
+    assert!(masters.stdout.is_empty(), "a master outlived the server: {}", String::from_utf8_lossy(&masters.stdout));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -172,6 +172,26 @@ async fn a_container_that_stops_shows_on_the_overview_as_unhealthy_and_drifted_w
     let login = http.post(format!("{}/login", server.url)).form(&[("token", TOKEN)]).send().await.unwrap();
     let cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
 
+    // The stream of an ended deploy sends its body once, then says it ended (so the page stops
+    // listening instead of reconnecting), then closes.
+    let events = http
+        .get(format!("{}/events/deploys/{}", server.url, first.deploy_id))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    let text = tokio::time::timeout(Duration::from_secs(10), events.text()).await.expect("the stream never closed").unwrap();
+    assert_eq!(text.matches("event: body").count(), 1, "{text}");
+    assert!(text.trim_end().ends_with("event: end\ndata: ended"), "{text}");
+    // A confirmation page whose app is not a name is refused, not turned into a form action.
+    let confirm = http
+        .get(format!("{}/confirm?action=release&app=x/../../deploys/{}/cancel%3F", server.url, first.deploy_id))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirm.status(), 400);
+
     let until = std::time::Instant::now() + Duration::from_secs(20);
     let mut row = overview_row(&server, &http, &cookie, "hello").await;
     while !(row.contains(">healthy<") && row.contains(">in sync<")) {

@@ -4,4 +4,6 @@
 document.querySelectorAll("[data-live]").forEach(function (el) {
   var es = new EventSource(el.dataset.live);
   es.addEventListener(el.dataset.event, function (e) { el.innerHTML = e.data; });
+  // The server says when nothing more will come (a deploy that ended): no reconnect then.
+  es.addEventListener("end", function () { es.close(); });
 });
