@@ -61,11 +61,14 @@ impl SshPool {
     pub async fn socket(&self, h: &SshHost) -> Result<PathBuf, RunError> {
         let slot = self.masters.lock().unwrap().entry(h.clone()).or_default().clone();
         let mut slot = slot.lock().await;
-        // A master that ended (idle, or its connection lost) removes its socket.
-        if let Some(socket) = slot.as_ref().filter(|s| s.exists()) {
+        // A master that ended (idle, or its connection lost) removes its socket; one that was
+        // killed leaves it behind, refusing connections.
+        if let Some(socket) = slot.as_ref().filter(|s| listening(s)) {
             return Ok(socket.clone());
         }
-        *slot = None;
+        if let Some(dead) = slot.take() {
+            let _ = std::fs::remove_file(dead);
+        }
         let socket = self.start(h).await?;
         *slot = Some(socket.clone());
         Ok(socket)
@@ -75,7 +78,7 @@ impl SshPool {
     pub fn alive(&self, h: &SshHost) -> bool {
         let slot = self.masters.lock().unwrap().get(h).cloned();
         match slot {
-            Some(slot) => slot.try_lock().map(|s| s.as_ref().is_some_and(|p| p.exists())).unwrap_or(true),
+            Some(slot) => slot.try_lock().map(|s| s.as_ref().is_some_and(|p| listening(p))).unwrap_or(true),
             None => true,
         }
     }
@@ -85,7 +88,7 @@ impl SshPool {
     pub(super) fn existing(&self, h: &SshHost) -> Option<PathBuf> {
         let slot = self.masters.lock().unwrap().get(h).cloned()?;
         let socket = slot.try_lock().ok()?.clone();
-        socket.filter(|s| s.exists())
+        socket.filter(|s| listening(s))
     }
 
     /// Forgets `h`'s master (after a command saw it fail), so the next command connects anew.
@@ -131,6 +134,12 @@ impl SshPool {
             }
         }
     }
+}
+
+/// Whether a master answers on `socket`: a connect, which it accepts and drops; a socket file
+/// whose master was killed refuses it.
+fn listening(socket: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(socket).is_ok()
 }
 
 impl SshPool {
@@ -195,6 +204,17 @@ mod tests {
         assert_eq!(pool.existing(&h), None);
         assert!(pool.masters.lock().unwrap().is_empty(), "a slot was made for the host");
         assert_eq!(std::fs::read_dir(pool.dir()).unwrap().count(), 0, "an ssh was started");
+    }
+
+    #[test]
+    fn a_socket_file_nobody_listens_on_is_not_a_master() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m0");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(listening(&path));
+        drop(listener);
+        assert!(path.exists(), "the file stays, as a killed master's does");
+        assert!(!listening(&path));
     }
 
     #[test]

@@ -259,3 +259,29 @@ async fn a_remote_command_past_its_timeout_leaves_no_process_on_the_host() {
     assert!(step.detail.contains("did not finish within 2s"), "{}", step.detail);
     assert!(left.is_empty(), "the remote `sleep {secs}` still runs after the timeout: pids {left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_master_killed_between_deploys_is_replaced_by_one_new_connection() {
+    let sshd = SshServer::start();
+    let app = TestApp::new(AppOptions::default());
+    on_ssh_host(&app, &sshd, &sshd.known_hosts);
+    let server = app.start();
+    let first = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    assert_eq!(server.wait_end(&first.deploy_id).await.phase, Phase::Succeeded);
+    assert_eq!(sshd.connections(), 1, "sshd log:\n{}", sshd.log());
+
+    // Killed outright (as the OOM killer would), the master leaves its socket file behind.
+    let sockets = app.state.join("ssh");
+    let killed = std::process::Command::new("pkill").args(["-KILL", "-f", &sockets.to_string_lossy()]).status().unwrap();
+    assert!(killed.success(), "no master process to kill");
+    app.push("v2", Behaviour::Serve);
+    let second = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
+    let d2 = server.wait_end(&second.deploy_id).await;
+    assert_eq!(d2.phase, Phase::Succeeded, "{d2:#?}");
+    assert_eq!(app.fetch().as_deref(), Some("v2"));
+    // One new master for all of the second deploy's commands, not a connection each.
+    assert_eq!(sshd.connections(), 2, "sshd log:\n{}", sshd.log());
+    let log = server.client.logs(&second.deploy_id, 0).await.unwrap();
+    let text = format!("{log:?}");
+    assert!(!text.contains("Control socket connect"), "the dead socket showed in the log: {text}");
+}
