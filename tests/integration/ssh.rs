@@ -19,16 +19,21 @@ fn on_ssh_host(app: &TestApp, sshd: &SshServer, known_hosts: &std::path::Path) {
     });
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_app_on_an_ssh_host_is_deployed_and_verified_over_openssh() {
+/// A real sshd, the test app on it, the server, and the app's first deploy over it, succeeded.
+async fn deployed_over_ssh() -> (SshServer, TestApp, Server) {
     let sshd = SshServer::start();
     let app = TestApp::new(AppOptions::default());
     on_ssh_host(&app, &sshd, &sshd.known_hosts);
     let server = app.start();
-
     let first = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
     let d1 = server.wait_end(&first.deploy_id).await;
     assert_eq!(d1.phase, Phase::Succeeded, "{d1:#?}\nsshd log:\n{}", sshd.log());
+    (sshd, app, server)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_on_an_ssh_host_is_deployed_and_verified_over_openssh() {
+    let (sshd, app, server) = deployed_over_ssh().await;
     assert_eq!(app.fetch().as_deref(), Some("v1"));
 
     app.push("v2", Behaviour::Serve);
@@ -70,14 +75,7 @@ async fn a_host_whose_key_is_not_the_known_one_is_refused_and_nothing_changes() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_command_of_two_deploys_and_a_runtime_status_shares_one_connection_to_the_host() {
-    let sshd = SshServer::start();
-    let app = TestApp::new(AppOptions::default());
-    on_ssh_host(&app, &sshd, &sshd.known_hosts);
-    let server = app.start();
-
-    let first = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
-    let d1 = server.wait_end(&first.deploy_id).await;
-    assert_eq!(d1.phase, Phase::Succeeded, "{d1:#?}\nsshd log:\n{}", sshd.log());
+    let (sshd, app, server) = deployed_over_ssh().await;
     app.push("v2", Behaviour::Serve);
     let second = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
     let d2 = server.wait_end(&second.deploy_id).await;
@@ -262,12 +260,7 @@ async fn a_remote_command_past_its_timeout_leaves_no_process_on_the_host() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_master_killed_between_deploys_is_replaced_by_one_new_connection() {
-    let sshd = SshServer::start();
-    let app = TestApp::new(AppOptions::default());
-    on_ssh_host(&app, &sshd, &sshd.known_hosts);
-    let server = app.start();
-    let first = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();
-    assert_eq!(server.wait_end(&first.deploy_id).await.phase, Phase::Succeeded);
+    let (sshd, app, server) = deployed_over_ssh().await;
     assert_eq!(sshd.connections(), 1, "sshd log:\n{}", sshd.log());
 
     // Killed outright (as the OOM killer would), the master leaves its socket file behind.
