@@ -591,9 +591,18 @@ mod tests {
                 .collect(),
             drift: false,
         };
-        assert_eq!(status(vec![vec![c("running", "none")], vec![c("running", "healthy")]]).health(), AppHealth::Healthy);
-        assert_eq!(status(vec![vec![c("running", "starting")], vec![c("running", "none")]]).health(), AppHealth::Starting);
-        assert_eq!(status(vec![vec![c("running", "starting")], vec![c("exited", "none")]]).health(), AppHealth::Unhealthy);
+        assert_eq!(
+            status(vec![vec![c("running", "none")], vec![c("running", "healthy")]]).health(),
+            AppHealth::Healthy
+        );
+        assert_eq!(
+            status(vec![vec![c("running", "starting")], vec![c("running", "none")]]).health(),
+            AppHealth::Starting
+        );
+        assert_eq!(
+            status(vec![vec![c("running", "starting")], vec![c("exited", "none")]]).health(),
+            AppHealth::Unhealthy
+        );
         assert_eq!(status(vec![vec![c("running", "unhealthy")]]).health(), AppHealth::Unhealthy);
         assert_eq!(status(vec![vec![c("running", "unhealthy")], vec![]]).health(), AppHealth::Down);
     }

@@ -499,7 +499,10 @@ pub async fn deploy_events(State(state): State<WebState>, headers: HeaderMap, Pa
                 // reconnects to a stream that merely ends, and would read the deploy again forever.
                 // Not empty: a browser drops an event without data.
                 Stage::Ended => {
-                    return Some((Ok::<_, Infallible>(Event::default().event("end").data("ended")), (state, watch, Stage::Done)))
+                    return Some((
+                        Ok::<_, Infallible>(Event::default().event("end").data("ended")),
+                        (state, watch, Stage::Done),
+                    ))
                 }
                 Stage::Watching => tokio::select! {
                     _ = watch.changed() => {}

@@ -265,7 +265,8 @@ async fn a_master_killed_between_deploys_is_replaced_by_one_new_connection() {
 
     // Killed outright (as the OOM killer would), the master leaves its socket file behind.
     let sockets = app.state.join("ssh");
-    let killed = std::process::Command::new("pkill").args(["-KILL", "-f", &sockets.to_string_lossy()]).status().unwrap();
+    let killed =
+        std::process::Command::new("pkill").args(["-KILL", "-f", &sockets.to_string_lossy()]).status().unwrap();
     assert!(killed.success(), "no master process to kill");
     app.push("v2", Behaviour::Serve);
     let second = server.client.deploy(&app.name, &DeployRequest::default()).await.unwrap();

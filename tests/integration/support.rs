@@ -469,15 +469,23 @@ impl SshServer {
     /// of sshd's own; nothing changes for the rest of the machine.
     pub fn listen(&mut self) {
         let p = |name: &str| self.dir.path().join(name);
-        let sshd = ["/usr/sbin/sshd", "-D", "-f", p("sshd_config").to_str().unwrap(), "-E", p("sshd.log").to_str().unwrap()]
-            .map(str::to_owned);
+        let sshd =
+            ["/usr/sbin/sshd", "-D", "-f", p("sshd_config").to_str().unwrap(), "-E", p("sshd.log").to_str().unwrap()]
+                .map(str::to_owned);
         let bashrc = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".bashrc")).filter(|rc| rc.exists());
         let mut cmd = match bashrc {
             Some(rc) => {
                 std::fs::write(p("empty_bashrc"), "").unwrap();
                 let mut c = Command::new("unshare");
                 // Every step execs, so the child's pid stays sshd's (kill() walks its children).
-                c.args(["--mount", "--propagation", "private", "sh", "-c", r#"mount --bind "$0" "$1" && shift && exec "$@""#]);
+                c.args([
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    r#"mount --bind "$0" "$1" && shift && exec "$@""#,
+                ]);
                 c.arg(p("empty_bashrc")).arg(rc).args(&sshd);
                 c
             }

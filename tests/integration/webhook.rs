@@ -112,7 +112,12 @@ async fn send(
 }
 
 /// A JSON push signed with the app's secret over the exact bytes sent.
-pub(crate) async fn deliver_push(server: &Server, provider: Provider, delivery: &str, body: Vec<u8>) -> (StatusCode, Value) {
+pub(crate) async fn deliver_push(
+    server: &Server,
+    provider: Provider,
+    delivery: &str,
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
     let sig = sign(WEBHOOK_SECRET.as_bytes(), &body);
     send(server, provider, headers(provider, "push", delivery, &sig), "application/json", body).await
 }

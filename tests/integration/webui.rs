@@ -176,11 +176,13 @@ async fn a_container_that_stops_shows_on_the_overview_as_unhealthy_and_drifted_w
     // listening instead of reconnecting), then closes.
     let get = |path: String| http.get(format!("{}{path}", server.url)).header("cookie", &cookie).send();
     let events = get(format!("/events/deploys/{}", first.deploy_id)).await.unwrap();
-    let text = tokio::time::timeout(Duration::from_secs(10), events.text()).await.expect("the stream never closed").unwrap();
+    let text =
+        tokio::time::timeout(Duration::from_secs(10), events.text()).await.expect("the stream never closed").unwrap();
     assert_eq!(text.matches("event: body").count(), 1, "{text}");
     assert!(text.trim_end().ends_with("event: end\ndata: ended"), "{text}");
     // A confirmation page whose app is not a name is refused, not turned into a form action.
-    let confirm = get(format!("/confirm?action=release&app=x/../../deploys/{}/cancel%3F", first.deploy_id)).await.unwrap();
+    let confirm =
+        get(format!("/confirm?action=release&app=x/../../deploys/{}/cancel%3F", first.deploy_id)).await.unwrap();
     assert_eq!(confirm.status(), 400);
 
     let until = std::time::Instant::now() + Duration::from_secs(20);
