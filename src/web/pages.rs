@@ -393,19 +393,30 @@ pub async fn release(
     }
 }
 
+/// What an action on one deploy checks first: a session that may change things, with the form's
+/// CSRF token, and a deploy id.
+fn deploy_action(state: &WebState, headers: &HeaderMap, id: &str, f: &CsrfForm) -> Result<DeployId, Response> {
+    changing_session(state, headers, f.csrf.as_deref())?;
+    DeployId::parse(id).map_err(|_| (StatusCode::BAD_REQUEST, "not a deploy id").into_response())
+}
+
+/// After an action on deploy `id`: its page, or why the queue refused.
+fn deploy_page_or_refusal(id: &DeployId, done: Result<Deploy, QueueError>) -> Response {
+    match done {
+        Ok(_) => Redirect::to(&format!("/deploys/{id}")).into_response(),
+        Err(e) => queue_error(e),
+    }
+}
+
 pub async fn approve(
     State(state): State<WebState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = changing_session(&state, &headers, f.csrf.as_deref()) {
-        return r;
-    }
-    let Ok(id) = DeployId::parse(&id) else { return (StatusCode::BAD_REQUEST, "not a deploy id").into_response() };
-    match state.api.queue.approve(&id) {
-        Ok(_) => Redirect::to(&format!("/deploys/{id}")).into_response(),
-        Err(e) => queue_error(e),
+    match deploy_action(&state, &headers, &id, &f) {
+        Ok(id) => deploy_page_or_refusal(&id, state.api.queue.approve(&id)),
+        Err(r) => r,
     }
 }
 
@@ -415,13 +426,9 @@ pub async fn cancel(
     Path(id): Path<String>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = changing_session(&state, &headers, f.csrf.as_deref()) {
-        return r;
-    }
-    let Ok(id) = DeployId::parse(&id) else { return (StatusCode::BAD_REQUEST, "not a deploy id").into_response() };
-    match state.api.queue.cancel(&id).await {
-        Ok(_) => Redirect::to(&format!("/deploys/{id}")).into_response(),
-        Err(e) => queue_error(e),
+    match deploy_action(&state, &headers, &id, &f) {
+        Ok(id) => deploy_page_or_refusal(&id, state.api.queue.cancel(&id).await),
+        Err(r) => r,
     }
 }
 
