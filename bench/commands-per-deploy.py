@@ -299,6 +299,24 @@ def deploy(server, world, expect: str, reason: str) -> dict:
     return d
 
 
+def timed_rounds(binary: Path, world, state: dict, label: str, rounds: int, measure) -> list:
+    """A server on `world`: one warm-up deploy, then `rounds` deploys of a new commit each.
+    `measure(deploy)` gives what one round measured and a line to log. Stops the server."""
+    server = do.Server(binary, world, "bench-" + secrets.token_hex(24))
+    state["server"] = server
+    server.start()
+    deploy(server, world, "v0", "bench warm-up")
+    measured = []
+    for i in range(1, rounds + 1):
+        content = world.push(f"{label} round {i}")
+        m, line = measure(deploy(server, world, content, f"bench {label} round {i}"))
+        measured.append(m)
+        log(f"  {label:<8} round {i}: {line}")
+    server.stop()
+    state["server"] = None
+    return measured
+
+
 def kind_of(tag: str, argv: str) -> str:
     """A command's kind for the breakdown: `docker container inspect`, `ssh: docker compose up`, ..."""
     words = argv.replace("'", "").split()
@@ -424,7 +442,7 @@ def bench(args: argparse.Namespace, root: Path, run_id: str, state: dict) -> Non
         b, a = results[("before", host)], results[("after", host)]
         for tag in tags:
             what = {"docker": "docker", "ssh": "ssh (local side)", "docker@ssh": "docker (run by sshd)"}[tag]
-            for key, label in (("tags", what), ("in_verify", f"  of which in verify")):
+            for key, label in (("tags", what), ("in_verify", "  of which in verify")):
                 bv, av = med_count(b, key, tag), med_count(a, key, tag)
                 ratio = f"{av / bv:13.3f}" if bv else f"{'-':>13}"
                 log(f"  {host:<6} {label:<34} {bv:8.0f} {av:8.0f} {ratio}")
@@ -444,16 +462,14 @@ def bench(args: argparse.Namespace, root: Path, run_id: str, state: dict) -> Non
         log(f"\n  note: in {fell} deploy(s) verify fell back to polling (see the deploy's log)")
 
 
-def cleanup(root: Path, run_id: str, state: dict) -> None:
-    stop_all(state.get("sshd", []), "sshd")
-    server = state.get("server")
-    if server is not None:
-        try:
-            server.stop()
-        except Exception as e:  # noqa: BLE001
-            log(f"cleanup: stopping the server: {e}")
+def cleanup(root: Path, run_id: str, state: dict, suffixes=("bl", "al", "bs", "as")) -> None:
+    """Stops the servers (`server`, `servers`) and sshds of `state`, removes the Docker objects
+    labelled with the run id plus one of `suffixes` or of its `projects`, and the temp dir."""
+    servers = [s for s in (state.get("server"), *state.get("servers", [])) if s is not None]
+    stop_all(servers, "a server")
     state["server"] = None
-    filters = [f"label={do.RUN_LABEL}={run_id}{suffix}" for suffix in ("bl", "al", "bs", "as")]
+    stop_all(state.get("sshd", []), "sshd")
+    filters = [f"label={do.RUN_LABEL}={run_id}{suffix}" for suffix in suffixes]
     filters += [f"label=com.docker.compose.project={p}" for p in state.get("projects", [])]
     removed = do.remove_docker_objects(filters)
     shutil.rmtree(root, ignore_errors=True)

@@ -35,7 +35,6 @@ import os
 import pwd
 import secrets
 import shutil
-import subprocess
 import sys
 import time
 import types

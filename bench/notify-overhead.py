@@ -65,20 +65,14 @@ def side(args, root: Path, run_id: str, state: dict, name: str, binary: Path) ->
         registry["notify"] = [{"kind": "webhook", "url": f"http://127.0.0.1:{port}/hook?token=t",
                                "events": ["succeeded", "failed", "rolled_back"]}]
     world.registry.write_text(json.dumps(registry, indent=2))
-    server = do.Server(binary, world, "bench-" + secrets.token_hex(24))
-    state["server"] = server
-    server.start()
-    cpd.deploy(server, world, "v0", "bench warm-up")
-    total_s, gap_s = [], []
-    for i in range(1, args.rounds + 1):
-        content = world.push(f"{name} round {i}")
-        d = cpd.deploy(server, world, content, f"bench {name} round {i}")
+
+    def measure(d: dict):
         verify = next(s for s in d["steps"] if s["name"] == "verify")
-        total_s.append(parse_ts(d["finished_at"]) - parse_ts(d["started_at"]))
-        gap_s.append(parse_ts(d["finished_at"]) - parse_ts(verify["finished_at"]))
-        log(f"  {name:<8} round {i}: deploy {total_s[-1]:.2f} s, end recorded {gap_s[-1] * 1000:.1f} ms after verify")
-    server.stop()
-    state["server"] = None
+        total = parse_ts(d["finished_at"]) - parse_ts(d["started_at"])
+        gap = parse_ts(d["finished_at"]) - parse_ts(verify["finished_at"])
+        return (total, gap), f"deploy {total:.2f} s, end recorded {gap * 1000:.1f} ms after verify"
+
+    total_s, gap_s = zip(*cpd.timed_rounds(binary, world, state, name, args.rounds, measure))
     return {"total": median(total_s), "gap": median(gap_s)}
 
 
@@ -95,11 +89,6 @@ def bench(args, root: Path, run_id: str, state: dict) -> None:
     log(f"hanging/none deploy time: {results['hanging']['total'] / results['none']['total']:.3f}x")
 
 
-def cleanup(root: Path, run_id: str, state: dict) -> None:
-    cpd.cleanup(root, run_id, state)
-    do.remove_docker_objects([f"label=com.docker.compose.project={p}" for p in state.get("projects", [])])
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description="kua-deploy: what notifications add to a deploy")
     ap.add_argument("--rounds", type=int, default=5, help="timed deploys per side (default 5)")
@@ -107,7 +96,7 @@ def main() -> int:
     args = ap.parse_args()
     run_id = secrets.token_hex(3)
     root = Path(tempfile.mkdtemp(prefix=f"kua-bench-{run_id}-"))
-    return do.run_and_clean_up(bench, cleanup, args, root, run_id, {})
+    return do.run_and_clean_up(bench, cpd.cleanup, args, root, run_id, {})
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import json
 import os
 import pwd
 import secrets
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -59,20 +58,14 @@ def side(args, root: Path, run_id: str, state: dict, host: str, binary: Path) ->
                                       "identity_file": str(sshd.identity), "known_hosts_file": str(sshd.known_hosts)}}
         app["host"] = "loop"
     world.registry.write_text(json.dumps(registry, indent=2))
-    server = do.Server(binary, world, "bench-" + secrets.token_hex(24))
-    state["server"] = server
-    server.start()
-    cpd.deploy(server, world, "v0", "bench warm-up")
-    step_s, total_s = [], []
-    for i in range(1, args.rounds + 1):
-        content = world.push(f"{host} round {i}")
-        d = cpd.deploy(server, world, content, f"bench {host} round {i}")
+
+    def measure(d: dict):
         step = next(s for s in d["steps"] if s["name"] == "secrets")
-        step_s.append(parse_ts(step["finished_at"]) - parse_ts(step["started_at"]))
-        total_s.append(parse_ts(d["finished_at"]) - parse_ts(d["started_at"]))
-        log(f"  {host:<5} round {i}: secrets step {step_s[-1]:.3f} s of a {total_s[-1]:.2f} s deploy")
-    server.stop()
-    state["server"] = None
+        took = parse_ts(step["finished_at"]) - parse_ts(step["started_at"])
+        total = parse_ts(d["finished_at"]) - parse_ts(d["started_at"])
+        return (took, total), f"secrets step {took:.3f} s of a {total:.2f} s deploy"
+
+    step_s, total_s = zip(*cpd.timed_rounds(binary, world, state, host, args.rounds, measure))
     return {"step": median(step_s), "total": median(total_s)}
 
 
@@ -89,11 +82,6 @@ def bench(args, root: Path, run_id: str, state: dict) -> None:
     log(f"ssh/local secrets step: {results['ssh']['step'] / results['local']['step']:.1f}x")
 
 
-def cleanup(root: Path, run_id: str, state: dict) -> None:
-    cpd.cleanup(root, run_id, state)
-    do.remove_docker_objects([f"label=com.docker.compose.project={p}" for p in state.get("projects", [])])
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description="kua-deploy: what the secrets step adds, local and over SSH")
     ap.add_argument("--rounds", type=int, default=5, help="timed deploys per host (default 5)")
@@ -101,7 +89,7 @@ def main() -> int:
     args = ap.parse_args()
     run_id = secrets.token_hex(3)
     root = Path(tempfile.mkdtemp(prefix=f"kua-bench-{run_id}-"))
-    return do.run_and_clean_up(bench, cleanup, args, root, run_id, {})
+    return do.run_and_clean_up(bench, cpd.cleanup, args, root, run_id, {})
 
 
 if __name__ == "__main__":

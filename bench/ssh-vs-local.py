@@ -18,7 +18,6 @@ import json
 import os
 import pwd
 import secrets
-import shutil
 import sys
 from pathlib import Path
 
@@ -96,13 +95,7 @@ def bench(args: argparse.Namespace, root: Path, run_id: str, state: dict) -> Non
 
 
 def cleanup(root: Path, run_id: str, state: dict) -> None:
-    cpd.stop_all(state.get("servers", []), "a server")
-    cpd.stop_all(state.get("sshd", []), "sshd")
-    filters = [f"label={do.RUN_LABEL}={run_id}{suffix}" for suffix in ("l", "s")]
-    filters += [f"label=com.docker.compose.project={p}" for p in state.get("projects", [])]
-    removed = do.remove_docker_objects(filters)
-    shutil.rmtree(root, ignore_errors=True)
-    log(f"cleanup: removed {', '.join(removed) if removed else 'no Docker objects'} and {root}")
+    cpd.cleanup(root, run_id, state, suffixes=("l", "s"))
 
 
 def main() -> int:
